@@ -1,0 +1,207 @@
+// Package flashpipe is the domain of the flashpipe pipeline: the plain types that travel
+// between its services (items, manifests, results, events) and the interfaces its
+// services depend on. It imports only the standard library.
+//
+// A batch is a list of vocabulary items, each with a user-given Position. Ingest assigns
+// every item its Seq, the 1-based rank of its position within the batch, so the batch's
+// order is Seq 1, 2, ... Count with no gaps even when positions have gaps. Every later
+// stage works in Seq; Position is carried along for the user.
+//
+// Retries of failed items run as a new Generation of the batch: generation 0 is the
+// first run, generation g > 0 re-runs only the Seqs listed in its manifest. A newer
+// generation's result replaces the older one for the same item.
+package flashpipe
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// MaxTermLength is the longest term accepted, in characters (runes).
+const MaxTermLength = 100
+
+// MaxBatchIDLength is the longest batch id accepted.
+const MaxBatchIDLength = 64
+
+var batchIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+
+// ValidateBatchID reports whether id can name a batch. Batch ids become NATS subject
+// tokens and database keys, so they are limited to letters, digits, '-' and '_'.
+func ValidateBatchID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("batch id is empty")
+	case len(id) > MaxBatchIDLength:
+		return fmt.Errorf("batch id %q is longer than %d characters", id, MaxBatchIDLength)
+	case !batchIDPattern.MatchString(id):
+		return fmt.Errorf("batch id %q may contain only letters, digits, '-' and '_', and must start with a letter or digit", id)
+	}
+	return nil
+}
+
+// Item is one vocabulary item as the user submitted it, after validation and
+// normalisation (see NormalizeType).
+type Item struct {
+	Position int64             `json:"position"`
+	Term     string            `json:"term"`
+	Type     string            `json:"type"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// WorkItem is an Item addressed within a batch: the message a processor consumes.
+type WorkItem struct {
+	BatchID    string `json:"batch_id"`
+	Seq        int    `json:"seq"`
+	Generation int    `json:"generation"`
+	Item
+}
+
+// Manifest describes one generation of a batch. It is published before the batch's
+// items, so every stage knows how many results make the batch complete.
+type Manifest struct {
+	BatchID    string `json:"batch_id"`
+	Generation int    `json:"generation"`
+	// Count is the number of items in the batch (Seq runs 1..Count).
+	Count int `json:"count"`
+	// Seqs lists the items a generation > 0 re-runs, ascending. Empty for generation 0.
+	Seqs []int `json:"seqs,omitempty"`
+	// Source names where the batch came from: a file name, "http", "nats".
+	Source string `json:"source"`
+	// ContentHash identifies the batch's items (see HashItems), so a resubmission can be
+	// told apart from a different batch under the same id.
+	ContentHash string            `json:"content_hash"`
+	Settings    map[string]string `json:"settings,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+}
+
+// Expected is the number of results that complete this generation of the batch.
+func (m Manifest) Expected() int {
+	if m.Generation > 0 {
+		return len(m.Seqs)
+	}
+	return m.Count
+}
+
+// HashItems returns a stable content hash of a batch's items in Seq order.
+func HashItems(items []Item) string {
+	h := sha256.New()
+	enc := json.NewEncoder(h)
+	for _, it := range items {
+		_ = enc.Encode(it) // writing to a hash cannot fail
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Status is the final state of an item.
+type Status string
+
+// The two final states of an item. A failed item holds its place in the batch.
+const (
+	StatusOK     Status = "ok"
+	StatusFailed Status = "failed"
+)
+
+// Result is the one final outcome of processing an item: ok with its analysis and
+// cards, or failed with the reason.
+type Result struct {
+	BatchID    string `json:"batch_id"`
+	Seq        int    `json:"seq"`
+	Generation int    `json:"generation"`
+	Item
+	Status   Status    `json:"status"`
+	Analysis *Analysis `json:"analysis,omitempty"`
+	Cards    []Card    `json:"cards,omitempty"`
+	Failure  *Failure  `json:"failure,omitempty"`
+	// Attempts is how many times the item was delivered to a processor.
+	Attempts    int       `json:"attempts"`
+	Usage       Usage     `json:"usage"`
+	ProcessedAt time.Time `json:"processed_at"`
+}
+
+// Usage is what processing cost: API calls, cache hits, tokens and money.
+type Usage struct {
+	Stage1Calls      int     `json:"stage1_calls"`
+	Stage2Calls      int     `json:"stage2_calls"`
+	CacheHits        int     `json:"cache_hits"`
+	PromptTokens     int64   `json:"prompt_tokens"`
+	CompletionTokens int64   `json:"completion_tokens"`
+	Cost             float64 `json:"cost"`
+}
+
+// Add returns the sum of two usages.
+func (u Usage) Add(o Usage) Usage {
+	return Usage{
+		Stage1Calls:      u.Stage1Calls + o.Stage1Calls,
+		Stage2Calls:      u.Stage2Calls + o.Stage2Calls,
+		CacheHits:        u.CacheHits + o.CacheHits,
+		PromptTokens:     u.PromptTokens + o.PromptTokens,
+		CompletionTokens: u.CompletionTokens + o.CompletionTokens,
+		Cost:             u.Cost + o.Cost,
+	}
+}
+
+// Failure says why an item failed and what the user can do about it.
+type Failure struct {
+	// Stage is where it failed: "stage1", "stage2" or "input".
+	Stage    string     `json:"stage"`
+	Reason   string     `json:"reason"`
+	Class    ErrorClass `json:"class"`
+	NextStep string     `json:"next_step"`
+}
+
+// Suggested next steps for a failed item.
+const (
+	NextRetry      = "retry: flashpipe retry --batch <id>"
+	NextFixInput   = "fix the input and submit it again"
+	NextRaiseLimit = "raise the limit (max_tokens, credits or key limit), then retry"
+	NextCheckKey   = "check the API key and credits, then retry"
+)
+
+// Analysis is the stage 1 answer: the nuance analysis of one term.
+type Analysis struct {
+	TermNumber        int64       `json:"term_number"`
+	Term              string      `json:"term"`
+	IPA               string      `json:"ipa"`
+	POS               string      `json:"pos"`
+	PrimaryMeaning    string      `json:"primary_meaning"`
+	OtherMeanings     *string     `json:"other_meanings"`
+	Metaphor          string      `json:"metaphor"`
+	MetaphorNoun      string      `json:"metaphor_noun"`
+	MetaphorAction    string      `json:"metaphor_action"`
+	SuggestedLocation string      `json:"suggested_location"`
+	AnchorObject      string      `json:"anchor_object"`
+	AnchorSensory     string      `json:"anchor_sensory"`
+	Explanation       string      `json:"explanation"`
+	UsageContext      *string     `json:"usage_context"`
+	Comparison        *Comparison `json:"comparison"`
+	Homonyms          []Homonym   `json:"homonyms"`
+	KoreanKeywords    []string    `json:"korean_keywords"`
+}
+
+// Comparison contrasts a term with a near-synonym.
+type Comparison struct {
+	Vs     string `json:"vs"`
+	Nuance string `json:"nuance"`
+}
+
+// Homonym is another word that sounds the same.
+type Homonym struct {
+	Hanja          string `json:"hanja"`
+	Reading        string `json:"reading"`
+	Meaning        string `json:"meaning"`
+	Differentiator string `json:"differentiator"`
+}
+
+// Card is one flashcard of the stage 2 answer.
+type Card struct {
+	TabName        string `json:"tab_name"`
+	Primer         string `json:"primer"`
+	Front          string `json:"front"`
+	Back           string `json:"back"`
+	Tags           string `json:"tags"`
+	HonorificLevel string `json:"honorific_level"`
+}

@@ -1,0 +1,270 @@
+// Package sequencer restores each batch's order. It takes batches by their manifest,
+// reads the batch's results as they arrive in any order, and appends them to the
+// batch's ordered subject as soon as every lower position has been appended (stream
+// resequencing), framed by the generation's manifest and completion events.
+//
+// Durable state: the ordered subject itself. The last event on <prefix>.ordered.<batch>
+// is the cursor, so a restarted sequencer neither re-emits nor skips. Every append
+// carries the expected last sequence of that subject: an append that would follow
+// anything but the event the sequencer last saw is refused by JetStream, so two
+// sequencers racing on one batch (a lease handed over while the old owner still runs)
+// can never interleave, duplicate or reorder events.
+//
+// Ownership: a replica owns a batch while it holds the batch's manifest message
+// unacknowledged, renewing it with progress acks. The manifest is acked only after the
+// completion event is stored; on shutdown it is naked so another replica takes it
+// over at once, and on a crash JetStream redelivers it after Config.LeaseTTL.
+//
+// Memory: per batch, at most Config.Window out-of-order results are held; results
+// further ahead are dropped and read back from the results stream (the durable buffer)
+// when their turn comes, so memory does not grow with batch size.
+package sequencer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// Defaults for Config.
+const (
+	DefaultDurable      = "sequencer"
+	DefaultWindow       = 512
+	DefaultMaxBatches   = 16
+	DefaultLeaseTTL     = 30 * time.Second
+	DefaultPollInterval = 2 * time.Second
+)
+
+// Config configures a sequencer replica.
+type Config struct {
+	// Durable names the manifest consumer the replicas share.
+	Durable string
+	// Window is how many out-of-order results a batch holds in memory.
+	Window int
+	// MaxBatches is how many batches this replica sequences at once.
+	MaxBatches int
+	// LeaseTTL is how long a replica's hold on a batch lasts without renewal: after a
+	// crash, another replica takes the batch over within LeaseTTL.
+	LeaseTTL time.Duration
+	// PollInterval is how often a waiting batch re-checks the results stream, a safety
+	// net behind the push of new results.
+	PollInterval time.Duration
+	// ID names this replica in logs.
+	ID     string
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Durable == "" {
+		c.Durable = DefaultDurable
+	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.MaxBatches == 0 {
+		c.MaxBatches = DefaultMaxBatches
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.Window < 1:
+		return fmt.Errorf("sequencer: Config.Window must be at least 1, got %d", c.Window)
+	case c.MaxBatches < 1:
+		return fmt.Errorf("sequencer: Config.MaxBatches must be at least 1, got %d", c.MaxBatches)
+	case c.LeaseTTL < time.Second:
+		return fmt.Errorf("sequencer: Config.LeaseTTL must be at least 1s, got %s", c.LeaseTTL)
+	case c.PollInterval <= 0:
+		return fmt.Errorf("sequencer: Config.PollInterval must be positive")
+	}
+	return nil
+}
+
+// Sequencer is one sequencer replica.
+type Sequencer struct {
+	js  jetstream.JetStream
+	c   *contract.Contract
+	cfg Config
+	log *slog.Logger
+
+	mu     sync.Mutex
+	active map[string]bool // batch ids this replica is sequencing
+}
+
+// New returns a sequencer replica.
+func New(js jetstream.JetStream, c *contract.Contract, cfg Config) (*Sequencer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if js == nil || c == nil {
+		return nil, errors.New("sequencer: JetStream and contract are required")
+	}
+	log := cfg.Logger.With("component", "sequencer")
+	if cfg.ID != "" {
+		log = log.With("replica", cfg.ID)
+	}
+	return &Sequencer{js: js, c: c, cfg: cfg, log: log, active: map[string]bool{}}, nil
+}
+
+// Run sequences batches until ctx is cancelled; then it hands the batches it holds
+// back (nak) and returns once their goroutines have stopped.
+func (s *Sequencer) Run(ctx context.Context) error {
+	if err := s.c.EnsureStreams(ctx, s.js); err != nil {
+		return err
+	}
+	results, err := s.js.Stream(ctx, s.c.ResultsStream())
+	if err != nil {
+		return fmt.Errorf("sequencer: results stream: %w", err)
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.BatchesStream(), jetstream.ConsumerConfig{
+		Durable:       s.cfg.Durable,
+		Description:   "flashpipe sequencers: one manifest = one batch to sequence",
+		FilterSubject: s.c.AllManifests(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.LeaseTTL,
+		MaxDeliver:    -1,
+		MaxAckPending: 10000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("sequencer: create consumer: %w", err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		return fmt.Errorf("sequencer: consume: %w", err)
+	}
+	stop := context.AfterFunc(ctx, iter.Stop)
+	defer stop()
+	s.log.Info("sequencer started", "window", s.cfg.Window, "max_batches", s.cfg.MaxBatches)
+
+	slots := make(chan struct{}, s.cfg.MaxBatches)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		msg, err := iter.Next()
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			s.log.Warn("fetch manifest", "err", err)
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			s.own(ctx, results, msg)
+		})
+	}
+}
+
+// own sequences the batch of one manifest delivery while holding it.
+func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetstream.Msg) {
+	m, err := contract.DecodeManifest(msg.Headers(), msg.Data())
+	if err != nil {
+		s.log.Error("undecodable manifest dropped", "subject", msg.Subject(), "err", err)
+		_ = msg.TermWithReason("undecodable manifest")
+		return
+	}
+	if !s.claim(m.BatchID) {
+		// A stale redelivery of a batch this replica is already sequencing; the
+		// running goroutine renews and acks the same message.
+		return
+	}
+	defer s.release(m.BatchID)
+	md, _ := msg.Metadata()
+
+	stopRenew := s.renew(msg)
+	err = s.sequence(ctx, results, m, md)
+	stopRenew()
+	log := s.log.With("batch", m.BatchID, "generation", m.Generation)
+	switch {
+	case err == nil:
+		if err := msg.DoubleAck(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("ack manifest", "err", err)
+		}
+	case ctx.Err() != nil:
+		_ = msg.Nak() // hand over at once
+	case errors.Is(err, errPreviousGeneration):
+		log.Info("waiting for the previous generation to complete")
+		_ = msg.NakWithDelay(s.cfg.PollInterval)
+	default:
+		log.Error("sequencing failed; will retry", "err", err)
+		_ = msg.NakWithDelay(s.cfg.PollInterval)
+	}
+}
+
+func (s *Sequencer) claim(batch string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active[batch] {
+		return false
+	}
+	s.active[batch] = true
+	return true
+}
+
+func (s *Sequencer) release(batch string) {
+	s.mu.Lock()
+	delete(s.active, batch)
+	s.mu.Unlock()
+}
+
+// renew keeps the manifest (the lease on the batch) from being redelivered.
+func (s *Sequencer) renew(msg jetstream.Msg) func() {
+	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-t.C:
+				_ = msg.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { t.Stop(); close(done) }
+}
+
+// Wanted reports which seq a generation emits at index i (0-based), and how many.
+func wanted(m flashpipe.Manifest) (at func(i int) int, n int) {
+	if m.Generation == 0 {
+		return func(i int) int { return i + 1 }, m.Count
+	}
+	return func(i int) int { return m.Seqs[i] }, len(m.Seqs)
+}
+
+var errPreviousGeneration = errors.New("previous generation not complete")
+
+// mustMetadata is a nil-safe accessor for the manifest's stream timestamp.
+func startTime(md *jetstream.MsgMetadata) *time.Time {
+	if md == nil || md.Timestamp.IsZero() {
+		return nil
+	}
+	t := md.Timestamp.Add(-time.Second)
+	return &t
+}

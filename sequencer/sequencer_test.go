@@ -1,0 +1,291 @@
+package sequencer_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+	"github.com/flashpipe/flashpipe/sequencer"
+)
+
+type env struct {
+	t  *testing.T
+	js jetstream.JetStream
+	c  *contract.Contract
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	return &env{t: t, js: js, c: natstest.Contract(t, js)}
+}
+
+func (e *env) publishManifest(m flashpipe.Manifest) {
+	e.t.Helper()
+	msg, err := e.c.ManifestMsg(m)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(contract.ManifestMsgID(m.BatchID, m.Generation))); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// publishResult publishes the result of seq (position = 10*seq, to tell them apart).
+func (e *env) publishResult(batch string, seq, gen int, status flashpipe.Status) {
+	e.t.Helper()
+	r := &flashpipe.Result{BatchID: batch, Seq: seq, Generation: gen, Status: status,
+		Item: flashpipe.Item{Position: int64(10 * seq), Term: fmt.Sprintf("term%d", seq), Type: "noun"}}
+	msg, err := e.c.ResultMsg(r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(contract.MsgID(batch, r.Position, gen))); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) start(cfg sequencer.Config) (stop func()) {
+	e.t.Helper()
+	s, err := sequencer.New(e.js, e.c, cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					e.t.Errorf("sequencer Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				e.t.Error("sequencer did not stop")
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return stop
+}
+
+// ordered reads every event on the batch's ordered subject.
+func (e *env) ordered(batch string) []contract.Keys {
+	e.t.Helper()
+	ctx := context.Background()
+	n := e.count(batch)
+	if n == 0 {
+		return nil
+	}
+	oc, err := e.js.OrderedConsumer(ctx, e.c.OrderedStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{e.c.OrderedSubject(batch)}, HeadersOnly: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	it, err := oc.Messages()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer it.Stop()
+	out := make([]contract.Keys, 0, n)
+	for range n {
+		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// count returns how many events the batch's ordered subject holds.
+func (e *env) count(batch string) int {
+	e.t.Helper()
+	st, err := e.js.Stream(context.Background(), e.c.OrderedStream())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(e.c.OrderedSubject(batch)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return int(info.State.Subjects[e.c.OrderedSubject(batch)])
+}
+
+// last returns the last event on the batch's ordered subject.
+func (e *env) last(batch string) (contract.Keys, bool) {
+	e.t.Helper()
+	st, err := e.js.Stream(context.Background(), e.c.OrderedStream())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	msg, err := st.GetLastMsgForSubject(context.Background(), e.c.OrderedSubject(batch))
+	if contract.IsNotFound(err) {
+		return contract.Keys{}, false
+	}
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	k, err := contract.KeysOf(msg.Header)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return k, true
+}
+
+// waitComplete waits until generation gen's completion is on the ordered subject and
+// returns the subject's events.
+func (e *env) waitComplete(batch string, gen int, within time.Duration) []contract.Keys {
+	e.t.Helper()
+	natstest.Eventually(e.t, within, func() bool {
+		k, ok := e.last(batch)
+		return ok && k.Kind == flashpipe.EventComplete && k.Generation == gen
+	}, "batch %s generation %d did not complete", batch, gen)
+	return e.ordered(batch)
+}
+
+// checkGeneration asserts evs is exactly: manifest, results for seqs in order, completion.
+func checkGeneration(t *testing.T, evs []contract.Keys, gen int, seqs []int) {
+	t.Helper()
+	if len(evs) != len(seqs)+2 {
+		t.Fatalf("generation %d: %d events, want %d (manifest, %d results, completion)", gen, len(evs), len(seqs)+2, len(seqs))
+	}
+	if evs[0].Kind != flashpipe.EventManifest || evs[0].Generation != gen {
+		t.Fatalf("first event %+v, want the manifest of generation %d", evs[0], gen)
+	}
+	for i, seq := range seqs {
+		k := evs[i+1]
+		if k.Kind != flashpipe.EventResult || k.Seq != seq || k.Position != int64(10*seq) || k.Generation != gen {
+			t.Fatalf("event %d = %+v, want result seq %d of generation %d", i+1, k, seq, gen)
+		}
+	}
+	if last := evs[len(evs)-1]; last.Kind != flashpipe.EventComplete || last.Generation != gen {
+		t.Fatalf("last event %+v, want completion of generation %d", last, gen)
+	}
+}
+
+func seqRange(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i + 1
+	}
+	return s
+}
+
+func TestSequencerOrdersShuffledResults(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 500
+	e.publishManifest(flashpipe.Manifest{BatchID: "shuffled", Count: n, CreatedAt: time.Now()})
+	// A window far smaller than the disorder forces the look-up path too.
+	e.start(sequencer.Config{Window: 16, PollInterval: 200 * time.Millisecond})
+	order := rand.Perm(n)
+	for _, i := range order {
+		e.publishResult("shuffled", i+1, 0, flashpipe.StatusOK)
+	}
+	checkGeneration(t, e.waitComplete("shuffled", 0, 30*time.Second), 0, seqRange(n))
+}
+
+func TestSequencerFirstResultLast(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 2000
+	e.publishManifest(flashpipe.Manifest{BatchID: "firstlast", Count: n, CreatedAt: time.Now()})
+	e.start(sequencer.Config{Window: 8, PollInterval: 200 * time.Millisecond})
+	for seq := 2; seq <= n; seq++ {
+		e.publishResult("firstlast", seq, 0, flashpipe.StatusOK)
+	}
+	// Nothing but the manifest may be emitted while seq 1 is missing.
+	time.Sleep(300 * time.Millisecond)
+	if n := e.count("firstlast"); n > 1 {
+		t.Fatalf("%d events emitted before seq 1 arrived", n)
+	}
+	e.publishResult("firstlast", 1, 0, flashpipe.StatusFailed)
+	checkGeneration(t, e.waitComplete("firstlast", 0, 30*time.Second), 0, seqRange(n))
+}
+
+func TestSequencerRestartMidBatch(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 400
+	e.publishManifest(flashpipe.Manifest{BatchID: "restart", Count: n, CreatedAt: time.Now()})
+	// The first half (shuffled) arrives before the stop, the second half after.
+	first, second := rand.Perm(n/2), rand.Perm(n/2)
+	for _, i := range first {
+		e.publishResult("restart", i+1, 0, flashpipe.StatusOK)
+	}
+	stop := e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
+	// Stop it once it has emitted something but cannot have finished.
+	natstest.Eventually(t, 10*time.Second, func() bool { return e.count("restart") > 1 }, "nothing emitted")
+	stop()
+	before := e.count("restart")
+	for _, i := range second {
+		e.publishResult("restart", n/2+i+1, 0, flashpipe.StatusOK)
+	}
+	e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
+	evs := e.waitComplete("restart", 0, 30*time.Second)
+	checkGeneration(t, evs, 0, seqRange(n))
+	if before >= len(evs) {
+		t.Fatalf("the first sequencer emitted %d events of %d: the restart was not mid-batch", before, len(evs))
+	}
+}
+
+func TestSequencerRacingReplicasNeverDuplicate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 300
+	// A very short lease makes JetStream hand the batch to the other replica while the
+	// first still works on it: the appends' expected-sequence checks must keep the log
+	// exact anyway.
+	e.publishManifest(flashpipe.Manifest{BatchID: "race", Count: n, CreatedAt: time.Now()})
+	for _, i := range rand.Perm(n) {
+		e.publishResult("race", i+1, 0, flashpipe.StatusOK)
+	}
+	for range 3 {
+		e.start(sequencer.Config{Window: 4, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
+	}
+	checkGeneration(t, e.waitComplete("race", 0, 30*time.Second), 0, seqRange(n))
+}
+
+func TestSequencerRetryGenerationAppendsCorrections(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const n = 50
+	e.publishManifest(flashpipe.Manifest{BatchID: "retry", Count: n, CreatedAt: time.Now()})
+	failed := []int{3, 17, 40}
+	for seq := 1; seq <= n; seq++ {
+		st := flashpipe.StatusOK
+		for _, f := range failed {
+			if f == seq {
+				st = flashpipe.StatusFailed
+			}
+		}
+		e.publishResult("retry", seq, 0, st)
+	}
+	e.start(sequencer.Config{PollInterval: 100 * time.Millisecond})
+	e.waitComplete("retry", 0, 30*time.Second)
+
+	e.publishManifest(flashpipe.Manifest{BatchID: "retry", Generation: 1, Count: n, Seqs: failed, CreatedAt: time.Now()})
+	for _, seq := range []int{40, 3, 17} {
+		e.publishResult("retry", seq, 1, flashpipe.StatusOK)
+	}
+	evs := e.waitComplete("retry", 1, 30*time.Second)
+	checkGeneration(t, evs[:n+2], 0, seqRange(n))
+	checkGeneration(t, evs[n+2:], 1, failed)
+}
