@@ -1,0 +1,219 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// ErrBatchConflict is returned when a batch id is already taken by different items.
+var ErrBatchConflict = errors.New("batch id already used for different items")
+
+// DefaultPublishAttempts is how many times a failed item publish is tried.
+const DefaultPublishAttempts = 3
+
+// Publisher publishes validated batches: the manifest first, then one message per item.
+// It is safe for concurrent use.
+type Publisher struct {
+	js  jetstream.JetStream
+	c   *contract.Contract
+	log *slog.Logger
+}
+
+// NewPublisher returns a publisher.
+func NewPublisher(js jetstream.JetStream, c *contract.Contract, logger *slog.Logger) (*Publisher, error) {
+	if js == nil || c == nil {
+		return nil, errors.New("ingest: JetStream and contract are required")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Publisher{js: js, c: c, log: logger.With("component", "ingest")}, nil
+}
+
+// Batch is what to submit.
+type Batch struct {
+	ID       string
+	Source   string
+	Settings map[string]string
+	// Items sorted by ascending, unique Position (as Parse returns them).
+	Items []flashpipe.Item
+}
+
+// Submission reports what Submit did.
+type Submission struct {
+	Manifest flashpipe.Manifest
+	// Published counts the item messages published by this call.
+	Published int
+	// Resubmitted is true when the batch already existed with the same items; only
+	// items missing from the items stream (an earlier submit interrupted) were published.
+	Resubmitted bool
+}
+
+// Submit publishes a batch. It is idempotent by batch id: submitting the same items
+// again publishes only what an earlier, interrupted submit left out, and causes no new
+// work; submitting different items under a used id fails with ErrBatchConflict.
+// Every message carries a Nats-Msg-Id, so even a concurrent double submit stores each
+// message once.
+func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
+	if err := flashpipe.ValidateBatchID(b.ID); err != nil {
+		return nil, err
+	}
+	if len(b.Items) == 0 {
+		return nil, errors.New("ingest: batch has no items")
+	}
+	for i := 1; i < len(b.Items); i++ {
+		if b.Items[i].Position <= b.Items[i-1].Position {
+			return nil, fmt.Errorf("ingest: items must be sorted by unique ascending position (position %d follows %d)",
+				b.Items[i].Position, b.Items[i-1].Position)
+		}
+	}
+	if err := p.c.EnsureStreams(ctx, p.js); err != nil {
+		return nil, err
+	}
+	m := flashpipe.Manifest{
+		BatchID:     b.ID,
+		Count:       len(b.Items),
+		Source:      b.Source,
+		ContentHash: flashpipe.HashItems(b.Items),
+		Settings:    b.Settings,
+		CreatedAt:   time.Now().UTC(),
+	}
+	existing, err := p.Manifest(ctx, b.ID)
+	switch {
+	case errors.Is(err, flashpipe.ErrNotFound):
+	case err != nil:
+		return nil, err
+	case existing.ContentHash != m.ContentHash:
+		return nil, fmt.Errorf("ingest: batch %q: %w (submitted %s from %q)", b.ID, ErrBatchConflict,
+			existing.CreatedAt.Format(time.RFC3339), existing.Source)
+	default:
+		n, err := p.publishMissing(ctx, b)
+		return &Submission{Manifest: existing, Published: n, Resubmitted: true}, err
+	}
+
+	mm, err := p.c.ManifestMsg(m)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(b.ID, 0))); err != nil {
+		return nil, fmt.Errorf("ingest: publish manifest of %s: %w", b.ID, err)
+	}
+	n, err := p.publishItems(ctx, b.ID, 0, b.Items, nil)
+	return &Submission{Manifest: m, Published: n}, err
+}
+
+// Manifest returns the latest manifest of a batch, or an error wrapping
+// flashpipe.ErrNotFound.
+func (p *Publisher) Manifest(ctx context.Context, batchID string) (flashpipe.Manifest, error) {
+	return LatestManifest(ctx, p.js, p.c, batchID)
+}
+
+// LatestManifest reads the latest manifest of a batch from the batches stream.
+func LatestManifest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (flashpipe.Manifest, error) {
+	st, err := js.Stream(ctx, c.BatchesStream())
+	if err != nil {
+		return flashpipe.Manifest{}, fmt.Errorf("batches stream: %w", err)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, c.ManifestSubject(batchID))
+	if contract.IsNotFound(err) {
+		return flashpipe.Manifest{}, fmt.Errorf("batch %q: %w", batchID, flashpipe.ErrNotFound)
+	}
+	if err != nil {
+		return flashpipe.Manifest{}, fmt.Errorf("read manifest of %s: %w", batchID, err)
+	}
+	return contract.DecodeManifest(raw.Header, raw.Data)
+}
+
+// publishMissing publishes the items of an existing batch that the items stream lacks.
+func (p *Publisher) publishMissing(ctx context.Context, b Batch) (int, error) {
+	st, err := p.js.Stream(ctx, p.c.ItemsStream())
+	if err != nil {
+		return 0, fmt.Errorf("items stream: %w", err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(p.c.BatchItems(b.ID)))
+	if err != nil {
+		return 0, fmt.Errorf("items of %s: %w", b.ID, err)
+	}
+	if len(info.State.Subjects) >= len(b.Items) {
+		return 0, nil
+	}
+	have := info.State.Subjects
+	return p.publishItems(ctx, b.ID, 0, b.Items, func(seq int) bool {
+		return have[p.c.ItemSubject(b.ID, seq)] > 0
+	})
+}
+
+// publishItems publishes items (seq = index+1) asynchronously and waits for every ack,
+// retrying failed publishes. skip, when set, leaves out seqs already present.
+func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
+	seqs := make([]int, 0, len(items))
+	for i := range items {
+		if skip == nil || !skip(i+1) {
+			seqs = append(seqs, i+1)
+		}
+	}
+	published := 0
+	for attempt := 1; len(seqs) > 0; attempt++ {
+		failed, err := p.publishAsync(ctx, batchID, gen, items, seqs)
+		published += len(seqs) - len(failed)
+		if len(failed) == 0 {
+			break
+		}
+		if attempt >= DefaultPublishAttempts || ctx.Err() != nil {
+			return published, fmt.Errorf("ingest: %d of %d items of %s not published (submit again to finish): %w",
+				len(failed), len(items), batchID, err)
+		}
+		p.log.Warn("retrying item publishes", "batch", batchID, "failed", len(failed), "err", err)
+		seqs = failed
+	}
+	return published, nil
+}
+
+// publishAsync publishes the items at seqs and returns the seqs whose publish failed.
+func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, items []flashpipe.Item, seqs []int) ([]int, error) {
+	futures := make([]jetstream.PubAckFuture, 0, len(seqs))
+	var firstErr error
+	var failed []int
+	for _, seq := range seqs {
+		it := items[seq-1]
+		msg, err := p.c.ItemMsg(flashpipe.WorkItem{BatchID: batchID, Seq: seq, Generation: gen, Item: it})
+		if err != nil {
+			return seqs, err
+		}
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.MsgID(batchID, it.Position, gen)),
+			jetstream.WithStallWait(30*time.Second))
+		if err != nil {
+			failed = append(failed, seq)
+			firstErr = cmpErr(firstErr, err)
+			continue
+		}
+		futures = append(futures, f)
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			k, _ := contract.KeysOf(f.Msg().Header)
+			failed = append(failed, k.Seq)
+			firstErr = cmpErr(firstErr, err)
+		case <-ctx.Done():
+			return seqs, ctx.Err()
+		}
+	}
+	return failed, firstErr
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
