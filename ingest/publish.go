@@ -50,7 +50,7 @@ type Batch struct {
 // Submission reports what Submit did.
 type Submission struct {
 	Manifest flashpipe.Manifest
-	// Published counts the item messages published by this call.
+	// Published counts the item messages this call stored (duplicates not counted).
 	Published int
 	// Resubmitted is true when the batch already existed with the same items; only
 	// items missing from the items stream (an earlier submit interrupted) were published.
@@ -162,8 +162,8 @@ func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, i
 	}
 	published := 0
 	for attempt := 1; len(seqs) > 0; attempt++ {
-		failed, err := p.publishAsync(ctx, batchID, gen, items, seqs)
-		published += len(seqs) - len(failed)
+		fresh, failed, err := p.publishAsync(ctx, batchID, gen, items, seqs)
+		published += fresh
 		if len(failed) == 0 {
 			break
 		}
@@ -177,8 +177,9 @@ func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, i
 	return published, nil
 }
 
-// publishAsync publishes the items at seqs and returns the seqs whose publish failed.
-func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, items []flashpipe.Item, seqs []int) ([]int, error) {
+// publishAsync publishes the items at seqs and returns how many were new (not
+// duplicates) and the seqs whose publish failed.
+func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, items []flashpipe.Item, seqs []int) (int, []int, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(seqs))
 	var firstErr error
 	var failed []int
@@ -186,7 +187,7 @@ func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, i
 		it := items[seq-1]
 		msg, err := p.c.ItemMsg(flashpipe.WorkItem{BatchID: batchID, Seq: seq, Generation: gen, Item: it})
 		if err != nil {
-			return seqs, err
+			return 0, seqs, err
 		}
 		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.MsgID(batchID, it.Position, gen)),
 			jetstream.WithStallWait(30*time.Second))
@@ -197,18 +198,22 @@ func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, i
 		}
 		futures = append(futures, f)
 	}
+	fresh := 0
 	for _, f := range futures {
 		select {
-		case <-f.Ok():
+		case ack := <-f.Ok():
+			if !ack.Duplicate {
+				fresh++
+			}
 		case err := <-f.Err():
 			k, _ := contract.KeysOf(f.Msg().Header)
 			failed = append(failed, k.Seq)
 			firstErr = cmpErr(firstErr, err)
 		case <-ctx.Done():
-			return seqs, ctx.Err()
+			return fresh, seqs, ctx.Err()
 		}
 	}
-	return failed, firstErr
+	return fresh, failed, firstErr
 }
 
 func cmpErr(first, err error) error {

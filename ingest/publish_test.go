@@ -1,0 +1,175 @@
+package ingest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+)
+
+func items(n int) []flashpipe.Item {
+	out := make([]flashpipe.Item, n)
+	for i := range out {
+		out[i] = flashpipe.Item{Position: int64(3 * (i + 1)), Term: fmt.Sprintf("단어%d", i), Type: "noun"}
+	}
+	return out
+}
+
+func streamCount(t *testing.T, js jetstream.JetStream, stream, subject string) int {
+	t.Helper()
+	st, err := js.Stream(context.Background(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range info.State.Subjects {
+		n += int(c)
+	}
+	return n
+}
+
+func TestSubmitPublishesManifestAndItemsInRankOrder(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, err := ingest.NewPublisher(js, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b1", Source: "test", Items: items(100)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Published != 100 || sub.Resubmitted || sub.Manifest.Count != 100 {
+		t.Fatalf("submission %+v", sub)
+	}
+	m, err := pub.Manifest(ctx, "b1")
+	if err != nil || m.Count != 100 || m.ContentHash != flashpipe.HashItems(items(100)) {
+		t.Fatalf("manifest %+v, %v", m, err)
+	}
+	st, _ := js.Stream(ctx, c.ItemsStream())
+	raw, err := st.GetLastMsgForSubject(ctx, c.ItemSubject("b1", 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wi, err := contract.DecodeItem(raw.Header, raw.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wi.Seq != 7 || wi.Position != 21 || wi.BatchID != "b1" || wi.Term != "단어6" {
+		t.Fatalf("item 7 = %+v", wi)
+	}
+}
+
+func TestResubmitPublishesNothingNew(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: items(50)}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: items(50)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sub.Resubmitted || sub.Published != 0 {
+		t.Fatalf("resubmission %+v, want resubmitted with nothing published", sub)
+	}
+	if n := streamCount(t, js, c.ItemsStream(), c.BatchItems("b2")); n != 50 {
+		t.Fatalf("items stream holds %d messages of b2, want 50", n)
+	}
+	if n := streamCount(t, js, c.BatchesStream(), c.ManifestSubject("b2")); n != 1 {
+		t.Fatalf("%d manifests of b2, want 1", n)
+	}
+}
+
+func TestResubmitFinishesAnInterruptedSubmit(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	all := items(40)
+	// A submit that died half-way: the manifest and all but three items are in.
+	mm, _ := c.ManifestMsg(flashpipe.Manifest{BatchID: "b3", Count: 40, ContentHash: flashpipe.HashItems(all)})
+	if _, err := js.PublishMsg(ctx, mm); err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range all {
+		if seq := i + 1; seq != 5 && seq != 6 && seq != 39 {
+			msg, _ := c.ItemMsg(flashpipe.WorkItem{BatchID: "b3", Seq: seq, Item: it})
+			if _, err := js.PublishMsg(ctx, msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b3", Items: all})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Published != 3 {
+		t.Fatalf("published %d, want the 3 missing items", sub.Published)
+	}
+	if n := streamCount(t, js, c.ItemsStream(), c.BatchItems("b3")); n != 40 {
+		t.Fatalf("items stream holds %d messages of b3, want 40", n)
+	}
+}
+
+func TestSubmitRejectsADifferentBatchUnderAUsedID(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: items(10)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: items(11)})
+	if !errors.Is(err, ingest.ErrBatchConflict) {
+		t.Fatalf("err = %v, want ErrBatchConflict", err)
+	}
+	if n := streamCount(t, js, c.ItemsStream(), c.BatchItems("b4")); n != 10 {
+		t.Fatalf("items stream holds %d messages of b4, want 10", n)
+	}
+}
+
+func TestSubmitRejectsBadBatchesBeforePublishing(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	unsorted := items(3)
+	unsorted[1], unsorted[2] = unsorted[2], unsorted[1]
+	for name, b := range map[string]ingest.Batch{
+		"bad id":   {ID: "a.b", Items: items(1)},
+		"empty":    {ID: "e", Items: nil},
+		"unsorted": {ID: "u", Items: unsorted},
+	} {
+		if _, err := pub.Submit(ctx, b); err == nil {
+			t.Errorf("%s: submitted, want an error", name)
+		}
+	}
+	if n := streamCount(t, js, c.ItemsStream(), c.AllItems()); n != 0 {
+		t.Fatalf("%d items published by rejected batches", n)
+	}
+}
