@@ -122,11 +122,14 @@ type Result struct {
 	ProcessedAt time.Time `json:"processed_at"`
 }
 
-// Usage is what processing cost: API calls, cache hits, tokens and money.
+// Usage is what processing cost: API calls (attempts, each paid or not), cache
+// look-ups, tokens and money. Tokens and cost count only what was paid for: a cache hit
+// adds none.
 type Usage struct {
 	Stage1Calls      int     `json:"stage1_calls"`
 	Stage2Calls      int     `json:"stage2_calls"`
 	CacheHits        int     `json:"cache_hits"`
+	CacheMisses      int     `json:"cache_misses"`
 	PromptTokens     int64   `json:"prompt_tokens"`
 	CompletionTokens int64   `json:"completion_tokens"`
 	Cost             float64 `json:"cost"`
@@ -138,6 +141,7 @@ func (u Usage) Add(o Usage) Usage {
 		Stage1Calls:      u.Stage1Calls + o.Stage1Calls,
 		Stage2Calls:      u.Stage2Calls + o.Stage2Calls,
 		CacheHits:        u.CacheHits + o.CacheHits,
+		CacheMisses:      u.CacheMisses + o.CacheMisses,
 		PromptTokens:     u.PromptTokens + o.PromptTokens,
 		CompletionTokens: u.CompletionTokens + o.CompletionTokens,
 		Cost:             u.Cost + o.Cost,

@@ -47,7 +47,10 @@ type Completion struct {
 	CompletedAt time.Time `json:"completed_at"`
 }
 
-// Batch states as a Store reports them.
+// Batch states as a Store reports them. A batch is complete when its latest
+// generation's completion is stored and so are all the results that generation
+// emitted: events may be applied in any order (several sink replicas), and a batch
+// never reads complete while a result it counts is missing.
 const (
 	BatchRunning  = "running"
 	BatchComplete = "complete"
@@ -56,15 +59,17 @@ const (
 // BatchStatus is a Store's view of a batch.
 type BatchStatus struct {
 	Manifest Manifest `json:"manifest"`
-	// State is BatchRunning until the latest generation's completion is stored.
+	// State is BatchRunning until the latest generation's completion and every result
+	// it counts are stored.
 	State string `json:"state"`
 	// Done counts items with a stored result, OK and Failed split it by status.
 	Done   int   `json:"done"`
 	OK     int   `json:"ok"`
 	Failed int   `json:"failed"`
 	Usage  Usage `json:"usage"`
-	// StartedAt is when the first result was stored, CompletedAt when the latest
-	// generation completed.
+	// SubmittedAt is when the batch was first submitted (Manifest.CreatedAt is the
+	// latest generation's), StartedAt when its first result was stored, CompletedAt
+	// when the latest generation completed.
 	SubmittedAt time.Time  `json:"submitted_at"`
 	StartedAt   *time.Time `json:"started_at,omitempty"`
 	CompletedAt *time.Time `json:"completed_at,omitempty"`
@@ -80,17 +85,21 @@ type ResultFilter struct {
 // per card. It is the seam between the sink and a database; every driver passes the
 // same conformance suite (internal/store/storetest).
 //
-// Apply is idempotent: applying an event twice, or an older generation's result after
-// a newer one, changes nothing. Implementations are safe for concurrent use.
+// Apply is idempotent and commutative: applying an event twice, or an older
+// generation's result after a newer one, changes nothing, and the state a set of
+// events leaves does not depend on the order of the Apply calls. Implementations are
+// safe for concurrent use.
 type Store interface {
 	// Apply stores events in one transaction: all of them or none.
 	Apply(ctx context.Context, events []Event) error
 	// Batch returns the status of one batch, or an error wrapping ErrNotFound.
 	Batch(ctx context.Context, batchID string) (BatchStatus, error)
-	// Batches lists the most recently submitted batches, newest first.
+	// Batches lists the most recently submitted batches, newest first (limit <= 0:
+	// all).
 	Batches(ctx context.Context, limit int) ([]BatchStatus, error)
 	// Results calls fn for each stored result of a batch in ascending Seq, with its
-	// cards, stopping at the first error fn returns.
+	// cards (nil when it has none), stopping at the first error fn returns. A batch
+	// with nothing stored yields nothing and no error.
 	Results(ctx context.Context, batchID string, filter ResultFilter, fn func(Result) error) error
 	// Close releases the store's connections.
 	Close() error
