@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -167,47 +169,97 @@ func (r *run) index(seq int) (int, bool) {
 	return i, i < len(r.m.Seqs) && r.m.Seqs[i] == seq
 }
 
-// step appends what can be appended now: the manifest, the next result (from the
-// buffer or, when it may be there, the results stream), or the completion. It reports
-// whether it appended anything.
+// step appends what can be appended now, as one run: the manifest if it is due, the
+// contiguous results available from the buffer or (when they may be there) the results
+// stream, and the completion if the run reaches the end. It reports whether it
+// appended anything. On error nothing of the run is assumed stored: the caller resyncs.
 func (r *run) step(ctx context.Context) (bool, error) {
+	var evs []*nats.Msg
 	if r.needMan {
 		m := r.m
-		if err := r.emit(ctx, flashpipe.Event{Kind: flashpipe.EventManifest, Manifest: &m}, nil); err != nil {
+		msg, err := r.eventMsg(flashpipe.Event{Kind: flashpipe.EventManifest, Manifest: &m})
+		if err != nil {
 			return false, err
 		}
-		r.needMan = false
-		return true, nil
+		evs = append(evs, msg)
 	}
-	if r.next >= r.n {
+	n := 0
+	for r.next+n < r.n && len(evs) < r.s.cfg.MaxRun {
+		want := r.at(r.next + n)
+		res, ok := r.buf[want]
+		if !ok && r.dirty {
+			var err error
+			if res, ok, err = r.lookup(ctx, want); err != nil {
+				return false, err
+			}
+			r.dirty = ok
+			if ok {
+				r.buf[want] = res // kept until stored
+			}
+		}
+		if !ok {
+			break
+		}
+		msg := r.s.c.ResultEventMsg(res.keys, res.data)
+		msg.Header.Set(jetstream.MsgIDHeader, contract.MsgID(r.m.BatchID, res.keys.Position, res.keys.Generation))
+		evs = append(evs, msg)
+		n++
+	}
+	complete := r.next+n >= r.n && len(evs) < r.s.cfg.MaxRun
+	if complete {
 		c := &flashpipe.Completion{BatchID: r.m.BatchID, Generation: r.m.Generation, Emitted: r.n, CompletedAt: time.Now().UTC()}
-		if err := r.emit(ctx, flashpipe.Event{Kind: flashpipe.EventComplete, Completion: c}, nil); err != nil {
+		msg, err := r.eventMsg(flashpipe.Event{Kind: flashpipe.EventComplete, Completion: c})
+		if err != nil {
 			return false, err
 		}
-		r.done = true
-		return true, nil
+		evs = append(evs, msg)
 	}
-	want := r.at(r.next)
-	res, ok := r.buf[want]
-	if ok {
-		delete(r.buf, want)
-	} else if r.dirty {
-		var err error
-		if res, ok, err = r.lookup(ctx, want); err != nil {
-			return false, err
-		}
-		r.dirty = ok
-	}
-	if !ok {
+	if len(evs) == 0 {
 		return false, nil
 	}
-	if err := r.emit(ctx, flashpipe.Event{Kind: flashpipe.EventResult}, &res); err != nil {
-		// Keep the result for the retry after resync.
-		r.buf[want] = res
+	if err := r.append(ctx, evs); err != nil {
 		return false, err
 	}
-	r.next++
+	for i := range n {
+		delete(r.buf, r.at(r.next+i))
+	}
+	r.next += n
+	r.needMan = false
+	r.done = complete
 	return true, nil
+}
+
+func (r *run) eventMsg(ev flashpipe.Event) (*nats.Msg, error) {
+	msg, err := r.s.c.EventMsg(ev)
+	if err != nil {
+		return nil, err
+	}
+	msg.Header.Set(jetstream.MsgIDHeader, contract.EventMsgID(ev))
+	return msg, nil
+}
+
+// append stores events on the ordered subject, the first expecting the last event to
+// be the one at r.lastSeq: a long run as one atomic batch where the stream allows it
+// (all or nothing; a commit costs a few milliseconds, so it pays only for long runs,
+// as when catching up), else one by one, each expecting the one before.
+func (r *run) append(ctx context.Context, evs []*nats.Msg) error {
+	if r.s.atomic && len(evs) >= r.s.cfg.AtomicMinRun {
+		evs[0].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(r.lastSeq, 10))
+		ack, err := jetstreamext.PublishMsgBatch(ctx, r.s.js, evs)
+		if err != nil {
+			return fmt.Errorf("append %d events to %s: %w", len(evs), r.subject, err)
+		}
+		r.lastSeq = ack.Sequence
+		return nil
+	}
+	for _, msg := range evs {
+		ack, err := r.s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(r.lastSeq))
+		if err != nil {
+			return fmt.Errorf("append to %s: %w", r.subject, err)
+		}
+		r.lastSeq = ack.Sequence
+	}
+	return nil
 }
 
 // lookup reads the latest result for seq from the results stream.
@@ -243,30 +295,4 @@ func (r *run) offer(h nats.Header, data []byte) {
 		return
 	}
 	r.buf[k.Seq] = raw{keys: k, data: data}
-}
-
-// emit appends one event to the batch's ordered subject, expecting the last event to be
-// the one at r.lastSeq. A result is spliced into the event from its stored bytes.
-func (r *run) emit(ctx context.Context, ev flashpipe.Event, res *raw) error {
-	var (
-		msg *nats.Msg
-		id  string
-		err error
-	)
-	if res != nil {
-		msg = r.s.c.ResultEventMsg(res.keys, res.data)
-		id = contract.MsgID(r.m.BatchID, res.keys.Position, res.keys.Generation)
-	} else {
-		msg, err = r.s.c.EventMsg(ev)
-		if err != nil {
-			return err
-		}
-		id = contract.EventMsgID(ev)
-	}
-	ack, err := r.s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectLastSequencePerSubject(r.lastSeq))
-	if err != nil {
-		return fmt.Errorf("append to %s: %w", r.subject, err)
-	}
-	r.lastSeq = ack.Sequence
-	return nil
 }

@@ -41,6 +41,8 @@ const (
 	DefaultMaxBatches   = 16
 	DefaultLeaseTTL     = 30 * time.Second
 	DefaultPollInterval = 2 * time.Second
+	DefaultMaxRun       = 256
+	DefaultAtomicMinRun = 64
 )
 
 // Config configures a sequencer replica.
@@ -57,6 +59,14 @@ type Config struct {
 	// PollInterval is how often a waiting batch re-checks the results stream, a safety
 	// net behind the push of new results.
 	PollInterval time.Duration
+	// MaxRun is the most events appended in one atomic batch (server limit: 1000).
+	MaxRun int
+	// AtomicMinRun is the shortest run appended as an atomic batch; shorter runs are
+	// appended one by one, which is faster for them.
+	AtomicMinRun int
+	// OneByOne appends events one at a time even where the server takes atomic
+	// batches (slower; the same guarantees).
+	OneByOne bool
 	// ID names this replica in logs.
 	ID     string
 	Logger *slog.Logger
@@ -78,6 +88,12 @@ func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval
 	}
+	if c.MaxRun == 0 {
+		c.MaxRun = DefaultMaxRun
+	}
+	if c.AtomicMinRun == 0 {
+		c.AtomicMinRun = DefaultAtomicMinRun
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -94,6 +110,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("sequencer: Config.LeaseTTL must be at least 1s, got %s", c.LeaseTTL)
 	case c.PollInterval <= 0:
 		return fmt.Errorf("sequencer: Config.PollInterval must be positive")
+	case c.MaxRun < 2 || c.MaxRun > 1000:
+		return fmt.Errorf("sequencer: Config.MaxRun must be 2 to 1000, got %d", c.MaxRun)
+	case c.AtomicMinRun < 2:
+		return fmt.Errorf("sequencer: Config.AtomicMinRun must be at least 2, got %d", c.AtomicMinRun)
 	}
 	return nil
 }
@@ -104,6 +124,9 @@ type Sequencer struct {
 	c   *contract.Contract
 	cfg Config
 	log *slog.Logger
+
+	// atomic is true when the ordered stream takes atomic batch publishes.
+	atomic bool
 
 	mu     sync.Mutex
 	active map[string]bool // batch ids this replica is sequencing
@@ -135,6 +158,11 @@ func (s *Sequencer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sequencer: results stream: %w", err)
 	}
+	ordered, err := s.js.Stream(ctx, s.c.OrderedStream())
+	if err != nil {
+		return fmt.Errorf("sequencer: ordered stream: %w", err)
+	}
+	s.atomic = ordered.CachedInfo().Config.AllowAtomicPublish && !s.cfg.OneByOne
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.BatchesStream(), jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
 		Description:   "flashpipe sequencers: one manifest = one batch to sequence",
@@ -154,7 +182,7 @@ func (s *Sequencer) Run(ctx context.Context) error {
 	}
 	stop := context.AfterFunc(ctx, iter.Stop)
 	defer stop()
-	s.log.Info("sequencer started", "window", s.cfg.Window, "max_batches", s.cfg.MaxBatches)
+	s.log.Info("sequencer started", "window", s.cfg.Window, "max_batches", s.cfg.MaxBatches, "atomic_appends", s.atomic)
 
 	slots := make(chan struct{}, s.cfg.MaxBatches)
 	var wg sync.WaitGroup

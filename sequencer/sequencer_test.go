@@ -17,9 +17,26 @@ import (
 )
 
 type env struct {
-	t  *testing.T
-	js jetstream.JetStream
-	c  *contract.Contract
+	t        *testing.T
+	js       jetstream.JetStream
+	c        *contract.Contract
+	oneByOne bool
+}
+
+// modes runs a test with atomic batch appends and with one-by-one appends.
+func modes(t *testing.T, test func(t *testing.T, e *env)) {
+	for _, oneByOne := range []bool{false, true} {
+		name := "atomic"
+		if oneByOne {
+			name = "one-by-one"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.oneByOne = oneByOne
+			test(t, e)
+		})
+	}
 }
 
 func newEnv(t *testing.T) *env {
@@ -56,6 +73,7 @@ func (e *env) publishResult(batch string, seq, gen int, status flashpipe.Status)
 
 func (e *env) start(cfg sequencer.Config) (stop func()) {
 	e.t.Helper()
+	cfg.OneByOne = e.oneByOne
 	s, err := sequencer.New(e.js, e.c, cfg)
 	if err != nil {
 		e.t.Fatal(err)
@@ -190,102 +208,107 @@ func seqRange(n int) []int {
 
 func TestSequencerOrdersShuffledResults(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const n = 500
-	e.publishManifest(flashpipe.Manifest{BatchID: "shuffled", Count: n, CreatedAt: time.Now()})
-	// A window far smaller than the disorder forces the look-up path too.
-	e.start(sequencer.Config{Window: 16, PollInterval: 200 * time.Millisecond})
-	order := rand.Perm(n)
-	for _, i := range order {
-		e.publishResult("shuffled", i+1, 0, flashpipe.StatusOK)
-	}
-	checkGeneration(t, e.waitComplete("shuffled", 0, 30*time.Second), 0, seqRange(n))
+	modes(t, func(t *testing.T, e *env) {
+		const n = 500
+		e.publishManifest(flashpipe.Manifest{BatchID: "shuffled", Count: n, CreatedAt: time.Now()})
+		// A window far smaller than the disorder forces the look-up path too.
+		e.start(sequencer.Config{Window: 16, PollInterval: 200 * time.Millisecond})
+		order := rand.Perm(n)
+		for _, i := range order {
+			e.publishResult("shuffled", i+1, 0, flashpipe.StatusOK)
+		}
+		checkGeneration(t, e.waitComplete("shuffled", 0, 30*time.Second), 0, seqRange(n))
+	})
 }
 
 func TestSequencerFirstResultLast(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const n = 2000
-	e.publishManifest(flashpipe.Manifest{BatchID: "firstlast", Count: n, CreatedAt: time.Now()})
-	e.start(sequencer.Config{Window: 8, PollInterval: 200 * time.Millisecond})
-	for seq := 2; seq <= n; seq++ {
-		e.publishResult("firstlast", seq, 0, flashpipe.StatusOK)
-	}
-	// Nothing but the manifest may be emitted while seq 1 is missing.
-	time.Sleep(300 * time.Millisecond)
-	if n := e.count("firstlast"); n > 1 {
-		t.Fatalf("%d events emitted before seq 1 arrived", n)
-	}
-	e.publishResult("firstlast", 1, 0, flashpipe.StatusFailed)
-	checkGeneration(t, e.waitComplete("firstlast", 0, 30*time.Second), 0, seqRange(n))
+	modes(t, func(t *testing.T, e *env) {
+		const n = 2000
+		e.publishManifest(flashpipe.Manifest{BatchID: "firstlast", Count: n, CreatedAt: time.Now()})
+		e.start(sequencer.Config{Window: 8, PollInterval: 200 * time.Millisecond})
+		for seq := 2; seq <= n; seq++ {
+			e.publishResult("firstlast", seq, 0, flashpipe.StatusOK)
+		}
+		// Nothing but the manifest may be emitted while seq 1 is missing.
+		time.Sleep(300 * time.Millisecond)
+		if n := e.count("firstlast"); n > 1 {
+			t.Fatalf("%d events emitted before seq 1 arrived", n)
+		}
+		e.publishResult("firstlast", 1, 0, flashpipe.StatusFailed)
+		checkGeneration(t, e.waitComplete("firstlast", 0, 30*time.Second), 0, seqRange(n))
+	})
 }
 
 func TestSequencerRestartMidBatch(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const n = 400
-	e.publishManifest(flashpipe.Manifest{BatchID: "restart", Count: n, CreatedAt: time.Now()})
-	// The first half (shuffled) arrives before the stop, the second half after.
-	first, second := rand.Perm(n/2), rand.Perm(n/2)
-	for _, i := range first {
-		e.publishResult("restart", i+1, 0, flashpipe.StatusOK)
-	}
-	stop := e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
-	// Stop it once it has emitted something but cannot have finished.
-	natstest.Eventually(t, 10*time.Second, func() bool { return e.count("restart") > 1 }, "nothing emitted")
-	stop()
-	before := e.count("restart")
-	for _, i := range second {
-		e.publishResult("restart", n/2+i+1, 0, flashpipe.StatusOK)
-	}
-	e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
-	evs := e.waitComplete("restart", 0, 30*time.Second)
-	checkGeneration(t, evs, 0, seqRange(n))
-	if before >= len(evs) {
-		t.Fatalf("the first sequencer emitted %d events of %d: the restart was not mid-batch", before, len(evs))
-	}
+	modes(t, func(t *testing.T, e *env) {
+		const n = 400
+		e.publishManifest(flashpipe.Manifest{BatchID: "restart", Count: n, CreatedAt: time.Now()})
+		// The first half (shuffled) arrives before the stop, the second half after.
+		first, second := rand.Perm(n/2), rand.Perm(n/2)
+		for _, i := range first {
+			e.publishResult("restart", i+1, 0, flashpipe.StatusOK)
+		}
+		stop := e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
+		// Stop it once it has emitted something but cannot have finished.
+		natstest.Eventually(t, 10*time.Second, func() bool { return e.count("restart") > 1 }, "nothing emitted")
+		stop()
+		before := e.count("restart")
+		for _, i := range second {
+			e.publishResult("restart", n/2+i+1, 0, flashpipe.StatusOK)
+		}
+		e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond})
+		evs := e.waitComplete("restart", 0, 30*time.Second)
+		checkGeneration(t, evs, 0, seqRange(n))
+		if before >= len(evs) {
+			t.Fatalf("the first sequencer emitted %d events of %d: the restart was not mid-batch", before, len(evs))
+		}
+	})
 }
 
 func TestSequencerRacingReplicasNeverDuplicate(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const n = 300
-	// A very short lease makes JetStream hand the batch to the other replica while the
-	// first still works on it: the appends' expected-sequence checks must keep the log
-	// exact anyway.
-	e.publishManifest(flashpipe.Manifest{BatchID: "race", Count: n, CreatedAt: time.Now()})
-	for _, i := range rand.Perm(n) {
-		e.publishResult("race", i+1, 0, flashpipe.StatusOK)
-	}
-	for range 3 {
-		e.start(sequencer.Config{Window: 4, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
-	}
-	checkGeneration(t, e.waitComplete("race", 0, 30*time.Second), 0, seqRange(n))
+	modes(t, func(t *testing.T, e *env) {
+		const n = 300
+		// A very short lease makes JetStream hand the batch to the other replica while the
+		// first still works on it: the appends' expected-sequence checks must keep the log
+		// exact anyway.
+		e.publishManifest(flashpipe.Manifest{BatchID: "race", Count: n, CreatedAt: time.Now()})
+		for _, i := range rand.Perm(n) {
+			e.publishResult("race", i+1, 0, flashpipe.StatusOK)
+		}
+		for range 3 {
+			e.start(sequencer.Config{Window: 4, PollInterval: 50 * time.Millisecond, LeaseTTL: time.Second})
+		}
+		checkGeneration(t, e.waitComplete("race", 0, 30*time.Second), 0, seqRange(n))
+	})
 }
 
 func TestSequencerRetryGenerationAppendsCorrections(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	const n = 50
-	e.publishManifest(flashpipe.Manifest{BatchID: "retry", Count: n, CreatedAt: time.Now()})
-	failed := []int{3, 17, 40}
-	for seq := 1; seq <= n; seq++ {
-		st := flashpipe.StatusOK
-		for _, f := range failed {
-			if f == seq {
-				st = flashpipe.StatusFailed
+	modes(t, func(t *testing.T, e *env) {
+		const n = 50
+		e.publishManifest(flashpipe.Manifest{BatchID: "retry", Count: n, CreatedAt: time.Now()})
+		failed := []int{3, 17, 40}
+		for seq := 1; seq <= n; seq++ {
+			st := flashpipe.StatusOK
+			for _, f := range failed {
+				if f == seq {
+					st = flashpipe.StatusFailed
+				}
 			}
+			e.publishResult("retry", seq, 0, st)
 		}
-		e.publishResult("retry", seq, 0, st)
-	}
-	e.start(sequencer.Config{PollInterval: 100 * time.Millisecond})
-	e.waitComplete("retry", 0, 30*time.Second)
+		e.start(sequencer.Config{PollInterval: 100 * time.Millisecond})
+		e.waitComplete("retry", 0, 30*time.Second)
 
-	e.publishManifest(flashpipe.Manifest{BatchID: "retry", Generation: 1, Count: n, Seqs: failed, CreatedAt: time.Now()})
-	for _, seq := range []int{40, 3, 17} {
-		e.publishResult("retry", seq, 1, flashpipe.StatusOK)
-	}
-	evs := e.waitComplete("retry", 1, 30*time.Second)
-	checkGeneration(t, evs[:n+2], 0, seqRange(n))
-	checkGeneration(t, evs[n+2:], 1, failed)
+		e.publishManifest(flashpipe.Manifest{BatchID: "retry", Generation: 1, Count: n, Seqs: failed, CreatedAt: time.Now()})
+		for _, seq := range []int{40, 3, 17} {
+			e.publishResult("retry", seq, 1, flashpipe.StatusOK)
+		}
+		evs := e.waitComplete("retry", 1, 30*time.Second)
+		checkGeneration(t, evs[:n+2], 0, seqRange(n))
+		checkGeneration(t, evs[n+2:], 1, failed)
+	})
 }

@@ -170,11 +170,15 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 			AllowDirect: true,
 		}
 	}
+	ordered := mk(c.OrderedStream(), c.prefix+".ordered.*", "flashpipe ordered events per batch")
+	// The sequencer appends runs of events as atomic batches where the server supports
+	// them (nats-server 2.12+); older servers ignore the flag and it appends one by one.
+	ordered.AllowAtomicPublish = true
 	return []jetstream.StreamConfig{
 		mk(c.BatchesStream(), c.prefix+".batches.*", "flashpipe batch manifests"),
 		mk(c.ItemsStream(), c.prefix+".items.*.*", "flashpipe work items, one per message"),
 		mk(c.ResultsStream(), c.prefix+".results.*.*", "flashpipe results, one per item and generation"),
-		mk(c.OrderedStream(), c.prefix+".ordered.*", "flashpipe ordered events per batch"),
+		ordered,
 	}
 }
 
