@@ -1,0 +1,274 @@
+// Package cache keeps the answers of the LLM stages in a JetStream key-value bucket, so
+// the pipeline never pays twice for the same answer: not on a redelivery, not on a
+// stage 2 retry (stage 1 is cached first), not for the same word in another batch.
+//
+// Keys are "s<stage>.<model>.<hash>": the hash (internal/stages Stage1Key/Stage2Key)
+// covers the stage, model, prompt version and canonical input, never the position; the
+// readable stage and model tokens let Clear drop one stage's or one model's answers.
+// Entries are permanent unless Config.TTL is set or the user clears them.
+//
+// Concurrency: identical look-ups in flight in one process share one computation
+// (singleflight); across processes, two replicas racing on the same key may each pay
+// once. All methods are safe for concurrent use.
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// DefaultBucketSuffix names the bucket after the contract's prefix: FLASHPIPE_CACHE.
+const DefaultBucketSuffix = "CACHE"
+
+// Config configures the cache bucket.
+type Config struct {
+	// Bucket is the KV bucket name (default: <PREFIX>_CACHE).
+	Bucket string
+	// TTL drops entries older than this (zero: keep them until cleared).
+	TTL time.Duration
+	// Replicas and Storage of the bucket (defaults: the contract's).
+	Replicas int
+	Storage  string
+	Logger   *slog.Logger
+}
+
+// Entry is one cached answer.
+type Entry struct {
+	Stage         int    `json:"stage"`
+	Model         string `json:"model"`
+	PromptVersion string `json:"prompt_version,omitempty"`
+	// Value is the validated, normalised answer (stage 1: the analysis; stage 2: the
+	// cards), without the parts that depend on the item's position.
+	Value json.RawMessage `json:"value,omitempty"`
+	// Usage is what the answer cost when it was paid for.
+	Usage     flashpipe.Usage `json:"usage"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+// ErrUnavailable wraps errors reading the bucket: the answer may be there, so the
+// caller should retry later rather than pay for it again.
+var ErrUnavailable = errors.New("cache unavailable")
+
+// encode marshals the entry with its Value spliced in as is: the value is the caller's
+// own json.Marshal output, and re-validating a few kilobytes per answer is measurable
+// on the hot path.
+func (e Entry) encode() ([]byte, error) {
+	value := e.Value
+	e.Value = nil
+	head, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(value) == 0 {
+		return head, nil
+	}
+	// Value is nil and omitempty, so head lacks it: append it before the closing brace.
+	out := make([]byte, 0, len(head)+len(value)+10)
+	out = append(out, head[:len(head)-1]...)
+	out = append(out, `,"value":`...)
+	out = append(out, value...)
+	return append(out, '}'), nil
+}
+
+// Cache is the answer cache.
+type Cache struct {
+	kv     jetstream.KeyValue
+	stream string
+	bucket string
+	sf     singleflight.Group
+	log    *slog.Logger
+}
+
+// New opens (creating or updating) the cache bucket.
+func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Cache, error) {
+	if cfg.Bucket == "" {
+		cfg.Bucket = c.Name(DefaultBucketSuffix)
+	}
+	if cfg.Replicas == 0 {
+		cfg.Replicas = c.Config().Replicas
+	}
+	if cfg.Storage == "" {
+		cfg.Storage = c.Config().Storage
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.TTL < 0 {
+		return nil, errors.New("cache: Config.TTL must not be negative")
+	}
+	storage := jetstream.FileStorage
+	if cfg.Storage == contract.StorageMemory {
+		storage = jetstream.MemoryStorage
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "flashpipe: LLM answers by stage, model, prompt version and input",
+		History:     1,
+		TTL:         cfg.TTL,
+		Storage:     storage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
+	}
+	return &Cache{kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, log: cfg.Logger.With("component", "cache")}, nil
+}
+
+var unsafeToken = regexp.MustCompile(`[^A-Za-z0-9_-]`)
+
+// ModelToken is the key token of a model name: characters a key token cannot hold
+// become '_' (the hash in the key covers the exact name).
+func ModelToken(model string) string {
+	if model == "" {
+		return "_"
+	}
+	return unsafeToken.ReplaceAllString(model, "_")
+}
+
+// Key returns the key of an answer.
+func Key(stage int, model, hash string) string {
+	return fmt.Sprintf("s%d.%s.%s", stage, ModelToken(model), hash)
+}
+
+// Get returns the entry at key; found is false when there is none. Errors are
+// transient (the bucket could not be read).
+func (c *Cache) Get(ctx context.Context, key string) (e Entry, found bool, err error) {
+	kve, err := c.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return e, false, nil
+	}
+	if err != nil {
+		return e, false, flashpipe.AsTransient(fmt.Errorf("%w: get: %w", ErrUnavailable, err))
+	}
+	if err := json.Unmarshal(kve.Value(), &e); err != nil {
+		// A corrupt entry is a miss; the fresh answer overwrites it.
+		c.log.Warn("corrupt cache entry ignored", "key", key, "err", err)
+		return e, false, nil
+	}
+	return e, true, nil
+}
+
+// Put stores an entry.
+func (c *Cache) Put(ctx context.Context, key string, e Entry) error {
+	data, err := e.encode()
+	if err != nil {
+		return fmt.Errorf("cache: encode: %w", err)
+	}
+	if _, err := c.kv.Put(ctx, key, data); err != nil {
+		return flashpipe.AsTransient(fmt.Errorf("cache: put: %w", err))
+	}
+	return nil
+}
+
+// Do returns the entry at key, or computes it with fn, stores it and returns it. hit
+// reports whether the answer came from the cache (or from an identical computation
+// already in flight in this process), so it cost nothing. A failure to store a computed
+// answer is logged, not returned: the answer was paid for and is good.
+func (c *Cache) Do(ctx context.Context, key string, fn func() (Entry, error)) (e Entry, hit bool, err error) {
+	type outcome struct {
+		e   Entry
+		hit bool
+	}
+	leader := false
+	v, err, shared := c.sf.Do(key, func() (any, error) {
+		leader = true
+		e, found, err := c.Get(ctx, key)
+		if err != nil || found {
+			return outcome{e, true}, err
+		}
+		e, err = fn()
+		if err != nil {
+			return outcome{}, err
+		}
+		if e.CreatedAt.IsZero() {
+			e.CreatedAt = time.Now().UTC()
+		}
+		if perr := c.Put(context.WithoutCancel(ctx), key, e); perr != nil {
+			c.log.Warn("answer not cached", "key", key, "err", perr)
+		}
+		return outcome{e, false}, nil
+	})
+	if err != nil {
+		return Entry{}, false, err
+	}
+	o := v.(outcome)
+	return o.e, o.hit || (shared && !leader), nil
+}
+
+// Stats describes the cache's content.
+type Stats struct {
+	Bucket  string         `json:"bucket"`
+	Entries int            `json:"entries"`
+	Bytes   uint64         `json:"bytes"`
+	ByStage map[string]int `json:"by_stage"`
+	ByModel map[string]int `json:"by_model"`
+}
+
+// Stats counts the entries by stage and model.
+func (c *Cache) Stats(ctx context.Context) (Stats, error) {
+	st := Stats{Bucket: c.bucket, ByStage: map[string]int{}, ByModel: map[string]int{}}
+	status, err := c.kv.Status(ctx)
+	if err != nil {
+		return st, fmt.Errorf("cache: status: %w", err)
+	}
+	st.Bytes = status.Bytes()
+	lister, err := c.kv.ListKeys(ctx)
+	if err != nil {
+		return st, fmt.Errorf("cache: list keys: %w", err)
+	}
+	defer lister.Stop()
+	for k := range lister.Keys() {
+		parts := strings.SplitN(k, ".", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		st.Entries++
+		st.ByStage[parts[0]]++
+		st.ByModel[parts[1]]++
+	}
+	return st, nil
+}
+
+// Clear removes entries: all of them, or those of one stage (1 or 2), or of one model,
+// or both. It returns how many entries were removed.
+func (c *Cache) Clear(ctx context.Context, js jetstream.JetStream, stage int, model string) (uint64, error) {
+	filter := "$KV." + c.bucket + "."
+	switch {
+	case stage == 0 && model == "":
+		filter += ">"
+	case stage == 0:
+		filter += "*." + ModelToken(model) + ".*"
+	case model == "":
+		filter += fmt.Sprintf("s%d.>", stage)
+	default:
+		filter += fmt.Sprintf("s%d.%s.*", stage, ModelToken(model))
+	}
+	st, err := js.Stream(ctx, c.stream)
+	if err != nil {
+		return 0, fmt.Errorf("cache: %w", err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return 0, fmt.Errorf("cache: %w", err)
+	}
+	var n uint64
+	for _, cnt := range info.State.Subjects {
+		n += cnt
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(filter)); err != nil {
+		return 0, fmt.Errorf("cache: clear: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,327 @@
+// Package processor is the stage that turns work items into results: it consumes the
+// items stream through one durable pull consumer shared by every replica, runs each
+// item through stage 1 (nuance analysis) and stage 2 (flashcards) against an
+// OpenAI-compatible API, and publishes exactly one result per item, ok or failed.
+//
+// Ack rule: an item is acknowledged only after its result's publish is acknowledged by
+// JetStream. A crash before that redelivers the item; the result's Nats-Msg-Id (batch,
+// position, generation) makes a second publish a no-op, and downstream stages are
+// idempotent, so a redelivery never makes a second row.
+//
+// Concurrency: the consumer's MaxAckPending (Config.ConcurrentMax) caps the items in
+// flight across all replicas; Config.Workers caps each replica. Items are processed in
+// any order; the sequencer restores order.
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/stages"
+)
+
+// Defaults for Config.
+const (
+	DefaultDurable       = "processor"
+	DefaultConcurrentMax = 50
+	DefaultAckWait       = 60 * time.Second
+	DefaultMaxDeliveries = 10
+	DefaultDrainTimeout  = 30 * time.Second
+	DefaultMaxAttempts   = 3
+	DefaultBackoffBase   = 250 * time.Millisecond
+	DefaultBackoffMax    = 30 * time.Second
+	DefaultProbeInterval = 30 * time.Second
+	DefaultRequeueDelay  = 5 * time.Second
+)
+
+// Completer is the LLM API as the processor uses it. Complete makes one attempt and
+// returns errors classified by flashpipe.ClassOf.
+type Completer interface {
+	Complete(ctx context.Context, req llm.Request) (*llm.Response, error)
+}
+
+// AnswerCache is the answer cache as the processor uses it (internal/cache.Cache).
+type AnswerCache interface {
+	Do(ctx context.Context, key string, fn func() (cache.Entry, error)) (cache.Entry, bool, error)
+}
+
+// Config configures a processor replica.
+type Config struct {
+	// Durable is the name of the pull consumer all replicas share.
+	Durable string
+	// ConcurrentMax caps items in flight across all replicas (the consumer's
+	// MaxAckPending). 1 means strictly sequential processing.
+	ConcurrentMax int
+	// Workers caps items in flight in this replica (default ConcurrentMax).
+	Workers int
+	// AckWait is how long JetStream waits for an ack before redelivering; the
+	// processor extends it with progress acks while it works on an item.
+	AckWait time.Duration
+	// MaxDeliveries is how many deliveries an item gets before it fails for good
+	// (guards against an item that crashes processors).
+	MaxDeliveries int
+	// DrainTimeout bounds how long Run waits for in-flight items on shutdown.
+	DrainTimeout time.Duration
+	// MaxAttempts is the number of API attempts per stage for transient errors.
+	MaxAttempts int
+	// BackoffBase and BackoffMax shape the exponential backoff between attempts.
+	BackoffBase, BackoffMax time.Duration
+	// ProbeInterval is how often a replica paused by an account error (bad key, no
+	// credits) tries one call to see whether it was fixed.
+	ProbeInterval time.Duration
+	// RequeueDelay is how long an item waits before redelivery when no verdict could
+	// be reached (the cache could not be read).
+	RequeueDelay time.Duration
+	// Stages configures models, prompts and limits of the two stages.
+	Stages stages.Config
+	// ID names this replica in logs and results.
+	ID     string
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Durable == "" {
+		c.Durable = DefaultDurable
+	}
+	if c.ConcurrentMax == 0 {
+		c.ConcurrentMax = DefaultConcurrentMax
+	}
+	if c.Workers == 0 {
+		c.Workers = c.ConcurrentMax
+	}
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.MaxDeliveries == 0 {
+		c.MaxDeliveries = DefaultMaxDeliveries
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = DefaultProbeInterval
+	}
+	if c.RequeueDelay == 0 {
+		c.RequeueDelay = DefaultRequeueDelay
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.ConcurrentMax < 1:
+		return fmt.Errorf("processor: Config.ConcurrentMax must be at least 1, got %d", c.ConcurrentMax)
+	case c.Workers < 1:
+		return fmt.Errorf("processor: Config.Workers must be at least 1, got %d", c.Workers)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("processor: Config.AckWait must be at least 1s, got %s", c.AckWait)
+	case c.MaxDeliveries < 1:
+		return fmt.Errorf("processor: Config.MaxDeliveries must be at least 1, got %d", c.MaxDeliveries)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("processor: Config.MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.ProbeInterval <= 0:
+		return fmt.Errorf("processor: Config.ProbeInterval must be positive")
+	}
+	return nil
+}
+
+// Processor is one processor replica. Run it with Run; it is not reusable after Run
+// returns.
+type Processor struct {
+	js    jetstream.JetStream
+	c     *contract.Contract
+	api   Completer
+	cache AnswerCache
+	cfg   Config
+	log   *slog.Logger
+	gate  *gate
+}
+
+// New returns a processor replica. answers may be nil (no cache: every item pays).
+func New(js jetstream.JetStream, c *contract.Contract, api Completer, answers AnswerCache, cfg Config) (*Processor, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if js == nil || c == nil || api == nil {
+		return nil, errors.New("processor: JetStream, contract and API client are required")
+	}
+	log := cfg.Logger.With("component", "processor")
+	if cfg.ID != "" {
+		log = log.With("replica", cfg.ID)
+	}
+	return &Processor{js: js, c: c, api: api, cache: answers, cfg: cfg, log: log, gate: newGate(cfg.ProbeInterval, log)}, nil
+}
+
+// ConsumerConfig is the durable consumer the replicas share.
+func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       p.cfg.Durable,
+		Description:   "flashpipe processors: one shared pull consumer",
+		FilterSubject: p.c.AllItems(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.cfg.AckWait,
+		MaxAckPending: p.cfg.ConcurrentMax,
+		// Unlimited deliveries: the processor itself gives up after MaxDeliveries and
+		// publishes a failed result, so no item is ever dropped by the server.
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+}
+
+// Run consumes items until ctx is cancelled, then stops fetching, finishes the items in
+// hand (up to DrainTimeout) and returns. Items it could not finish are released for
+// redelivery.
+func (p *Processor) Run(ctx context.Context) error {
+	if err := p.c.EnsureStreams(ctx, p.js); err != nil {
+		return err
+	}
+	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.c.ItemsStream(), p.ConsumerConfig())
+	if err != nil {
+		return fmt.Errorf("processor: create consumer: %w", err)
+	}
+	iter, err := cons.Messages(jetstream.PullMaxMessages(p.cfg.Workers))
+	if err != nil {
+		return fmt.Errorf("processor: consume: %w", err)
+	}
+	p.log.Info("processor started", "workers", p.cfg.Workers, "concurrent_max", p.cfg.ConcurrentMax)
+
+	// Work outlives ctx by up to DrainTimeout so in-flight items can finish.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrain := context.AfterFunc(ctx, func() {
+		iter.Drain()
+		time.AfterFunc(p.cfg.DrainTimeout, cancelWork)
+	})
+	defer stopDrain()
+
+	var wg sync.WaitGroup
+	for range p.cfg.Workers {
+		wg.Go(func() {
+			for {
+				if err := p.gate.waitOpen(ctx); err != nil {
+					return
+				}
+				msg, err := iter.Next()
+				if err != nil {
+					if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+						p.log.Error("fetch items", "err", err)
+					}
+					return
+				}
+				p.handle(work, msg)
+			}
+		})
+	}
+	wg.Wait()
+	iter.Stop()
+	p.log.Info("processor stopped")
+	return nil
+}
+
+// handle processes one delivery: decode, process, publish the result, ack.
+func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		p.log.Error("item without metadata", "err", err)
+		_ = msg.Term()
+		return
+	}
+	wi, err := contract.DecodeItem(msg.Headers(), msg.Data())
+	if err != nil {
+		p.poison(ctx, msg, err)
+		return
+	}
+	stopProgress := p.keepAlive(msg)
+	res, err := p.Process(ctx, wi, int(md.NumDelivered))
+	stopProgress()
+	switch {
+	case errors.Is(err, errRequeue):
+		p.log.Warn("no verdict; item requeued", "batch", wi.BatchID, "position", wi.Position, "err", err)
+		_ = msg.NakWithDelay(p.cfg.RequeueDelay)
+		return
+	case err != nil:
+		// Shutting down: let another replica have it now.
+		_ = msg.Nak()
+		return
+	}
+	p.publishAndAck(ctx, msg, res)
+}
+
+func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *flashpipe.Result) {
+	out, err := p.c.ResultMsg(res)
+	if err == nil {
+		_, err = p.js.PublishMsg(ctx, out, jetstream.WithMsgID(contract.MsgID(res.BatchID, res.Position, res.Generation)))
+	}
+	if err != nil {
+		p.log.Warn("publish result; item will be redelivered", "batch", res.BatchID, "position", res.Position, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if err := msg.Ack(); err != nil {
+		// The result is durable; a redelivery republishes it as a duplicate (no-op).
+		p.log.Warn("ack item", "batch", res.BatchID, "position", res.Position, "err", err)
+	}
+}
+
+// poison handles an item message that cannot be decoded. If its headers still say which
+// item it is, the item gets a failed result so the batch is not blocked; otherwise the
+// message is terminated.
+func (p *Processor) poison(ctx context.Context, msg jetstream.Msg, cause error) {
+	k, err := contract.KeysOf(msg.Headers())
+	if err != nil || k.Seq < 1 {
+		p.log.Error("undecodable item message dropped", "subject", msg.Subject(), "err", cause)
+		_ = msg.TermWithReason("undecodable item")
+		return
+	}
+	p.log.Error("undecodable item message", "batch", k.BatchID, "position", k.Position, "err", cause)
+	res := &flashpipe.Result{
+		BatchID: k.BatchID, Seq: k.Seq, Generation: k.Generation,
+		Item:   flashpipe.Item{Position: k.Position},
+		Status: flashpipe.StatusFailed,
+		Failure: &flashpipe.Failure{Stage: "input", Reason: "undecodable item message: " + cause.Error(),
+			Class: flashpipe.Permanent, NextStep: flashpipe.NextFixInput},
+		Attempts: 1, ProcessedAt: time.Now().UTC(),
+	}
+	p.publishAndAck(ctx, msg, res)
+}
+
+// keepAlive tells JetStream the item is still being worked on, so a slow API does not
+// cause a redelivery while the processor is alive. It returns the stop function.
+func (p *Processor) keepAlive(msg jetstream.Msg) func() {
+	t := time.NewTicker(p.cfg.AckWait / 3)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-t.C:
+				_ = msg.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { t.Stop(); close(done) }
+}
