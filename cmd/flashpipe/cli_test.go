@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+)
+
+// flashpipeCmd runs the built binary with args in dir, without any API key.
+func flashpipeCmd(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	cmd.Env = cleanEnv()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("run flashpipe: %v", err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// cleanEnv is the environment without flashpipe settings or API keys.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "FLASHPIPE_") || strings.HasPrefix(kv, "OPENROUTER_") || strings.HasPrefix(kv, "DATABASE_URL=") ||
+			strings.HasPrefix(kv, "CONCURRENT_MAX=") || strings.HasPrefix(kv, "NATS_URL=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func abs(t *testing.T, rel string) string {
+	t.Helper()
+	p, err := filepath.Abs(rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The README's main job: `flashpipe run FILE -o cards.tsv` on embedded defaults.
+func TestRunCommandWritesTSVAndSummary(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := abs(t, "../../examples/test_5_words.csv")
+	stdout, stderr, code := flashpipeCmd(t, dir, "run", file, "-o", "cards.tsv", "--json", "--quiet")
+	if code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s", code, stderr)
+	}
+	if !strings.Contains(stderr, "simulator") {
+		t.Errorf("stderr does not say the simulator is used:\n%s", stderr)
+	}
+	var sum summary
+	if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+		t.Fatalf("summary is not one JSON object: %v\n%s", err, stdout)
+	}
+	if sum.Items != 5 || sum.OK != 5 || sum.Failed != 0 || sum.Cards != 15 || sum.APICalls.Stage1 != 5 || sum.APICalls.Stage2 != 5 ||
+		sum.APICalls.Total != 10 || sum.PromptTokens == 0 || sum.CompletionTokens == 0 || sum.CostUSD <= 0 || sum.Elapsed <= 0 || sum.ItemsPerSecond <= 0 {
+		t.Fatalf("summary %+v", sum)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "cards.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTSV(t, string(data), loadItems(t, file), 3)
+	if _, err := os.Stat(filepath.Join(dir, ".flashpipe", "flashpipe.db")); err != nil {
+		t.Fatalf("no state kept in the default data dir: %v", err)
+	}
+
+	// A second run reuses the state: the same batch, nothing published again.
+	stdout, stderr, code = flashpipeCmd(t, dir, "run", file, "-o", "again.tsv", "--json", "--quiet")
+	if code != 0 {
+		t.Fatalf("second run: exit %d\n%s", code, stderr)
+	}
+	var again summary
+	if err := json.Unmarshal([]byte(stdout), &again); err != nil {
+		t.Fatal(err)
+	}
+	if !again.Resubmitted || again.BatchID != sum.BatchID || again.Cards != 15 {
+		t.Fatalf("second run summary %+v, want the same batch resubmitted", again)
+	}
+	second, _ := os.ReadFile(filepath.Join(dir, "again.tsv"))
+	if !bytes.Equal(second, data) {
+		t.Fatal("the second run wrote a different TSV")
+	}
+
+	// export writes the same TSV from the store later.
+	_, stderr, code = flashpipeCmd(t, dir, "export", "--batch", sum.BatchID, "-o", "export.tsv")
+	if code != 0 {
+		t.Fatalf("export: exit %d\n%s", code, stderr)
+	}
+	exported, _ := os.ReadFile(filepath.Join(dir, "export.tsv"))
+	if !bytes.Equal(exported, data) {
+		t.Fatal("export wrote a different TSV than run")
+	}
+}
+
+// A bad batch is rejected with every bad row listed, and nothing is published.
+func TestSubmitRejectsBadFileAndPublishesNothing(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	prefix := natstest.UniquePrefix(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.csv")
+	content := "position,term,type\n1,사람,noun\n2,,verb\nx,물,noun\n1,dup,noun\n"
+	if err := os.WriteFile(bad, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := flashpipeCmd(t, dir, "submit", bad, "--nats-url", srv.ClientURL(), "--prefix", prefix)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", code, stderr)
+	}
+	for _, want := range []string{"line 3: term is empty", `line 4: position "x" is not an integer`, "line 5: position 1 is already used on line 2"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	// Nothing was published: the streams do not even exist.
+	_, err := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS")
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("items stream: %v, want it never created", err)
+	}
+
+	// The same file with --skip-bad-rows publishes only the good row, and says which
+	// rows it skipped.
+	out, stderr, code := flashpipeCmd(t, dir, "submit", bad, "--nats-url", srv.ClientURL(), "--prefix", prefix, "--skip-bad-rows", "--batch", "skipped")
+	if code != 0 || strings.TrimSpace(out) != "skipped" || !strings.Contains(stderr, "skipped line 3") {
+		t.Fatalf("exit %d, stdout %q, stderr:\n%s", code, out, stderr)
+	}
+	st, err := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("%d items published, want 1", info.State.Msgs)
+	}
+}

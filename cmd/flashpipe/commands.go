@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
+	"github.com/flashpipe/flashpipe/internal/export"
+)
+
+// DevCmd keeps the embedded stack running.
+type DevCmd struct {
+	DataDir  string `help:"Where the embedded NATS server and SQLite database keep their state." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
+	NATSPort int    `name:"nats-port" help:"Port of the embedded NATS server (0: a free port)." default:"0" env:"FLASHPIPE_NATS_PORT"`
+	StoreFlags
+	APIFlags
+	ProcessorFlags
+	SequencerFlags
+	SinkFlags
+	SimFlags
+	StreamFlags
+}
+
+// Run starts the stack and waits for an interrupt.
+func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
+	c, err := d.contract()
+	if err != nil {
+		return err
+	}
+	port := d.NATSPort
+	if port == 0 {
+		port = 0 // a free port, never the 4222 of a NATS already running
+	}
+	st, err := startStack(ctx, stackConfig{
+		DataDir: d.DataDir, NATSPort: port, Contract: c, Store: d.StoreFlags, API: d.APIFlags,
+		Sim: d.SimFlags.config(log), Processor: d.ProcessorFlags, Processors: 1,
+		Sequencer: d.SequencerFlags, Sink: d.SinkFlags, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+	fmt.Printf("NATS:  %s\n", st.NATS.ClientURL())
+	fmt.Printf("API:   %s\n", apiMode(st.Sim, st.APIURL))
+	fmt.Printf("Store: %s\n", st.StoreName)
+	fmt.Printf("\nSubmit with:  flashpipe submit FILE --nats-url %s --wait -o cards.tsv\n", st.NATS.ClientURL())
+	fmt.Println("Stop with Ctrl-C.")
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-st.Err():
+		return err
+	}
+}
+
+// SubmitCmd validates and publishes a batch.
+type SubmitCmd struct {
+	InputFlags
+	NATSFlags
+	Wait   bool   `help:"Wait for the batch to complete, showing progress, and write the TSV."`
+	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Quiet  bool   `help:"No progress display."`
+	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+}
+
+// Run publishes the batch, and with --wait follows it to the end.
+func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
+	parsed, id, err := s.load()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	nc, js, c, err := s.connect(ctx, "flashpipe-submit", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	pub, err := ingest.NewPublisher(js, c, log)
+	if err != nil {
+		return err
+	}
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: id, Source: filepath.Base(s.File), Items: parsed.Items})
+	if err != nil {
+		return err
+	}
+	if sub.Resubmitted {
+		fmt.Fprintf(os.Stderr, "batch %s was already submitted: %d missing items published, nothing else to do\n", id, sub.Published)
+	} else {
+		fmt.Fprintf(os.Stderr, "batch %s submitted: %d items\n", id, sub.Published)
+	}
+	if !s.Wait {
+		fmt.Println(id)
+		return nil
+	}
+	latest, err := pub.Manifest(ctx, id)
+	if err != nil {
+		return err
+	}
+	view := newProgress(ctx, js, c, latest.Count, s.Quiet)
+	_, err = batchlog.Watch(ctx, js, c, latest, view.update)
+	view.finish()
+	if err != nil {
+		if ctx.Err() != nil {
+			return &exitError{code: 130, err: fmt.Errorf("interrupted; the batch %s goes on: submit again with --wait to follow it", id)}
+		}
+		return err
+	}
+	sum := &summary{BatchID: id, Items: latest.Count, Resubmitted: sub.Resubmitted}
+	out, closeOut, err := createOutput(s.Output)
+	if err != nil {
+		return err
+	}
+	t := export.NewTSV(out)
+	var usage flashpipe.Usage
+	err = batchlog.Results(ctx, js, c, id, func(r flashpipe.Result) error {
+		usage = usage.Add(r.Usage)
+		return t.Write(r)
+	})
+	if err == nil {
+		err = t.Close()
+	}
+	if cerr := closeOut(err == nil); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", s.Output, err)
+	}
+	sum.setUsage(usage)
+	sum.Output, sum.Cards = s.Output, t.Cards()
+	for _, f := range t.Failed() {
+		sum.FailedItems = append(sum.FailedItems, failedItem(f))
+	}
+	sum.Failed = len(sum.FailedItems)
+	sum.OK = t.Items() - sum.Failed
+	sum.Elapsed = time.Since(start).Seconds()
+	sum.ItemsPerSecond = float64(sum.Items) / max(sum.Elapsed, 1e-9)
+	return sum.print(s.JSON)
+}
+
+// localStore is the database flags of the user commands, defaulting to the SQLite
+// file of `flashpipe run` in --data-dir.
+type localStore struct {
+	DataDir string `help:"Data directory of flashpipe run/dev (its SQLite database is used when no other is given)." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
+	StoreFlags
+}
+
+func (l localStore) open(ctx context.Context, log *slog.Logger) (flashpipe.Store, error) {
+	if l.PostgresURL == "" && l.SQLite == "" {
+		path := filepath.Join(l.DataDir, "flashpipe.db")
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("no database: %s does not exist; give --postgres-url, --sqlite or --data-dir", path)
+		}
+		l.SQLite = path
+	}
+	st, _, err := l.StoreFlags.open(ctx, "", false, log)
+	return st, err
+}
+
+// ExportCmd writes a stored batch as TSV.
+type ExportCmd struct {
+	Batch   string `required:"" help:"Batch id."`
+	Output  string `short:"o" help:"Where to write the TSV (- for stdout)." default:"cards.tsv"`
+	Partial bool   `help:"Export a batch that is not complete yet (what is stored so far)."`
+	localStore
+}
+
+// Run exports the batch.
+func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := e.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	status, err := store.Batch(ctx, e.Batch)
+	if err != nil {
+		return err
+	}
+	if status.State != flashpipe.BatchComplete && !e.Partial {
+		return fmt.Errorf("batch %s is not complete (%d of %d items stored): wait, or use --partial", e.Batch, status.Done, status.Manifest.Count)
+	}
+	sum := &summary{BatchID: e.Batch, Items: status.Manifest.Count, OK: status.OK, Failed: status.Failed}
+	sum.setUsage(status.Usage)
+	if err := writeTSV(ctx, store, e.Batch, e.Output, sum); err != nil {
+		return err
+	}
+	if e.Output == "-" {
+		return nil
+	}
+	return sum.print(false)
+}
+
+// StatusCmd shows batches.
+type StatusCmd struct {
+	ID    string `arg:"" optional:"" help:"Batch id (omit to list recent batches)."`
+	Limit int    `help:"How many batches to list." default:"20"`
+	JSON  bool   `help:"Print JSON."`
+	localStore
+}
+
+// Run prints the status.
+func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := s.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if s.ID == "" {
+		list, err := store.Batches(ctx, s.Limit)
+		if err != nil {
+			return err
+		}
+		if s.JSON {
+			return json.NewEncoder(os.Stdout).Encode(list)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "BATCH\tSTATE\tITEMS\tDONE\tOK\tFAILED\tCOST\tSUBMITTED")
+		for _, b := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t$%.4f\t%s\n", b.Manifest.BatchID, b.State, b.Manifest.Count, b.Done, b.OK, b.Failed,
+				b.Usage.Cost, b.SubmittedAt.Local().Format(time.DateTime))
+		}
+		return tw.Flush()
+	}
+	b, err := store.Batch(ctx, s.ID)
+	if err != nil {
+		return err
+	}
+	var failed []failedInfo
+	err = store.Results(ctx, s.ID, flashpipe.ResultFilter{Status: flashpipe.StatusFailed}, func(r flashpipe.Result) error {
+		failed = append(failed, failedItem(r))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if s.JSON {
+		return json.NewEncoder(os.Stdout).Encode(struct {
+			flashpipe.BatchStatus
+			FailedItems []failedInfo `json:"failed_items"`
+		}{b, failed})
+	}
+	fmt.Printf("batch %s: %s, generation %d\n", s.ID, b.State, b.Manifest.Generation)
+	fmt.Printf("  items: %d, done %d, ok %d, failed %d\n", b.Manifest.Count, b.Done, b.OK, b.Failed)
+	fmt.Printf("  API calls: stage 1 %d, stage 2 %d; cache hits %d; tokens %d prompt, %d completion; cost $%.4f\n",
+		b.Usage.Stage1Calls, b.Usage.Stage2Calls, b.Usage.CacheHits, b.Usage.PromptTokens, b.Usage.CompletionTokens, b.Usage.Cost)
+	fmt.Printf("  submitted %s", b.SubmittedAt.Local().Format(time.DateTime))
+	if b.CompletedAt != nil {
+		fmt.Printf(", completed %s (%s)", b.CompletedAt.Local().Format(time.DateTime), b.CompletedAt.Sub(b.SubmittedAt).Round(time.Millisecond))
+	}
+	fmt.Println()
+	for _, f := range failed {
+		fmt.Printf("  failed: position %d %q at %s after %d attempts: %s\n    next: %s\n", f.Position, f.Term, f.Stage, f.Attempts, f.Reason, f.NextStep)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/sink"
+)
+
+// The 1,000-item list through all four services, the simulator answering in random
+// order (0-50 ms per call).
+func TestEndToEndThousandItems(t *testing.T) {
+	t.Parallel()
+	p := newPipeline(t, llmsim.Config{LatencyJitter: 50 * time.Millisecond})
+	p.startAll()
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")
+	p.submit("vocab", items)
+	st := p.waitStored("vocab", 2*time.Minute)
+	if st.OK != 1000 || st.Failed != 0 {
+		t.Fatalf("status %+v, want 1000 ok", st)
+	}
+	checkStored(t, p.results("vocab"), items, 3)
+	checkOrdered(t, p.orderedKeys("vocab"), items)
+	if s := p.sim.Stats(); s.Stage1Calls != 1000 || s.Stage2Calls != 1000 {
+		t.Fatalf("simulator saw %d stage 1 and %d stage 2 calls, want exactly 1000 each", s.Stage1Calls, s.Stage2Calls)
+	}
+	if st.Usage.Stage1Calls != 1000 || st.Usage.Stage2Calls != 1000 || st.Usage.PromptTokens == 0 || st.Usage.Cost <= 0 {
+		t.Fatalf("stored usage %+v", st.Usage)
+	}
+
+	// The TSV of domain.md.
+	var buf bytes.Buffer
+	tsv := export.NewTSV(&buf)
+	if err := p.store.Results(context.Background(), "vocab", flashpipe.ResultFilter{}, tsv.Write); err != nil {
+		t.Fatal(err)
+	}
+	if err := tsv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkTSV(t, buf.String(), items, 3)
+}
+
+// checkTSV asserts the header, one line per card with nine fields, the running card
+// number, and items in ascending position with their term and pronunciation.
+func checkTSV(t *testing.T, data string, items []flashpipe.Item, cardsPerItem int) {
+	t.Helper()
+	rows := splitTSV(t, data)
+	if got := strings.Join(rows[0], "\t"); got != "position\tterm\tterm_number\ttab_name\tprimer\tfront\tback\ttags\thonorific_level" {
+		t.Fatalf("header %q", got)
+	}
+	rows = rows[1:]
+	if len(rows) != cardsPerItem*len(items) {
+		t.Fatalf("%d card lines, want %d", len(rows), cardsPerItem*len(items))
+	}
+	for i, r := range rows {
+		if len(r) != 9 {
+			t.Fatalf("line %d has %d fields: %q", i+2, len(r), r)
+		}
+		it := items[i/cardsPerItem]
+		if r[0] != strconv.Itoa(i+1) || r[2] != strconv.FormatInt(it.Position, 10) {
+			t.Fatalf("line %d: position %s term_number %s, want %d and %d", i+2, r[0], r[2], i+1, it.Position)
+		}
+		if !strings.HasPrefix(r[1], it.Term+"[") || !strings.HasSuffix(r[1], "]") {
+			t.Fatalf("line %d: term %q, want %q with its pronunciation in brackets", i+2, r[1], it.Term)
+		}
+		if !strings.Contains(r[7], "term:") || !strings.Contains(r[7], "pos:") {
+			t.Fatalf("line %d: tags %q lack term: or pos:", i+2, r[7])
+		}
+		if r[3] == "" || r[4] == "" || r[5] == "" || r[6] == "" {
+			t.Fatalf("line %d has an empty card field: %q", i+2, r)
+		}
+	}
+}
+
+// Submitting the same batch again publishes nothing, so it makes no rows and no calls.
+func TestResubmittedBatchCausesNoNewWork(t *testing.T) {
+	t.Parallel()
+	p := newPipeline(t, llmsim.Config{})
+	p.startAll()
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:200]
+	p.submit("twice", items)
+	p.waitStored("twice", time.Minute)
+	calls := p.sim.Stats()
+	events := len(p.orderedKeys("twice"))
+
+	sub := p.submit("twice", items)
+	if !sub.Resubmitted || sub.Published != 0 {
+		t.Fatalf("second submit %+v, want a resubmission publishing nothing", sub)
+	}
+	// Nothing new to process: the processors' consumer has nothing pending or in hand.
+	ctx := context.Background()
+	cons, err := p.js.Consumer(ctx, p.c.ItemsStream(), processor.DefaultDurable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumPending != 0 || info.NumAckPending != 0 {
+		t.Fatalf("processors have %d pending and %d in hand after a resubmission", info.NumPending, info.NumAckPending)
+	}
+	if after := p.sim.Stats(); after.Requests != calls.Requests {
+		t.Fatalf("API calls went from %d to %d", calls.Requests, after.Requests)
+	}
+	if n := len(p.orderedKeys("twice")); n != events {
+		t.Fatalf("ordered log grew from %d to %d events", events, n)
+	}
+	checkStored(t, p.results("twice"), items, 3)
+}
+
+// The sequencer stopped mid-batch and started again: no gap, no duplicate.
+func TestSequencerRestartedMidBatch(t *testing.T) {
+	t.Parallel()
+	p := newPipeline(t, llmsim.Config{LatencyJitter: 5 * time.Millisecond})
+	p.startProcessor(processor.Config{ConcurrentMax: 20})
+	p.startSink(sink.Config{})
+	stopSeq := p.startSequencer(sequencer.Config{Window: 16})
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:600]
+	p.submit("restart", items)
+
+	var before int
+	deadline := time.Now().Add(time.Minute)
+	for before = len(p.orderedKeys("restart")); before < 100; before = len(p.orderedKeys("restart")) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d events ordered within a minute", before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopSeq()
+	p.startSequencer(sequencer.Config{Window: 16})
+	p.waitStored("restart", time.Minute)
+	keys := p.orderedKeys("restart")
+	if before >= len(keys) {
+		t.Fatalf("the sequencer had finished (%d of %d events) before its restart", before, len(keys))
+	}
+	checkOrdered(t, keys, items)
+	checkStored(t, p.results("restart"), items, 3)
+}

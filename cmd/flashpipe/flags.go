@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/natsx"
+	"github.com/flashpipe/flashpipe/internal/stages"
+	"github.com/flashpipe/flashpipe/internal/store/postgres"
+	"github.com/flashpipe/flashpipe/internal/store/sqlite"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/sink"
+)
+
+// StreamFlags shape the streams (every service creates or updates them at start-up).
+type StreamFlags struct {
+	Prefix          string        `help:"Subject prefix; stream names derive from it." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
+	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"1" env:"FLASHPIPE_STREAM_REPLICAS"`
+	StreamStorage   string        `help:"Stream storage: file or memory." default:"file" enum:"file,memory" env:"FLASHPIPE_STREAM_STORAGE"`
+	StreamMaxAge    time.Duration `help:"How long messages stay replayable (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
+	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
+}
+
+func (f StreamFlags) contract() (*contract.Contract, error) {
+	return contract.New(contract.Config{
+		Prefix: f.Prefix, Replicas: f.StreamReplicas, Storage: f.StreamStorage,
+		MaxAge: f.StreamMaxAge, DuplicateWindow: f.DuplicateWindow,
+	})
+}
+
+// NATSFlags connect a service to a NATS server.
+type NATSFlags struct {
+	NATSURL string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"FLASHPIPE_NATS_URL,NATS_URL"`
+	StreamFlags
+}
+
+// connect connects to NATS and returns the connection, JetStream and the contract.
+func (f NATSFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, *contract.Contract, error) {
+	c, err := f.contract()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	nc, err := natsx.Connect(f.NATSURL, name, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	js, err := natsx.JetStream(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := natsx.WaitJetStream(wctx, js); err != nil {
+		nc.Close()
+		return nil, nil, nil, err
+	}
+	return nc, js, c, nil
+}
+
+// APIFlags configure the LLM API client and the two stages.
+type APIFlags struct {
+	APIBaseURL        string        `name:"api-base-url" help:"OpenAI-compatible API base URL (OpenRouter, vLLM, Ollama, a gateway)." default:"${api_base_url}" env:"FLASHPIPE_API_BASE_URL"`
+	APIKey            string        `name:"api-key" help:"API key (read from the environment; never logged)." env:"OPENROUTER_API_KEY,FLASHPIPE_API_KEY"`
+	Stage1Model       string        `name:"stage1-model" help:"Model of stage 1 (nuance analysis)." default:"${model}" env:"FLASHPIPE_STAGE1_MODEL"`
+	Stage2Model       string        `name:"stage2-model" help:"Model of stage 2 (flashcards)." default:"${model}" env:"FLASHPIPE_STAGE2_MODEL"`
+	Temperature       float64       `help:"Sampling temperature." default:"${temperature}" env:"FLASHPIPE_TEMPERATURE"`
+	Stage1MaxTokens   int           `name:"stage1-max-tokens" help:"max_tokens of stage 1 (bounds cost and OpenRouter's in-flight budget)." default:"${max_tokens1}" env:"FLASHPIPE_STAGE1_MAX_TOKENS"`
+	Stage2MaxTokens   int           `name:"stage2-max-tokens" help:"max_tokens of stage 2." default:"${max_tokens2}" env:"FLASHPIPE_STAGE2_MAX_TOKENS"`
+	APITimeout        time.Duration `help:"Timeout of one API attempt." default:"${api_timeout}" env:"FLASHPIPE_API_TIMEOUT"`
+	StructuredOutputs bool          `help:"Send response_format json_schema (turn off for models without structured outputs)." default:"true" negatable:"" env:"FLASHPIPE_STRUCTURED_OUTPUTS"`
+	Provider          string        `help:"OpenRouter provider routing object, as JSON." env:"FLASHPIPE_PROVIDER"`
+	PromptsDir        string        `help:"Directory with prompt templates overriding the built-in ones." type:"existingdir" env:"FLASHPIPE_PROMPTS_DIR"`
+	AppURL            string        `help:"Attribution: HTTP-Referer sent to OpenRouter." env:"FLASHPIPE_APP_URL"`
+	AppTitle          string        `help:"Attribution: X-OpenRouter-Title sent to OpenRouter." default:"flashpipe" env:"FLASHPIPE_APP_TITLE"`
+}
+
+func (f APIFlags) stagesConfig() (stages.Config, error) {
+	cfg := stages.Config{
+		Model1: f.Stage1Model, Model2: f.Stage2Model, Temperature: f.Temperature,
+		MaxTokens1: f.Stage1MaxTokens, MaxTokens2: f.Stage2MaxTokens,
+		StructuredOutputs: f.StructuredOutputs,
+	}
+	if f.Provider != "" {
+		if !json.Valid([]byte(f.Provider)) {
+			return cfg, fmt.Errorf("--provider is not valid JSON")
+		}
+		cfg.Provider = json.RawMessage(f.Provider)
+	}
+	prompts := stages.DefaultPrompts()
+	if f.PromptsDir != "" {
+		var err error
+		if prompts, err = stages.LoadPrompts(f.PromptsDir); err != nil {
+			return cfg, err
+		}
+	}
+	cfg.Prompts = prompts
+	return cfg, nil
+}
+
+func (f APIFlags) client(baseURL string, log *slog.Logger) (*llm.Client, error) {
+	return llm.New(llm.Config{
+		BaseURL: baseURL, APIKey: f.APIKey, Timeout: f.APITimeout,
+		Referer: f.AppURL, Title: f.AppTitle, Logger: log,
+	})
+}
+
+// ProcessorFlags configure processor replicas.
+type ProcessorFlags struct {
+	ConcurrentMax    int           `help:"Items in flight across all processor replicas (1: strictly sequential)." default:"50" env:"CONCURRENT_MAX"`
+	Workers          int           `help:"Items in flight in this replica (default: --concurrent-max)." env:"FLASHPIPE_WORKERS"`
+	RetryMaxAttempts int           `help:"API attempts per stage for transient errors." default:"3" env:"RETRY_MAX_ATTEMPTS"`
+	AckWait          time.Duration `help:"Redelivery timeout of an item whose processor stopped answering." default:"60s" env:"FLASHPIPE_ACK_WAIT"`
+	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
+}
+
+func (f ProcessorFlags) config(st stages.Config, id string, log *slog.Logger) processor.Config {
+	return processor.Config{
+		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
+		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, Stages: st, ID: id, Logger: log,
+	}
+}
+
+// SequencerFlags configure sequencer replicas.
+type SequencerFlags struct {
+	SequencerWindow     int           `help:"Out-of-order results a batch holds in memory; further ones are re-read from the stream." default:"512" env:"FLASHPIPE_SEQUENCER_WINDOW"`
+	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once." default:"16" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
+	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches of a crashed sequencer." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
+}
+
+func (f SequencerFlags) config(id string, log *slog.Logger) sequencer.Config {
+	return sequencer.Config{Window: f.SequencerWindow, MaxBatches: f.SequencerMaxBatches, LeaseTTL: f.SequencerLeaseTTL, ID: id, Logger: log}
+}
+
+// StoreFlags choose the database.
+type StoreFlags struct {
+	PostgresURL string `name:"postgres-url" help:"Postgres URL (password never logged)." env:"FLASHPIPE_POSTGRES_URL,DATABASE_URL"`
+	SQLite      string `name:"sqlite" help:"SQLite database file (used when no Postgres URL is given)." env:"FLASHPIPE_SQLITE"`
+}
+
+// open opens the store: Postgres when a URL is given, else SQLite at the given path or
+// fallback. autoMigrate applies Postgres migrations (SQLite always migrates).
+func (f StoreFlags) open(ctx context.Context, fallback string, autoMigrate bool, log *slog.Logger) (flashpipe.Store, string, error) {
+	if f.PostgresURL != "" {
+		st, err := postgres.Open(ctx, f.PostgresURL, postgres.Config{AutoMigrate: autoMigrate, Logger: log})
+		return st, "postgres", err
+	}
+	path := f.SQLite
+	if path == "" {
+		path = fallback
+	}
+	if path == "" {
+		return nil, "", fmt.Errorf("no database: give --postgres-url or --sqlite")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, "", err
+	}
+	st, err := sqlite.Open(ctx, sqlite.Config{Path: path, Logger: log})
+	return st, "sqlite " + path, err
+}
+
+// SinkFlags configure sink replicas.
+type SinkFlags struct {
+	SinkBatchSize int `help:"Most events the sink writes per transaction." default:"500" env:"FLASHPIPE_SINK_BATCH_SIZE"`
+}
+
+func (f SinkFlags) config(log *slog.Logger) sink.Config {
+	return sink.Config{BatchSize: f.SinkBatchSize, Logger: log}
+}
+
+// SimFlags configure the built-in API simulator.
+type SimFlags struct {
+	SimLatency time.Duration `help:"Simulator: fixed latency per call." default:"0s" env:"FLASHPIPE_SIM_LATENCY"`
+	SimJitter  time.Duration `help:"Simulator: extra random latency per call, uniform in [0, jitter]." default:"0s" env:"FLASHPIPE_SIM_JITTER"`
+	SimRPM     int           `help:"Simulator: requests per minute before it answers 429 (0: unlimited)." default:"0" env:"FLASHPIPE_SIM_RPM"`
+}
+
+func (f SimFlags) config(log *slog.Logger) llmsim.Config {
+	return llmsim.Config{Latency: f.SimLatency, LatencyJitter: f.SimJitter, RPM: f.SimRPM, Logger: log}
+}

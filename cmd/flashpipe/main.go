@@ -1,0 +1,108 @@
+// Command flashpipe turns batches of vocabulary items into study flashcards through a
+// pipeline of services chained by NATS JetStream. One binary, one subcommand per
+// service and per user task; see `flashpipe --help` and the README.
+//
+// This package is the only place that reads flags and environment variables and wires
+// concrete types together.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/stages"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// CLI is the command line.
+type CLI struct {
+	LogLevel  string `help:"Log level: debug, info, warn, error." default:"info" env:"FLASHPIPE_LOG_LEVEL" enum:"debug,info,warn,error"`
+	LogFormat string `help:"Log format: text or json." default:"text" env:"FLASHPIPE_LOG_FORMAT" enum:"text,json"`
+
+	Run         RunCmd         `cmd:"" help:"Run the whole pipeline in one process on a file and write the flashcards TSV."`
+	Dev         DevCmd         `cmd:"" help:"Keep the embedded stack (NATS, all services, API simulator) running for submit and services."`
+	Submit      SubmitCmd      `cmd:"" help:"Validate a batch file and publish it to the pipeline."`
+	Processor   ProcessorCmd   `cmd:"" help:"Run a processor replica: items through the two LLM stages."`
+	Sequencer   SequencerCmd   `cmd:"" help:"Run a sequencer replica: results back into batch order."`
+	Sink        SinkCmd        `cmd:"" help:"Run a sink replica: ordered results into the database."`
+	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
+	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
+	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
+	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
+	Bench       BenchCmd       `cmd:"" help:"Measure end-to-end throughput on the embedded stack."`
+	Version     VersionCmd     `cmd:"" help:"Print the version."`
+}
+
+// VersionCmd prints the version.
+type VersionCmd struct{}
+
+// Run prints the version.
+func (VersionCmd) Run() error {
+	fmt.Println("flashpipe", version)
+	return nil
+}
+
+// exitError carries a process exit code with its message.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func main() {
+	var cli CLI
+	kctx := kong.Parse(&cli,
+		kong.Name("flashpipe"),
+		kong.Description("Vocabulary batches in, study flashcards out: in order, nothing lost, never paying twice."),
+		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{
+			"api_base_url": llm.DefaultBaseURL,
+			"model":        stages.DefaultModel,
+			"temperature":  strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
+			"max_tokens1":  strconv.Itoa(stages.DefaultMaxTokens1),
+			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
+			"api_timeout":  llm.DefaultTimeout.String(),
+		},
+	)
+	logger := newLogger(cli.LogLevel, cli.LogFormat)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	kctx.Bind(logger)
+	err := kctx.Run()
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	fmt.Fprintln(os.Stderr, "flashpipe:", err)
+	os.Exit(code)
+}
+
+func newLogger(level, format string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

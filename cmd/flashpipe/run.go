@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
+	"github.com/flashpipe/flashpipe/internal/export"
+)
+
+// InputFlags read a batch file.
+type InputFlags struct {
+	File        string `arg:"" help:"Batch file: CSV (simple or rich layout) or JSON Lines." type:"existingfile"`
+	Batch       string `help:"Batch id (default: the file name and a hash of its items, so the same file is the same batch)." env:"FLASHPIPE_BATCH"`
+	Format      string `help:"Input format: csv or jsonl (default: from the file name)." enum:",csv,jsonl" default:""`
+	SkipBadRows bool   `help:"Leave bad rows out (listing them) instead of rejecting the batch."`
+}
+
+// load parses and validates the file; a rejected batch is reported row by row and
+// nothing is started or published.
+func (f InputFlags) load() (*ingest.Parsed, string, error) {
+	parsed, err := ingest.ParseFile(f.File, ingest.ParseOptions{Format: ingest.Format(f.Format), SkipBadRows: f.SkipBadRows})
+	if err != nil {
+		return nil, "", &exitError{code: 2, err: err}
+	}
+	for _, re := range parsed.Skipped {
+		fmt.Fprintf(os.Stderr, "%s: skipped %s\n", filepath.Base(f.File), re.Error())
+	}
+	id := f.Batch
+	if id == "" {
+		id = defaultBatchID(f.File, parsed.Items)
+	}
+	if err := flashpipe.ValidateBatchID(id); err != nil {
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--batch: %w", err)}
+	}
+	return parsed, id, nil
+}
+
+var unsafeID = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// defaultBatchID names a batch after its file and items: submitting the same file
+// again is the same batch (no new work), a changed file is a new one.
+func defaultBatchID(path string, items []flashpipe.Item) string {
+	stem := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	stem = strings.Trim(unsafeID.ReplaceAllString(stem, "-"), "-_")
+	if len(stem) > 40 {
+		stem = stem[:40]
+	}
+	if stem == "" {
+		stem = "batch"
+	}
+	return stem + "-" + flashpipe.HashItems(items)[:10]
+}
+
+// RunCmd runs the whole pipeline in one process.
+type RunCmd struct {
+	InputFlags
+	Output  string `short:"o" help:"Where to write the flashcards TSV." default:"cards.tsv"`
+	DataDir string `help:"Where the embedded NATS server and SQLite database keep their state (reused by the next run)." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
+	JSON    bool   `help:"Print the summary as one JSON object on stdout."`
+	Quiet   bool   `help:"No progress display."`
+	StoreFlags
+	APIFlags
+	ProcessorFlags
+	SequencerFlags
+	SinkFlags
+	SimFlags
+	StreamFlags
+}
+
+// Run runs the batch through the embedded stack and writes the TSV.
+func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
+	parsed, id, err := r.load()
+	if err != nil {
+		return err
+	}
+	c, err := r.contract()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	st, err := startStack(ctx, stackConfig{
+		DataDir: r.DataDir, NATSPort: -1, Contract: c, Store: r.StoreFlags, API: r.APIFlags,
+		Sim: r.SimFlags.config(log), Processor: r.ProcessorFlags, Processors: 1,
+		Sequencer: r.SequencerFlags, Sink: r.SinkFlags, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer st.stop()
+	fmt.Fprintf(os.Stderr, "flashpipe: batch %s, %d items from %s\n", id, len(parsed.Items), filepath.Base(r.File))
+	fmt.Fprintf(os.Stderr, "flashpipe: using %s\n", apiMode(st.Sim, st.APIURL))
+	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
+	sum, err := runBatch(ctx, st, ingest.Batch{ID: id, Source: filepath.Base(r.File), Items: parsed.Items}, r.Output, r.Quiet)
+	if err != nil {
+		return err
+	}
+	sum.Elapsed = time.Since(start).Seconds()
+	if sum.Elapsed > 0 {
+		sum.ItemsPerSecond = float64(sum.Items) / sum.Elapsed
+	}
+	return sum.print(r.JSON)
+}
+
+// runBatch submits a batch to a running stack, shows progress, waits until the store
+// holds the complete batch and writes the TSV from the store.
+func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, quiet bool) (*summary, error) {
+	pub, err := ingest.NewPublisher(st.JS, st.Contract, nil)
+	if err != nil {
+		return nil, err
+	}
+	sub, err := pub.Submit(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	view := newProgress(ctx, st.JS, st.Contract, sub.Manifest.Count, quiet)
+	latest, err := pub.Manifest(ctx, b.ID)
+	if err != nil {
+		view.finish()
+		return nil, err
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := batchlog.Watch(ctx, st.JS, st.Contract, latest, view.update)
+		werr <- err
+	}()
+	select {
+	case err = <-werr:
+	case err = <-st.Err():
+		err = fmt.Errorf("a service failed, the batch cannot finish: %w", err)
+	}
+	view.finish()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, &exitError{code: 130, err: fmt.Errorf("interrupted; run again to resume batch %s", b.ID)}
+		}
+		return nil, err
+	}
+	status, err := waitStored(ctx, st.Store, b.ID, latest.Generation)
+	if err != nil {
+		return nil, err
+	}
+	sum := &summary{BatchID: b.ID, Items: status.Manifest.Count, OK: status.OK, Failed: status.Failed,
+		Resubmitted: sub.Resubmitted}
+	sum.setUsage(status.Usage)
+	if err := writeTSV(ctx, st.Store, b.ID, output, sum); err != nil {
+		return nil, err
+	}
+	return sum, nil
+}
+
+// waitStored waits until the store holds the batch's generation complete.
+func waitStored(ctx context.Context, store flashpipe.Store, id string, gen int) (flashpipe.BatchStatus, error) {
+	for {
+		status, err := store.Batch(ctx, id)
+		if err == nil && status.State == flashpipe.BatchComplete && status.Manifest.Generation >= gen {
+			return status, nil
+		}
+		if err != nil && !errors.Is(err, flashpipe.ErrNotFound) {
+			return status, err
+		}
+		select {
+		case <-ctx.Done():
+			return status, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// writeTSV writes the stored batch as TSV to path ("-" for stdout) and records the
+// card count and failed items in sum.
+func writeTSV(ctx context.Context, store flashpipe.Store, id, path string, sum *summary) error {
+	out, closeOut, err := createOutput(path)
+	if err != nil {
+		return err
+	}
+	t := export.NewTSV(out)
+	err = store.Results(ctx, id, flashpipe.ResultFilter{}, t.Write)
+	if err == nil {
+		err = t.Close()
+	}
+	if cerr := closeOut(err == nil); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	sum.Output, sum.Cards = path, t.Cards()
+	for _, f := range t.Failed() {
+		sum.FailedItems = append(sum.FailedItems, failedItem(f))
+	}
+	return nil
+}
+
+// createOutput opens path for writing through a temporary file renamed into place on
+// success, so a failed export never leaves a half-written TSV.
+func createOutput(path string) (*os.File, func(ok bool) error, error) {
+	if path == "-" {
+		return os.Stdout, func(bool) error { return nil }, nil
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return nil, nil, err
+	}
+	return tmp, func(ok bool) error {
+		err := tmp.Close()
+		if ok && err == nil {
+			return os.Rename(tmp.Name(), path)
+		}
+		_ = os.Remove(tmp.Name())
+		return err
+	}, nil
+}
+
+// summary is what a finished batch reports.
+type summary struct {
+	BatchID          string       `json:"batch_id"`
+	Items            int          `json:"items"`
+	OK               int          `json:"ok"`
+	Failed           int          `json:"failed"`
+	Cards            int          `json:"cards"`
+	APICalls         apiCalls     `json:"api_calls"`
+	CacheHits        int          `json:"cache_hits"`
+	PromptTokens     int64        `json:"prompt_tokens"`
+	CompletionTokens int64        `json:"completion_tokens"`
+	CostUSD          float64      `json:"cost_usd"`
+	Elapsed          float64      `json:"elapsed_seconds"`
+	ItemsPerSecond   float64      `json:"items_per_second"`
+	Resubmitted      bool         `json:"resubmitted"`
+	Output           string       `json:"output,omitempty"`
+	FailedItems      []failedInfo `json:"failed_items"`
+}
+
+type apiCalls struct {
+	Stage1 int `json:"stage1"`
+	Stage2 int `json:"stage2"`
+	Total  int `json:"total"`
+}
+
+type failedInfo struct {
+	Position int64  `json:"position"`
+	Term     string `json:"term"`
+	Stage    string `json:"stage"`
+	Reason   string `json:"reason"`
+	Attempts int    `json:"attempts"`
+	NextStep string `json:"next_step"`
+}
+
+func failedItem(r flashpipe.Result) failedInfo {
+	fi := failedInfo{Position: r.Position, Term: r.Term, Attempts: r.Attempts}
+	if r.Failure != nil {
+		fi.Stage, fi.Reason, fi.NextStep = r.Failure.Stage, r.Failure.Reason, r.Failure.NextStep
+	}
+	return fi
+}
+
+func (s *summary) setUsage(u flashpipe.Usage) {
+	s.APICalls = apiCalls{Stage1: u.Stage1Calls, Stage2: u.Stage2Calls, Total: u.Stage1Calls + u.Stage2Calls}
+	s.CacheHits, s.PromptTokens, s.CompletionTokens, s.CostUSD = u.CacheHits, u.PromptTokens, u.CompletionTokens, u.Cost
+}
+
+func (s *summary) print(asJSON bool) error {
+	if s.FailedItems == nil {
+		s.FailedItems = []failedInfo{}
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		return enc.Encode(s)
+	}
+	w := os.Stdout
+	fmt.Fprintf(w, "batch %s complete: %d items, %d ok, %d failed, %d cards", s.BatchID, s.Items, s.OK, s.Failed, s.Cards)
+	if s.Output != "" {
+		fmt.Fprintf(w, " -> %s", s.Output)
+	}
+	fmt.Fprintln(w)
+	if s.Resubmitted {
+		fmt.Fprintln(w, "  (already submitted: nothing was published again)")
+	}
+	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits)
+	fmt.Fprintf(w, "  tokens: %d prompt, %d completion; cost: $%.4f\n", s.PromptTokens, s.CompletionTokens, s.CostUSD)
+	if s.Elapsed > 0 {
+		fmt.Fprintf(w, "  elapsed: %.1fs, %.0f items/s\n", s.Elapsed, s.ItemsPerSecond)
+	}
+	for _, f := range s.FailedItems {
+		fmt.Fprintf(w, "  failed: position %d %q at %s after %d attempts: %s (next: %s)\n", f.Position, f.Term, f.Stage, f.Attempts, f.Reason, f.NextStep)
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+// Package batchlog reads one batch's ordered log (its subject on the ordered stream):
+// live progress while the batch runs, and the final result of every item, in order,
+// once it is complete. It needs only NATS, so `flashpipe submit --wait` works against
+// remote services without access to their database.
+package batchlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// ErrIncomplete is returned by Results for a batch whose latest generation has not
+// completed.
+var ErrIncomplete = errors.New("batch is not complete")
+
+// Progress is a batch's state as its ordered log shows it.
+type Progress struct {
+	BatchID    string
+	Generation int
+	// Expected is the number of items in the batch.
+	Expected int
+	// Done counts items with a result in the log; OK and Failed split it by the item's
+	// latest status.
+	Done, OK, Failed int
+	// Complete is true once the target generation's completion is in the log.
+	Complete bool
+}
+
+// Watch follows a batch's ordered log from its start and calls fn after every event,
+// until the completion of generation target (or a later one) is read, or ctx ends.
+// Use the latest manifest's generation as target. Watch reads headers only, so it is
+// cheap for large batches.
+func Watch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, fn func(Progress)) (Progress, error) {
+	p := Progress{BatchID: m.BatchID, Expected: m.Count, Generation: m.Generation}
+	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{c.OrderedSubject(m.BatchID)},
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(1000))
+	if err != nil {
+		return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
+	}
+	defer it.Stop()
+	failed := map[int]bool{} // seqs whose latest status is failed
+	seen := make([]bool, m.Count+1)
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err != nil {
+			continue
+		}
+		switch k.Kind {
+		case flashpipe.EventResult:
+			if k.Seq < 1 || k.Seq > m.Count {
+				continue
+			}
+			if !seen[k.Seq] {
+				seen[k.Seq] = true
+				p.Done++
+			}
+			if k.Status == flashpipe.StatusFailed {
+				failed[k.Seq] = true
+			} else {
+				delete(failed, k.Seq)
+			}
+			p.Failed = len(failed)
+			p.OK = p.Done - p.Failed
+		case flashpipe.EventComplete:
+			if k.Generation >= m.Generation {
+				p.Complete = true
+			}
+		}
+		if fn != nil {
+			fn(p)
+		}
+		if p.Complete {
+			return p, nil
+		}
+	}
+}
+
+// Results calls fn with the final result of every item of a complete batch, in
+// ascending Seq: generation 0's result, or a later generation's where a retry replaced
+// it. Memory is bounded by the number of replaced items, not the batch size.
+func Results(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string, fn func(flashpipe.Result) error) error {
+	subject := c.OrderedSubject(batchID)
+	// Pass 1, headers only: where each replacing result sits, and whether the latest
+	// generation completed.
+	replaced := map[int]uint64{}
+	latestGen, completeGen := -1, -1
+	if err := scan(ctx, js, c, subject, true, func(msg jetstream.Msg, k contract.Keys) error {
+		md, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		switch k.Kind {
+		case flashpipe.EventManifest:
+			latestGen = max(latestGen, k.Generation)
+		case flashpipe.EventResult:
+			if k.Generation > 0 {
+				replaced[k.Seq] = md.Sequence.Stream
+			}
+		case flashpipe.EventComplete:
+			completeGen = max(completeGen, k.Generation)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if latestGen < 0 {
+		return fmt.Errorf("batch %q has no ordered events: %w", batchID, flashpipe.ErrNotFound)
+	}
+	if completeGen < latestGen {
+		return fmt.Errorf("batch %q generation %d: %w", batchID, latestGen, ErrIncomplete)
+	}
+	ordered, err := js.Stream(ctx, c.OrderedStream())
+	if err != nil {
+		return err
+	}
+	// Pass 2: generation 0's results in order, each swapped for its replacement.
+	return scan(ctx, js, c, subject, false, func(msg jetstream.Msg, k contract.Keys) error {
+		if k.Kind != flashpipe.EventResult || k.Generation != 0 {
+			return nil
+		}
+		h, data := msg.Headers(), msg.Data()
+		if at, ok := replaced[k.Seq]; ok {
+			raw, err := ordered.GetMsg(ctx, at)
+			if err != nil {
+				return fmt.Errorf("read replacement of seq %d: %w", k.Seq, err)
+			}
+			h, data = raw.Header, raw.Data
+		}
+		ev, err := contract.DecodeEvent(h, data)
+		if err != nil {
+			return err
+		}
+		return fn(*ev.Result)
+	})
+}
+
+// scan reads every message on subject that exists when it starts, in order.
+func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, subject string, headersOnly bool, fn func(jetstream.Msg, contract.Keys) error) error {
+	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject},
+		HeadersOnly:    headersOnly,
+	})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", subject, err)
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", subject, err)
+	}
+	total := info.NumPending
+	if total == 0 {
+		return nil
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(500))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", subject, err)
+	}
+	defer it.Stop()
+	for n := uint64(0); n < total; n++ {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", subject, err)
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err != nil {
+			return fmt.Errorf("read %s: %w", subject, err)
+		}
+		if err := fn(msg, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}

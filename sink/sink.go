@@ -1,0 +1,304 @@
+// Package sink writes each batch's ordered events to a Store: the batch row, one row
+// per item and one row per card.
+//
+// Ack rule: messages are acknowledged only after the transaction holding them commits.
+// A failed write is retried (with backoff) and nothing is acked until it succeeds, so a
+// crash or a database outage loses nothing; a redelivery is harmless because Store.Apply
+// is idempotent and keyed by (batch, position).
+//
+// Ordering: the sink reads the ordered stream in order and writes many events per
+// transaction. Store.Apply does not depend on the order of events across transactions
+// (a batch counts as complete only once all its results are stored), so several sink
+// replicas may share the consumer.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// Defaults for Config.
+const (
+	DefaultDurable      = "sink"
+	DefaultBatchSize    = 500
+	DefaultLinger       = 20 * time.Millisecond
+	DefaultAckWait      = 60 * time.Second
+	DefaultBackoffBase  = 100 * time.Millisecond
+	DefaultBackoffMax   = 5 * time.Second
+	DefaultWriteTimeout = 30 * time.Second
+)
+
+// Config configures a sink replica.
+type Config struct {
+	// Durable names the consumer the sink replicas share.
+	Durable string
+	// BatchSize is the most events written in one transaction.
+	BatchSize int
+	// Linger is how long the sink waits for more events before writing a partial batch.
+	Linger time.Duration
+	// AckWait is how long JetStream waits for the sink's ack before redelivering.
+	AckWait time.Duration
+	// BackoffBase and BackoffMax shape the retry of failed writes.
+	BackoffBase, BackoffMax time.Duration
+	// WriteTimeout bounds one write transaction.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Durable == "" {
+		c.Durable = DefaultDurable
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.BackoffBase == 0 {
+		c.BackoffBase = DefaultBackoffBase
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.BatchSize < 1:
+		return fmt.Errorf("sink: Config.BatchSize must be at least 1, got %d", c.BatchSize)
+	case c.Linger < 0:
+		return fmt.Errorf("sink: Config.Linger must not be negative")
+	case c.AckWait < time.Second:
+		return fmt.Errorf("sink: Config.AckWait must be at least 1s, got %s", c.AckWait)
+	}
+	return nil
+}
+
+// Sink is one sink replica.
+type Sink struct {
+	js    jetstream.JetStream
+	c     *contract.Contract
+	store flashpipe.Store
+	cfg   Config
+	log   *slog.Logger
+}
+
+// New returns a sink replica writing to store.
+func New(js jetstream.JetStream, c *contract.Contract, store flashpipe.Store, cfg Config) (*Sink, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if js == nil || c == nil || store == nil {
+		return nil, errors.New("sink: JetStream, contract and store are required")
+	}
+	return &Sink{js: js, c: c, store: store, cfg: cfg, log: cfg.Logger.With("component", "sink")}, nil
+}
+
+// Run writes events until ctx is cancelled; the write in progress is finished and
+// acknowledged before Run returns.
+func (s *Sink) Run(ctx context.Context) error {
+	if err := s.c.EnsureStreams(ctx, s.js); err != nil {
+		return err
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.OrderedStream(), jetstream.ConsumerConfig{
+		Durable:       s.cfg.Durable,
+		Description:   "flashpipe sink: ordered events to the store",
+		FilterSubject: s.c.AllOrdered(),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxAckPending: 4 * s.cfg.BatchSize,
+		MaxDeliver:    -1,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("sink: create consumer: %w", err)
+	}
+	return s.consume(ctx, cons)
+}
+
+// Replay applies every event of one batch from the ordered stream to the store, for
+// rebuilding a store (after a restore, or into an empty database). It returns the
+// number of events applied.
+func (s *Sink) Replay(ctx context.Context, batchID string) (int, error) {
+	if err := flashpipe.ValidateBatchID(batchID); err != nil {
+		return 0, err
+	}
+	oc, err := s.js.OrderedConsumer(ctx, s.c.OrderedStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.c.OrderedSubject(batchID)},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: %w", batchID, err)
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: %w", batchID, err)
+	}
+	total := int(info.NumPending)
+	if total == 0 {
+		return 0, fmt.Errorf("replay %s: no events in the ordered stream: %w", batchID, flashpipe.ErrNotFound)
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(s.cfg.BatchSize))
+	if err != nil {
+		return 0, fmt.Errorf("replay %s: %w", batchID, err)
+	}
+	defer it.Stop()
+	applied := 0
+	events := make([]flashpipe.Event, 0, s.cfg.BatchSize)
+	for applied < total {
+		events = events[:0]
+		for len(events) < s.cfg.BatchSize && applied+len(events) < total {
+			msg, err := it.Next(jetstream.NextContext(ctx))
+			if err != nil {
+				return applied, fmt.Errorf("replay %s: %w", batchID, err)
+			}
+			ev, err := contract.DecodeEvent(msg.Headers(), msg.Data())
+			if err != nil {
+				return applied, fmt.Errorf("replay %s: event %d: %w", batchID, applied+len(events)+1, err)
+			}
+			events = append(events, ev)
+		}
+		if err := s.apply(ctx, events); err != nil {
+			return applied, err
+		}
+		applied += len(events)
+	}
+	return applied, nil
+}
+
+// group is what one transaction writes: the events and the messages to ack after.
+type group struct {
+	msgs   []jetstream.Msg
+	events []flashpipe.Event
+}
+
+// consume reads and decodes the next group while the previous one is being written:
+// the two halves run in parallel, one group apart.
+func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.cfg.BatchSize))
+	if err != nil {
+		return fmt.Errorf("sink: consume: %w", err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	s.log.Info("sink started", "batch_size", s.cfg.BatchSize)
+
+	groups := make(chan group, 1)
+	go func() {
+		defer close(groups)
+		for {
+			g, ok := s.read(it)
+			if !ok {
+				return
+			}
+			if len(g.events) > 0 {
+				groups <- g
+			}
+		}
+	}()
+	for g := range groups {
+		if err := s.apply(ctx, g.events); err != nil {
+			if ctx.Err() != nil {
+				s.log.Info("sink stopped; unwritten events will be redelivered", "events", len(g.events))
+				for range groups { // let the reader finish
+				}
+				return nil
+			}
+			it.Stop()
+			for range groups {
+			}
+			return err
+		}
+		for _, m := range g.msgs {
+			_ = m.Ack()
+		}
+	}
+	s.log.Info("sink stopped")
+	return nil
+}
+
+// read collects the next group: it waits for one event, then takes what arrives within
+// Linger, up to BatchSize. ok is false once the iterator is stopped.
+func (s *Sink) read(it jetstream.MessagesContext) (g group, ok bool) {
+	msg, err := it.Next()
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			s.log.Warn("fetch events", "err", err)
+			return g, true
+		}
+		return g, false
+	}
+	g.msgs = make([]jetstream.Msg, 0, s.cfg.BatchSize)
+	g.events = make([]flashpipe.Event, 0, s.cfg.BatchSize)
+	deadline := time.Now().Add(s.cfg.Linger)
+	for {
+		if ev, ok := s.decode(msg); ok {
+			g.msgs, g.events = append(g.msgs, msg), append(g.events, ev)
+		}
+		wait := time.Until(deadline)
+		if len(g.msgs) >= s.cfg.BatchSize || wait <= 0 {
+			return g, true
+		}
+		if msg, err = it.Next(jetstream.NextMaxWait(wait)); err != nil {
+			return g, true // timeout, or stopped: write what we have
+		}
+	}
+}
+
+// decode decodes one event; an undecodable message is terminated (it can never be
+// written) and logged.
+func (s *Sink) decode(msg jetstream.Msg) (flashpipe.Event, bool) {
+	ev, err := contract.DecodeEvent(msg.Headers(), msg.Data())
+	if err != nil {
+		s.log.Error("undecodable event dropped", "subject", msg.Subject(), "err", err)
+		_ = msg.TermWithReason("undecodable event")
+		return ev, false
+	}
+	return ev, true
+}
+
+// apply writes events, retrying failed writes with backoff until they succeed, a
+// permanent error occurs or ctx ends. A write already under way when ctx ends is
+// finished, so shutdown does not waste it.
+func (s *Sink) apply(ctx context.Context, events []flashpipe.Event) error {
+	for attempt := 1; ; attempt++ {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.WriteTimeout)
+		err := s.store.Apply(wctx, events)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if flashpipe.IsPermanent(err) {
+			return fmt.Errorf("sink: write %d events: %w", len(events), err)
+		}
+		d := min(s.cfg.BackoffBase<<min(attempt-1, 16), s.cfg.BackoffMax)
+		d = d/2 + rand.N(d/2+1)
+		s.log.Warn("write failed; retrying", "events", len(events), "attempt", attempt, "wait", d, "err", err)
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
