@@ -59,7 +59,10 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 		parse: func(content string) ([]flashpipe.Card, error) {
 			return stages.ParseStage2(content, wi.Item, analysis)
 		},
-		reuse: func(cards []flashpipe.Card) []flashpipe.Card { stages.StampCards(cards, wi.Item, analysis); return cards },
+		reuse: func(cards []flashpipe.Card) []flashpipe.Card {
+			stages.StampCards(cards, wi.Item, analysis)
+			return cards
+		},
 	}, &res.Usage)
 	if err != nil {
 		return p.verdict(ctx, res, Stage2, err)

@@ -103,7 +103,7 @@ func (b *BenchCmd) once(ctx context.Context, name string, n, concurrent int, lat
 	st, err := startStack(ctx, stackConfig{
 		DataDir: dir, NATSPort: -1, Contract: c, Store: StoreFlags{PostgresURL: b.PostgresURL},
 		API: api, Sim: SimFlags{SimLatency: latency}.config(log),
-		Processor: ProcessorFlags{ConcurrentMax: concurrent, RetryMaxAttempts: 3, AckWait: time.Minute, MaxDeliveries: 10},
+		Processor:  ProcessorFlags{ConcurrentMax: concurrent, RetryMaxAttempts: 3, AckWait: time.Minute, MaxDeliveries: 10},
 		Processors: 1, Logger: log,
 	})
 	if err != nil {
