@@ -12,8 +12,6 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/ingest"
-	"github.com/flashpipe/flashpipe/internal/batchlog"
-	"github.com/flashpipe/flashpipe/internal/export"
 )
 
 // DevCmd keeps the embedded stack running.
@@ -104,42 +102,14 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	view := newProgress(ctx, js, c, latest.Count, s.Quiet)
-	_, err = batchlog.Watch(ctx, js, c, latest, view.update)
-	view.finish()
+	sum, err := followBatch(ctx, js, c, latest, s.Output, s.Quiet)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &exitError{code: 130, err: fmt.Errorf("interrupted; the batch %s goes on: submit again with --wait to follow it", id)}
 		}
 		return err
 	}
-	sum := &summary{BatchID: id, Items: latest.Count, Resubmitted: sub.Resubmitted}
-	out, closeOut, err := createOutput(s.Output)
-	if err != nil {
-		return err
-	}
-	t := export.NewTSV(out)
-	var usage flashpipe.Usage
-	err = batchlog.Results(ctx, js, c, id, func(r flashpipe.Result) error {
-		usage = usage.Add(r.Usage)
-		return t.Write(r)
-	})
-	if err == nil {
-		err = t.Close()
-	}
-	if cerr := closeOut(err == nil); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", s.Output, err)
-	}
-	sum.setUsage(usage)
-	sum.Output, sum.Cards = s.Output, t.Cards()
-	for _, f := range t.Failed() {
-		sum.FailedItems = append(sum.FailedItems, failedItem(f))
-	}
-	sum.Failed = len(sum.FailedItems)
-	sum.OK = t.Items() - sum.Failed
+	sum.Resubmitted = sub.Resubmitted
 	sum.Elapsed = time.Since(start).Seconds()
 	sum.ItemsPerSecond = float64(sum.Items) / max(sum.Elapsed, 1e-9)
 	return sum.print(s.JSON)

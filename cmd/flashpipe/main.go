@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,6 +81,11 @@ func main() {
 		},
 	)
 	logger := newLogger(cli.LogLevel, cli.LogFormat)
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// The services' live heap is small and bounded; collecting less often saves
+		// CPU on the hot path at the price of a proportionally larger heap.
+		debug.SetGCPercent(200)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	kctx.BindTo(ctx, (*context.Context)(nil))

@@ -12,9 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
+	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 )
 
@@ -112,8 +115,8 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	return sum.print(r.JSON)
 }
 
-// runBatch submits a batch to a running stack, shows progress, waits until the store
-// holds the complete batch and writes the TSV from the store.
+// runBatch submits a batch to a running stack, follows it to completion writing the
+// TSV, and waits until the store holds it too.
 func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, quiet bool) (*summary, error) {
 	pub, err := ingest.NewPublisher(st.JS, st.Contract, nil)
 	if err != nil {
@@ -123,39 +126,81 @@ func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, qui
 	if err != nil {
 		return nil, err
 	}
-	view := newProgress(ctx, st.JS, st.Contract, sub.Manifest.Count, quiet)
 	latest, err := pub.Manifest(ctx, b.ID)
 	if err != nil {
-		view.finish()
 		return nil, err
 	}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := batchlog.Watch(ctx, st.JS, st.Contract, latest, view.update)
-		werr <- err
-	}()
-	select {
-	case err = <-werr:
-	case err = <-st.Err():
-		err = fmt.Errorf("a service failed, the batch cannot finish: %w", err)
+	type outcome struct {
+		sum *summary
+		err error
 	}
-	view.finish()
-	if err != nil {
+	done := make(chan outcome, 1)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		sum, err := followBatch(fctx, st.JS, st.Contract, latest, output, quiet)
+		done <- outcome{sum, err}
+	}()
+	var o outcome
+	select {
+	case o = <-done:
+	case err := <-st.Err():
+		cancel()
+		<-done
+		return nil, fmt.Errorf("a service failed, the batch cannot finish: %w", err)
+	}
+	if o.err != nil {
 		if ctx.Err() != nil {
 			return nil, &exitError{code: 130, err: fmt.Errorf("interrupted; run again to resume batch %s", b.ID)}
 		}
+		return nil, o.err
+	}
+	if _, err := waitStored(ctx, st.Store, b.ID, latest.Generation); err != nil {
 		return nil, err
 	}
-	status, err := waitStored(ctx, st.Store, b.ID, latest.Generation)
+	o.sum.Resubmitted = sub.Resubmitted
+	return o.sum, nil
+}
+
+// followBatch shows a batch's progress until it completes and writes its TSV to
+// output: streamed from the ordered log while the batch runs (one generation), or read
+// once it is complete (retry generations replace results).
+func followBatch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, latest flashpipe.Manifest, output string, quiet bool) (*summary, error) {
+	out, closeOut, err := createOutput(output)
 	if err != nil {
 		return nil, err
 	}
-	sum := &summary{BatchID: b.ID, Items: status.Manifest.Count, OK: status.OK, Failed: status.Failed,
-		Resubmitted: sub.Resubmitted}
-	sum.setUsage(status.Usage)
-	if err := writeTSV(ctx, st.Store, b.ID, output, sum); err != nil {
-		return nil, err
+	t := export.NewTSV(out)
+	var usage flashpipe.Usage
+	write := func(r flashpipe.Result) error {
+		usage = usage.Add(r.Usage)
+		return t.Write(r)
 	}
+	view := newProgress(ctx, js, c, latest.Count, quiet)
+	if latest.Generation == 0 {
+		_, err = batchlog.Follow(ctx, js, c, latest, view.update, write)
+	} else {
+		if _, err = batchlog.Watch(ctx, js, c, latest, view.update); err == nil {
+			err = batchlog.Results(ctx, js, c, latest.BatchID, write)
+		}
+	}
+	view.finish()
+	if err == nil {
+		err = t.Close()
+	}
+	if cerr := closeOut(err == nil); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("batch %s: %w", latest.BatchID, err)
+	}
+	sum := &summary{BatchID: latest.BatchID, Items: latest.Count, Output: output, Cards: t.Cards()}
+	sum.setUsage(usage)
+	for _, f := range t.Failed() {
+		sum.FailedItems = append(sum.FailedItems, failedItem(f))
+	}
+	sum.Failed = len(sum.FailedItems)
+	sum.OK = t.Items() - sum.Failed
 	return sum, nil
 }
 

@@ -37,10 +37,18 @@ type Progress struct {
 // Use the latest manifest's generation as target. Watch reads headers only, so it is
 // cheap for large batches.
 func Watch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, fn func(Progress)) (Progress, error) {
+	return Follow(ctx, js, c, m, fn, nil)
+}
+
+// Follow is Watch that also hands every result event, in log order, to onResult as it
+// is read (nil: headers only). For a batch of one generation that is every item's
+// final result in ascending Seq, so a caller can write its output while the batch
+// runs; with retry generations, later results replace earlier ones (see Results).
+func Follow(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, fn func(Progress), onResult func(flashpipe.Result) error) (Progress, error) {
 	p := Progress{BatchID: m.BatchID, Expected: m.Count, Generation: m.Generation}
 	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{c.OrderedSubject(m.BatchID)},
-		HeadersOnly:    true,
+		HeadersOnly:    onResult == nil,
 	})
 	if err != nil {
 		return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
@@ -65,6 +73,15 @@ func Watch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m 
 		case flashpipe.EventResult:
 			if k.Seq < 1 || k.Seq > m.Count {
 				continue
+			}
+			if onResult != nil {
+				ev, err := contract.DecodeEvent(msg.Headers(), msg.Data())
+				if err != nil {
+					return p, fmt.Errorf("follow %s: %w", m.BatchID, err)
+				}
+				if err := onResult(*ev.Result); err != nil {
+					return p, err
+				}
 			}
 			if !seen[k.Seq] {
 				seen[k.Seq] = true

@@ -1,11 +1,13 @@
 package contract
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
+	// The bodies are encoded once and decoded at every hop: segmentio's drop-in
+	// encoding/json decodes them in about half the time (BenchmarkDecodeEvent).
+	"github.com/segmentio/encoding/json"
 
 	"github.com/flashpipe/flashpipe"
 )
