@@ -422,3 +422,49 @@ func TestAPIKeyNeverLogged(t *testing.T) {
 		t.Fatalf("the API key appears in the logs:\n%s", logs)
 	}
 }
+
+// The dry run counts cached answers as free and prices the rest.
+func TestEstimateCountsCachedAnswersAsFree(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, llmsim.Config{})
+	r.start(processor.Config{}, nil)
+	known := words(10, "값")
+	r.submit("known", known)
+	r.results("known", 10, 30*time.Second)
+
+	items := append(words(10, "값"), words(5, "새값")...)
+	for i := range items {
+		items[i].Position = int64(100 + i) // other positions: still the same answers
+	}
+	cfg := stages.DefaultConfig()
+	est, err := processor.EstimateBatch(context.Background(), r.cache, cfg, items, processor.Prices{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if est.Stage1Cached != 10 || est.Stage2Cached != 10 || est.Stage1Calls != 5 || est.Stage2Calls != 5 || !est.CacheUsed {
+		t.Fatalf("estimate %+v", est)
+	}
+	if est.PromptTokens <= 0 || est.CompletionTokens <= 0 || est.CostUSD <= 0 {
+		t.Fatalf("estimate without tokens or cost: %+v", est)
+	}
+	// Learned completion sizes: the average of the cached answers of each stage.
+	var want int64
+	for _, res := range r.results("known", 10, time.Second) {
+		want += res.Usage.CompletionTokens
+	}
+	// Five new items at the cached average (ten items' worth, halved), within rounding.
+	if got := est.CompletionTokens; got < want/2-10 || got > want/2+10 {
+		t.Fatalf("completion tokens %d for 5 new items; the cached answers of 10 items had %d", got, want)
+	}
+
+	all, err := processor.EstimateBatch(context.Background(), nil, cfg, items, processor.Prices{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Stage1Calls != 15 || all.Stage2Calls != 15 || all.CacheUsed || all.CostUSD <= est.CostUSD {
+		t.Fatalf("estimate without cache %+v", all)
+	}
+	if r.sim.Stats().Requests != 20 {
+		t.Fatalf("estimating made API calls: %d in all, want the 20 of the first batch", r.sim.Stats().Requests)
+	}
+}

@@ -159,3 +159,47 @@ func TestSubmitRejectsBadFileAndPublishesNothing(t *testing.T) {
 		t.Fatalf("%d items published, want 1", info.State.Msgs)
 	}
 }
+
+// submit --dry-run prices a batch without publishing it; cache stats and clear work
+// against the same server.
+func TestDryRunAndCacheCommands(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	prefix := natstest.UniquePrefix(t)
+	dir := t.TempDir()
+	file := abs(t, "../../examples/test_5_words.csv")
+	out, stderr, code := flashpipeCmd(t, dir, "submit", file, "--dry-run", "--json", "--nats-url", srv.ClientURL(), "--prefix", prefix)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	var est struct {
+		Items        int     `json:"items"`
+		Stage1Calls  int     `json:"stage1_calls"`
+		Stage2Calls  int     `json:"stage2_calls"`
+		Stage1Cached int     `json:"stage1_cached"`
+		CostUSD      float64 `json:"cost_usd"`
+		CacheUsed    bool    `json:"cache_used"`
+	}
+	if err := json.Unmarshal([]byte(out), &est); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if est.Items != 5 || est.Stage1Calls != 5 || est.Stage2Calls != 5 || est.Stage1Cached != 0 || est.CostUSD <= 0 || !est.CacheUsed {
+		t.Fatalf("estimate %+v", est)
+	}
+	if _, err := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS"); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("the dry run published (items stream: %v)", err)
+	}
+
+	out, stderr, code = flashpipeCmd(t, dir, "cache", "stats", "--json", "--nats-url", srv.ClientURL(), "--prefix", prefix)
+	if code != 0 || !strings.Contains(out, `"entries":0`) {
+		t.Fatalf("cache stats: exit %d, %s\n%s", code, out, stderr)
+	}
+	if _, stderr, code = flashpipeCmd(t, dir, "cache", "clear", "--nats-url", srv.ClientURL(), "--prefix", prefix); code == 0 || !strings.Contains(stderr, "--yes") {
+		t.Fatalf("clearing everything without --yes: exit %d\n%s", code, stderr)
+	}
+	out, stderr, code = flashpipeCmd(t, dir, "cache", "clear", "--stage", "2", "--nats-url", srv.ClientURL(), "--prefix", prefix)
+	if code != 0 || !strings.Contains(out, "removed 0") {
+		t.Fatalf("cache clear: exit %d, %s\n%s", code, out, stderr)
+	}
+}

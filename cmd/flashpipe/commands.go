@@ -12,6 +12,8 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/processor"
 )
 
 // DevCmd keeps the embedded stack running.
@@ -63,10 +65,13 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 type SubmitCmd struct {
 	InputFlags
 	NATSFlags
-	Wait   bool   `help:"Wait for the batch to complete, showing progress, and write the TSV."`
-	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
-	Quiet  bool   `help:"No progress display."`
-	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+	DryRun bool `help:"Estimate API calls, tokens and cost (cached answers are free) and publish nothing. Give it the processors' model and prompt settings."`
+	PriceFlags
+	Models ModelFlags `embed:""`
+	Wait   bool       `help:"Wait for the batch to complete, showing progress, and write the TSV."`
+	Output string     `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Quiet  bool       `help:"No progress display."`
+	JSON   bool       `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
 // Run publishes the batch, and with --wait follows it to the end.
@@ -78,9 +83,20 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	start := time.Now()
 	nc, js, c, err := s.connect(ctx, "flashpipe-submit", log)
 	if err != nil {
+		if s.DryRun {
+			log.Warn("NATS unreachable: estimating without the cache", "err", err)
+			return s.dryRun(ctx, nil, parsed.Items)
+		}
 		return err
 	}
 	defer nc.Close()
+	if s.DryRun {
+		answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
+		if err != nil {
+			return err
+		}
+		return s.dryRun(ctx, answers, parsed.Items)
+	}
 	pub, err := ingest.NewPublisher(js, c, log)
 	if err != nil {
 		return err
@@ -113,6 +129,27 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	sum.Elapsed = time.Since(start).Seconds()
 	sum.ItemsPerSecond = float64(sum.Items) / max(sum.Elapsed, 1e-9)
 	return sum.print(s.JSON)
+}
+
+// dryRun prints the estimate of a batch; nothing is published.
+func (s *SubmitCmd) dryRun(ctx context.Context, answers *cache.Cache, items []flashpipe.Item) error {
+	st, err := s.Models.stagesConfig()
+	if err != nil {
+		return err
+	}
+	var lookup processor.Lookup
+	if answers != nil {
+		lookup = answers
+	}
+	est, err := processor.EstimateBatch(ctx, lookup, st, items, s.prices())
+	if err != nil {
+		return err
+	}
+	if s.JSON {
+		return json.NewEncoder(os.Stdout).Encode(est)
+	}
+	fmt.Println("dry run, nothing published:", est)
+	return nil
 }
 
 // localStore is the database flags of the user commands, defaulting to the SQLite
@@ -218,8 +255,8 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	fmt.Printf("batch %s: %s, generation %d\n", s.ID, b.State, b.Manifest.Generation)
 	fmt.Printf("  items: %d, done %d, ok %d, failed %d\n", b.Manifest.Count, b.Done, b.OK, b.Failed)
-	fmt.Printf("  API calls: stage 1 %d, stage 2 %d; cache hits %d; tokens %d prompt, %d completion; cost $%.4f\n",
-		b.Usage.Stage1Calls, b.Usage.Stage2Calls, b.Usage.CacheHits, b.Usage.PromptTokens, b.Usage.CompletionTokens, b.Usage.Cost)
+	fmt.Printf("  API calls: stage 1 %d, stage 2 %d; cache hits %d, misses %d; tokens %d prompt, %d completion; cost $%.4f\n",
+		b.Usage.Stage1Calls, b.Usage.Stage2Calls, b.Usage.CacheHits, b.Usage.CacheMisses, b.Usage.PromptTokens, b.Usage.CompletionTokens, b.Usage.Cost)
 	fmt.Printf("  submitted %s", b.SubmittedAt.Local().Format(time.DateTime))
 	if b.CompletedAt != nil {
 		fmt.Printf(", completed %s (%s)", b.CompletedAt.Local().Format(time.DateTime), b.CompletedAt.Sub(b.SubmittedAt).Round(time.Millisecond))

@@ -73,22 +73,28 @@ func (f NATSFlags) connect(ctx context.Context, name string, log *slog.Logger) (
 
 // APIFlags configure the LLM API client and the two stages.
 type APIFlags struct {
-	APIBaseURL        string        `name:"api-base-url" help:"OpenAI-compatible API base URL (OpenRouter, vLLM, Ollama, a gateway)." default:"${api_base_url}" env:"FLASHPIPE_API_BASE_URL"`
-	APIKey            string        `name:"api-key" help:"API key (read from the environment; never logged)." env:"OPENROUTER_API_KEY,FLASHPIPE_API_KEY"`
-	Stage1Model       string        `name:"stage1-model" help:"Model of stage 1 (nuance analysis)." default:"${model}" env:"FLASHPIPE_STAGE1_MODEL"`
-	Stage2Model       string        `name:"stage2-model" help:"Model of stage 2 (flashcards)." default:"${model}" env:"FLASHPIPE_STAGE2_MODEL"`
-	Temperature       float64       `help:"Sampling temperature." default:"${temperature}" env:"FLASHPIPE_TEMPERATURE"`
-	Stage1MaxTokens   int           `name:"stage1-max-tokens" help:"max_tokens of stage 1 (bounds cost and OpenRouter's in-flight budget)." default:"${max_tokens1}" env:"FLASHPIPE_STAGE1_MAX_TOKENS"`
-	Stage2MaxTokens   int           `name:"stage2-max-tokens" help:"max_tokens of stage 2." default:"${max_tokens2}" env:"FLASHPIPE_STAGE2_MAX_TOKENS"`
-	APITimeout        time.Duration `help:"Timeout of one API attempt." default:"${api_timeout}" env:"FLASHPIPE_API_TIMEOUT"`
-	StructuredOutputs bool          `help:"Send response_format json_schema (turn off for models without structured outputs)." default:"true" negatable:"" env:"FLASHPIPE_STRUCTURED_OUTPUTS"`
-	Provider          string        `help:"OpenRouter provider routing object, as JSON." env:"FLASHPIPE_PROVIDER"`
-	PromptsDir        string        `help:"Directory with prompt templates overriding the built-in ones." type:"existingdir" env:"FLASHPIPE_PROMPTS_DIR"`
-	AppURL            string        `help:"Attribution: HTTP-Referer sent to OpenRouter." env:"FLASHPIPE_APP_URL"`
-	AppTitle          string        `help:"Attribution: X-OpenRouter-Title sent to OpenRouter." default:"flashpipe" env:"FLASHPIPE_APP_TITLE"`
+	APIBaseURL string        `name:"api-base-url" help:"OpenAI-compatible API base URL (OpenRouter, vLLM, Ollama, a gateway)." default:"${api_base_url}" env:"FLASHPIPE_API_BASE_URL"`
+	APIKey     string        `name:"api-key" help:"API key (read from the environment; never logged)." env:"OPENROUTER_API_KEY,FLASHPIPE_API_KEY"`
+	APITimeout time.Duration `help:"Timeout of one API attempt." default:"${api_timeout}" env:"FLASHPIPE_API_TIMEOUT"`
+	AppURL     string        `help:"Attribution: HTTP-Referer sent to OpenRouter." env:"FLASHPIPE_APP_URL"`
+	AppTitle   string        `help:"Attribution: X-OpenRouter-Title sent to OpenRouter." default:"flashpipe" env:"FLASHPIPE_APP_TITLE"`
+	ModelFlags
 }
 
-func (f APIFlags) stagesConfig() (stages.Config, error) {
+// ModelFlags choose the models and prompts of the two stages: everything that goes
+// into an answer's cache key.
+type ModelFlags struct {
+	Stage1Model       string  `name:"stage1-model" help:"Model of stage 1 (nuance analysis)." default:"${model}" env:"FLASHPIPE_STAGE1_MODEL"`
+	Stage2Model       string  `name:"stage2-model" help:"Model of stage 2 (flashcards)." default:"${model}" env:"FLASHPIPE_STAGE2_MODEL"`
+	Temperature       float64 `help:"Sampling temperature." default:"${temperature}" env:"FLASHPIPE_TEMPERATURE"`
+	Stage1MaxTokens   int     `name:"stage1-max-tokens" help:"max_tokens of stage 1 (bounds cost and OpenRouter's in-flight budget)." default:"${max_tokens1}" env:"FLASHPIPE_STAGE1_MAX_TOKENS"`
+	Stage2MaxTokens   int     `name:"stage2-max-tokens" help:"max_tokens of stage 2." default:"${max_tokens2}" env:"FLASHPIPE_STAGE2_MAX_TOKENS"`
+	StructuredOutputs bool    `help:"Send response_format json_schema (turn off for models without structured outputs)." default:"true" negatable:"" env:"FLASHPIPE_STRUCTURED_OUTPUTS"`
+	Provider          string  `help:"OpenRouter provider routing object, as JSON." env:"FLASHPIPE_PROVIDER"`
+	PromptsDir        string  `help:"Directory with prompt templates overriding the built-in ones." type:"existingdir" env:"FLASHPIPE_PROMPTS_DIR"`
+}
+
+func (f ModelFlags) stagesConfig() (stages.Config, error) {
 	cfg := stages.Config{
 		Model1: f.Stage1Model, Model2: f.Stage2Model, Temperature: f.Temperature,
 		MaxTokens1: f.Stage1MaxTokens, MaxTokens2: f.Stage2MaxTokens,
@@ -179,6 +185,16 @@ type SinkFlags struct {
 
 func (f SinkFlags) config(log *slog.Logger) sink.Config {
 	return sink.Config{BatchSize: f.SinkBatchSize, Logger: log}
+}
+
+// PriceFlags price the tokens for estimates.
+type PriceFlags struct {
+	PricePrompt     float64 `help:"USD per million prompt tokens, for estimates." default:"3" env:"FLASHPIPE_PRICE_PROMPT"`
+	PriceCompletion float64 `help:"USD per million completion tokens, for estimates." default:"15" env:"FLASHPIPE_PRICE_COMPLETION"`
+}
+
+func (f PriceFlags) prices() processor.Prices {
+	return processor.Prices{PromptPerM: f.PricePrompt, CompletionPerM: f.PriceCompletion}
 }
 
 // SimFlags configure the built-in API simulator.

@@ -41,6 +41,7 @@ type CLI struct {
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
 	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
+	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
 	Bench       BenchCmd       `cmd:"" help:"Measure end-to-end throughput on the embedded stack."`
 	Version     VersionCmd     `cmd:"" help:"Print the version."`

@@ -30,6 +30,16 @@ type progressView struct {
 	last     time.Time
 	quiet    bool
 	stop     context.CancelFunc
+	cost     float64 // spent so far, when the results are read (under mu)
+	hits     int
+}
+
+// addUsage adds a result's usage to the cost shown.
+func (p *progressView) addUsage(cost float64, cacheHits int) {
+	p.mu.Lock()
+	p.cost += cost
+	p.hits += cacheHits
+	p.mu.Unlock()
 }
 
 const plainEvery = 2 * time.Second
@@ -78,7 +88,7 @@ func (p *progressView) update(pr batchlog.Progress) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	desc := fmt.Sprintf("ok %d, failed %d, in flight %d", pr.OK, pr.Failed, p.inflight.Load())
+	desc := fmt.Sprintf("ok %d, failed %d, in flight %d, cache hits %d, $%.4f", pr.OK, pr.Failed, p.inflight.Load(), p.hits, p.cost)
 	if p.bar != nil {
 		p.bar.Describe(desc)
 		_ = p.bar.Set(pr.Done)

@@ -172,11 +172,12 @@ func followBatch(ctx context.Context, js jetstream.JetStream, c *contract.Contra
 	}
 	t := export.NewTSV(out)
 	var usage flashpipe.Usage
+	view := newProgress(ctx, js, c, latest.Count, quiet)
 	write := func(r flashpipe.Result) error {
 		usage = usage.Add(r.Usage)
+		view.addUsage(r.Usage.Cost, r.Usage.CacheHits)
 		return t.Write(r)
 	}
-	view := newProgress(ctx, js, c, latest.Count, quiet)
 	if latest.Generation == 0 {
 		_, err = batchlog.Follow(ctx, js, c, latest, view.update, write)
 	} else {
@@ -280,6 +281,7 @@ type summary struct {
 	Cards            int          `json:"cards"`
 	APICalls         apiCalls     `json:"api_calls"`
 	CacheHits        int          `json:"cache_hits"`
+	CacheMisses      int          `json:"cache_misses"`
 	PromptTokens     int64        `json:"prompt_tokens"`
 	CompletionTokens int64        `json:"completion_tokens"`
 	CostUSD          float64      `json:"cost_usd"`
@@ -315,7 +317,8 @@ func failedItem(r flashpipe.Result) failedInfo {
 
 func (s *summary) setUsage(u flashpipe.Usage) {
 	s.APICalls = apiCalls{Stage1: u.Stage1Calls, Stage2: u.Stage2Calls, Total: u.Stage1Calls + u.Stage2Calls}
-	s.CacheHits, s.PromptTokens, s.CompletionTokens, s.CostUSD = u.CacheHits, u.PromptTokens, u.CompletionTokens, u.Cost
+	s.CacheHits, s.CacheMisses = u.CacheHits, u.CacheMisses
+	s.PromptTokens, s.CompletionTokens, s.CostUSD = u.PromptTokens, u.CompletionTokens, u.Cost
 }
 
 func (s *summary) print(asJSON bool) error {
@@ -335,7 +338,7 @@ func (s *summary) print(asJSON bool) error {
 	if s.Resubmitted {
 		fmt.Fprintln(w, "  (already submitted: nothing was published again)")
 	}
-	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits)
+	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d, misses: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits, s.CacheMisses)
 	fmt.Fprintf(w, "  tokens: %d prompt, %d completion; cost: $%.4f\n", s.PromptTokens, s.CompletionTokens, s.CostUSD)
 	if s.Elapsed > 0 {
 		fmt.Fprintf(w, "  elapsed: %.1fs, %.0f items/s\n", s.Elapsed, s.ItemsPerSecond)

@@ -84,6 +84,7 @@ func (e Entry) encode() ([]byte, error) {
 
 // Cache is the answer cache.
 type Cache struct {
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	stream string
 	bucket string
@@ -123,7 +124,7 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
-	return &Cache{kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, log: cfg.Logger.With("component", "cache")}, nil
+	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, log: cfg.Logger.With("component", "cache")}, nil
 }
 
 var unsafeToken = regexp.MustCompile(`[^A-Za-z0-9_-]`)
@@ -243,7 +244,7 @@ func (c *Cache) Stats(ctx context.Context) (Stats, error) {
 
 // Clear removes entries: all of them, or those of one stage (1 or 2), or of one model,
 // or both. It returns how many entries were removed.
-func (c *Cache) Clear(ctx context.Context, js jetstream.JetStream, stage int, model string) (uint64, error) {
+func (c *Cache) Clear(ctx context.Context, stage int, model string) (uint64, error) {
 	filter := "$KV." + c.bucket + "."
 	switch {
 	case stage == 0 && model == "":
@@ -255,7 +256,7 @@ func (c *Cache) Clear(ctx context.Context, js jetstream.JetStream, stage int, mo
 	default:
 		filter += fmt.Sprintf("s%d.%s.*", stage, ModelToken(model))
 	}
-	st, err := js.Stream(ctx, c.stream)
+	st, err := c.js.Stream(ctx, c.stream)
 	if err != nil {
 		return 0, fmt.Errorf("cache: %w", err)
 	}

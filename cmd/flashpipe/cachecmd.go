@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+
+	"github.com/flashpipe/flashpipe/internal/cache"
+)
+
+// CacheCmd inspects and clears the answer cache.
+type CacheCmd struct {
+	Stats CacheStatsCmd `cmd:"" help:"Count the cached answers by stage and model."`
+	Clear CacheClearCmd `cmd:"" help:"Remove cached answers: all, or one stage's, or one model's (the next batch pays for them again)."`
+}
+
+// CacheStatsCmd prints cache statistics.
+type CacheStatsCmd struct {
+	NATSFlags
+	JSON bool `help:"Print JSON."`
+}
+
+// Run prints the statistics.
+func (s *CacheStatsCmd) Run(ctx context.Context, log *slog.Logger) error {
+	nc, js, c, err := s.connect(ctx, "flashpipe-cache", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
+	if err != nil {
+		return err
+	}
+	st, err := answers.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if s.JSON {
+		return json.NewEncoder(os.Stdout).Encode(st)
+	}
+	fmt.Printf("cache %s: %d answers, %d bytes\n", st.Bucket, st.Entries, st.Bytes)
+	for _, group := range []struct {
+		name string
+		m    map[string]int
+	}{{"stage", st.ByStage}, {"model", st.ByModel}} {
+		keys := make([]string, 0, len(group.m))
+		for k := range group.m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Printf("  %s %s: %d\n", group.name, k, group.m[k])
+		}
+	}
+	return nil
+}
+
+// CacheClearCmd removes cached answers.
+type CacheClearCmd struct {
+	NATSFlags
+	Stage int    `help:"Only this stage's answers (1 or 2; 0: both)." default:"0" enum:"0,1,2"`
+	Model string `help:"Only this model's answers."`
+	Yes   bool   `help:"Do not ask for confirmation (clearing everything needs it)."`
+}
+
+// Run clears the cache.
+func (s *CacheClearCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if s.Stage == 0 && s.Model == "" && !s.Yes {
+		return fmt.Errorf("this clears every cached answer: the next batches pay for all of them again; add --yes to confirm")
+	}
+	nc, js, c, err := s.connect(ctx, "flashpipe-cache", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
+	if err != nil {
+		return err
+	}
+	n, err := answers.Clear(ctx, s.Stage, s.Model)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("removed %d cached answers\n", n)
+	return nil
+}
