@@ -106,7 +106,7 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(b.ID, 0))); err != nil {
 		return nil, fmt.Errorf("ingest: publish manifest of %s: %w", b.ID, err)
 	}
-	n, err := p.publishItems(ctx, b.ID, 0, b.Items, nil)
+	n, err := p.publishItems(ctx, b.ID, b.Items, nil)
 	return &Submission{Manifest: m, Published: n}, err
 }
 
@@ -146,71 +146,79 @@ func (p *Publisher) publishMissing(ctx context.Context, b Batch) (int, error) {
 		return 0, nil
 	}
 	have := info.State.Subjects
-	return p.publishItems(ctx, b.ID, 0, b.Items, func(seq int) bool {
+	return p.publishItems(ctx, b.ID, b.Items, func(seq int) bool {
 		return have[p.c.ItemSubject(b.ID, seq)] > 0
 	})
 }
 
-// publishItems publishes items (seq = index+1) asynchronously and waits for every ack,
-// retrying failed publishes. skip, when set, leaves out seqs already present.
-func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
-	seqs := make([]int, 0, len(items))
-	for i := range items {
+// publishItems publishes a batch's items of generation 0 (seq = index+1); skip, when
+// set, leaves out seqs already present.
+func (p *Publisher) publishItems(ctx context.Context, batchID string, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
+	wis := make([]flashpipe.WorkItem, 0, len(items))
+	for i, it := range items {
 		if skip == nil || !skip(i+1) {
-			seqs = append(seqs, i+1)
+			wis = append(wis, flashpipe.WorkItem{BatchID: batchID, Seq: i + 1, Item: it})
 		}
 	}
+	return p.publishWorkItems(ctx, wis)
+}
+
+// publishWorkItems publishes work items asynchronously and waits for every ack,
+// retrying failed publishes. It returns how many were stored (duplicates not counted).
+func (p *Publisher) publishWorkItems(ctx context.Context, wis []flashpipe.WorkItem) (int, error) {
 	published := 0
-	for attempt := 1; len(seqs) > 0; attempt++ {
-		fresh, failed, err := p.publishAsync(ctx, batchID, gen, items, seqs)
+	for attempt := 1; len(wis) > 0; attempt++ {
+		fresh, failed, err := p.publishAsync(ctx, wis)
 		published += fresh
 		if len(failed) == 0 {
 			break
 		}
 		if attempt >= DefaultPublishAttempts || ctx.Err() != nil {
 			return published, fmt.Errorf("ingest: %d of %d items of %s not published (submit again to finish): %w",
-				len(failed), len(items), batchID, err)
+				len(failed), len(wis), wis[0].BatchID, err)
 		}
-		p.log.Warn("retrying item publishes", "batch", batchID, "failed", len(failed), "err", err)
-		seqs = failed
+		p.log.Warn("retrying item publishes", "batch", wis[0].BatchID, "failed", len(failed), "err", err)
+		wis = failed
 	}
 	return published, nil
 }
 
-// publishAsync publishes the items at seqs and returns how many were new (not
-// duplicates) and the seqs whose publish failed.
-func (p *Publisher) publishAsync(ctx context.Context, batchID string, gen int, items []flashpipe.Item, seqs []int) (int, []int, error) {
-	futures := make([]jetstream.PubAckFuture, 0, len(seqs))
+// publishAsync publishes work items and returns how many were new (not duplicates) and
+// the items whose publish failed.
+func (p *Publisher) publishAsync(ctx context.Context, wis []flashpipe.WorkItem) (int, []flashpipe.WorkItem, error) {
+	type pending struct {
+		f  jetstream.PubAckFuture
+		wi flashpipe.WorkItem
+	}
+	futures := make([]pending, 0, len(wis))
 	var firstErr error
-	var failed []int
-	for _, seq := range seqs {
-		it := items[seq-1]
-		msg, err := p.c.ItemMsg(flashpipe.WorkItem{BatchID: batchID, Seq: seq, Generation: gen, Item: it})
+	var failed []flashpipe.WorkItem
+	for _, wi := range wis {
+		msg, err := p.c.ItemMsg(wi)
 		if err != nil {
-			return 0, seqs, err
+			return 0, wis, err
 		}
-		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.MsgID(batchID, it.Position, gen)),
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.MsgID(wi.BatchID, wi.Position, wi.Generation)),
 			jetstream.WithStallWait(30*time.Second))
 		if err != nil {
-			failed = append(failed, seq)
+			failed = append(failed, wi)
 			firstErr = cmpErr(firstErr, err)
 			continue
 		}
-		futures = append(futures, f)
+		futures = append(futures, pending{f, wi})
 	}
 	fresh := 0
-	for _, f := range futures {
+	for _, pf := range futures {
 		select {
-		case ack := <-f.Ok():
+		case ack := <-pf.f.Ok():
 			if !ack.Duplicate {
 				fresh++
 			}
-		case err := <-f.Err():
-			k, _ := contract.KeysOf(f.Msg().Header)
-			failed = append(failed, k.Seq)
+		case err := <-pf.f.Err():
+			failed = append(failed, pf.wi)
 			firstErr = cmpErr(firstErr, err)
 		case <-ctx.Done():
-			return fresh, seqs, ctx.Err()
+			return fresh, wis, ctx.Err()
 		}
 	}
 	return fresh, failed, firstErr

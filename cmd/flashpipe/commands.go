@@ -267,3 +267,45 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	return nil
 }
+
+// RetryCmd re-runs a batch's failed items.
+type RetryCmd struct {
+	Batch string `required:"" help:"Batch id."`
+	NATSFlags
+	Wait   bool   `help:"Wait for the retry to complete, showing progress, and write the TSV."`
+	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Quiet  bool   `help:"No progress display."`
+	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+}
+
+// Run publishes the retry generation and, with --wait, follows it.
+func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
+	start := time.Now()
+	nc, js, c, err := r.connect(ctx, "flashpipe-retry", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	pub, err := ingest.NewPublisher(js, c, log)
+	if err != nil {
+		return err
+	}
+	sub, err := pub.Retry(ctx, r.Batch)
+	if err != nil {
+		return err
+	}
+	if sub.Resubmitted {
+		fmt.Fprintf(os.Stderr, "batch %s: retry generation %d was already under way; %d missing items published\n", r.Batch, sub.Manifest.Generation, sub.Published)
+	} else {
+		fmt.Fprintf(os.Stderr, "batch %s: generation %d re-runs %d failed items\n", r.Batch, sub.Manifest.Generation, len(sub.Manifest.Seqs))
+	}
+	if !r.Wait {
+		return nil
+	}
+	sum, err := followBatch(ctx, js, c, sub.Manifest, r.Output, r.Quiet)
+	if err != nil {
+		return err
+	}
+	sum.Elapsed = time.Since(start).Seconds()
+	return sum.print(r.JSON)
+}

@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/processor"
@@ -145,4 +148,78 @@ func TestSequencerRestartedMidBatch(t *testing.T) {
 	}
 	checkOrdered(t, keys, items)
 	checkStored(t, p.results("restart"), items, 3)
+}
+
+// Items that fail for good hold their place; `retry` re-runs only them as a new
+// generation, their rows are fixed in place, the ordered log carries the corrections
+// in order after the first completion, and the TSV has every item.
+func TestPermanentFailuresThenRetryFixesThem(t *testing.T) {
+	t.Parallel()
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:120]
+	bad := map[string]int{items[5].Term: 400, items[60].Term: 400, items[119].Term: 400}
+	p := newPipeline(t, llmsim.Config{Faults: llmsim.Faults{FailTerms: bad}})
+	p.startAll()
+	p.submit("fix", items)
+	st := p.waitStored("fix", time.Minute)
+	if st.OK != 117 || st.Failed != 3 {
+		t.Fatalf("status %+v, want 117 ok and 3 failed", st)
+	}
+	res := p.results("fix")
+	checkStored(t, res, items, 0)
+	for _, i := range []int{5, 60, 119} {
+		f := res[i].Failure
+		if res[i].Status != flashpipe.StatusFailed || f == nil || !strings.Contains(f.Reason, "400") || f.NextStep == "" {
+			t.Fatalf("item %d: %s %+v", i, res[i].Status, f)
+		}
+	}
+	checkOrdered(t, p.orderedKeys("fix"), items)
+
+	// The input problem is fixed (the API accepts those terms now): retry.
+	if err := p.sim.SetFaults(llmsim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	calls := p.sim.Stats().Requests
+	sub, err := p.pub.Retry(context.Background(), "fix")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Manifest.Generation != 1 || fmt.Sprint(sub.Manifest.Seqs) != "[6 61 120]" || sub.Published != 3 {
+		t.Fatalf("retry %+v", sub)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err = waitStored(ctx, p.store, "fix", 1)
+	if err != nil || st.OK != 120 || st.Failed != 0 {
+		t.Fatalf("after retry: %+v, %v", st, err)
+	}
+	if made := p.sim.Stats().Requests - calls; made != 6 {
+		t.Fatalf("retry made %d API calls, want 6 (two stages of three items)", made)
+	}
+	res = p.results("fix")
+	checkStored(t, res, items, 3)
+	for _, i := range []int{5, 60, 119} {
+		if res[i].Generation != 1 || res[i].Status != flashpipe.StatusOK {
+			t.Fatalf("item %d after retry: generation %d, %s", i, res[i].Generation, res[i].Status)
+		}
+	}
+	keys := p.orderedKeys("fix")
+	checkOrdered(t, keys[:len(items)+2], items)
+	tail := keys[len(items)+2:]
+	if len(tail) != 5 || tail[0].Kind != flashpipe.EventManifest || tail[4].Kind != flashpipe.EventComplete ||
+		tail[1].Seq != 6 || tail[2].Seq != 61 || tail[3].Seq != 120 || tail[1].Generation != 1 {
+		t.Fatalf("corrections in the ordered log: %+v", tail)
+	}
+	// Retrying a batch without failures says so.
+	if _, err := p.pub.Retry(context.Background(), "fix"); !errors.Is(err, ingest.ErrNothingToRetry) {
+		t.Fatalf("second retry: %v", err)
+	}
+	var buf bytes.Buffer
+	tsv := export.NewTSV(&buf)
+	if err := p.store.Results(context.Background(), "fix", flashpipe.ResultFilter{}, tsv.Write); err != nil {
+		t.Fatal(err)
+	}
+	if err := tsv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkTSV(t, buf.String(), items, 3)
 }

@@ -40,6 +40,7 @@ type CLI struct {
 	Sink        SinkCmd        `cmd:"" help:"Run a sink replica: ordered results into the database."`
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
 	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
+	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`

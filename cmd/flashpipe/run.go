@@ -172,7 +172,7 @@ func followBatch(ctx context.Context, js jetstream.JetStream, c *contract.Contra
 	}
 	t := export.NewTSV(out)
 	var usage flashpipe.Usage
-	view := newProgress(ctx, js, c, latest.Count, quiet)
+	view := newProgress(ctx, js, c, latest.Expected(), quiet)
 	write := func(r flashpipe.Result) error {
 		usage = usage.Add(r.Usage)
 		view.addUsage(r.Usage.Cost, r.Usage.CacheHits)

@@ -23,7 +23,8 @@ var ErrIncomplete = errors.New("batch is not complete")
 type Progress struct {
 	BatchID    string
 	Generation int
-	// Expected is the number of items in the batch.
+	// Expected is the number of items of the generation: the batch's count, or the
+	// items a retry generation re-runs.
 	Expected int
 	// Done counts items with a result in the log; OK and Failed split it by the item's
 	// latest status.
@@ -45,7 +46,8 @@ func Watch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m 
 // final result in ascending Seq, so a caller can write its output while the batch
 // runs; with retry generations, later results replace earlier ones (see Results).
 func Follow(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, fn func(Progress), onResult func(flashpipe.Result) error) (Progress, error) {
-	p := Progress{BatchID: m.BatchID, Expected: m.Count, Generation: m.Generation}
+	// A retry generation's progress counts its own items only.
+	p := Progress{BatchID: m.BatchID, Expected: m.Expected(), Generation: m.Generation}
 	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{c.OrderedSubject(m.BatchID)},
 		HeadersOnly:    onResult == nil,
@@ -71,7 +73,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m
 		}
 		switch k.Kind {
 		case flashpipe.EventResult:
-			if k.Seq < 1 || k.Seq > m.Count {
+			if k.Seq < 1 || k.Seq > m.Count || k.Generation < m.Generation {
 				continue
 			}
 			if onResult != nil {

@@ -1,0 +1,111 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
+	"github.com/flashpipe/flashpipe/internal/contract"
+)
+
+// ErrNothingToRetry is returned by Retry for a batch without failed items.
+var ErrNothingToRetry = errors.New("no failed items to retry")
+
+// ErrBatchRunning is returned by Retry for a batch whose latest generation has not
+// completed yet.
+var ErrBatchRunning = errors.New("batch is still running")
+
+// Retry runs the failed items of a complete batch again, as its next generation: a
+// manifest listing their seqs, then one item message each. Their new results replace
+// the failed ones in place (same position), and the ordered log carries them, in
+// order, after the previous generation's completion. Items that succeeded are not
+// touched. Retry is idempotent while the new generation runs: calling it again
+// publishes nothing new (it reports ErrBatchRunning).
+func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, error) {
+	if err := flashpipe.ValidateBatchID(batchID); err != nil {
+		return nil, err
+	}
+	latest, err := p.Manifest(ctx, batchID)
+	if err != nil {
+		return nil, err
+	}
+	var failed []flashpipe.Result
+	err = batchlog.Results(ctx, p.js, p.c, batchID, func(r flashpipe.Result) error {
+		if r.Status == flashpipe.StatusFailed {
+			r.Analysis, r.Cards = nil, nil
+			failed = append(failed, r)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, batchlog.ErrIncomplete) && latest.Generation > 0:
+		// A retry generation runs: finish publishing it if an earlier Retry was cut short.
+		n, err := p.finishRetry(ctx, latest)
+		if err != nil || n > 0 {
+			return &Submission{Manifest: latest, Published: n, Resubmitted: true}, err
+		}
+		return nil, fmt.Errorf("retry %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
+	case errors.Is(err, batchlog.ErrIncomplete):
+		return nil, fmt.Errorf("retry %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
+	case err != nil:
+		return nil, fmt.Errorf("retry %s: %w", batchID, err)
+	case len(failed) == 0:
+		return nil, fmt.Errorf("retry %s: %w", batchID, ErrNothingToRetry)
+	}
+	next := latest
+	next.Generation = latest.Generation + 1
+	next.CreatedAt = time.Now().UTC()
+	next.Seqs = make([]int, len(failed))
+	for i, r := range failed {
+		next.Seqs[i] = r.Seq
+	}
+	mm, err := p.c.ManifestMsg(next)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(batchID, next.Generation))); err != nil {
+		return nil, fmt.Errorf("retry %s: publish manifest: %w", batchID, err)
+	}
+	items := make([]flashpipe.WorkItem, len(failed))
+	for i, r := range failed {
+		items[i] = flashpipe.WorkItem{BatchID: batchID, Seq: r.Seq, Generation: next.Generation, Item: r.Item}
+	}
+	n, err := p.publishWorkItems(ctx, items)
+	if err != nil {
+		return nil, fmt.Errorf("retry %s: %w (run retry again to finish publishing)", batchID, err)
+	}
+	return &Submission{Manifest: next, Published: n}, nil
+}
+
+// finishRetry publishes the items of retry generation m that the items stream lacks
+// (the latest message of their subject is of an older generation).
+func (p *Publisher) finishRetry(ctx context.Context, m flashpipe.Manifest) (int, error) {
+	st, err := p.js.Stream(ctx, p.c.ItemsStream())
+	if err != nil {
+		return 0, err
+	}
+	var missing []flashpipe.WorkItem
+	for _, seq := range m.Seqs {
+		raw, err := st.GetLastMsgForSubject(ctx, p.c.ItemSubject(m.BatchID, seq))
+		if err != nil {
+			return 0, fmt.Errorf("item %d of %s: %w", seq, m.BatchID, err)
+		}
+		wi, err := contract.DecodeItem(raw.Header, raw.Data)
+		if err != nil {
+			return 0, fmt.Errorf("item %d of %s: %w", seq, m.BatchID, err)
+		}
+		if wi.Generation < m.Generation {
+			wi.Generation = m.Generation
+			missing = append(missing, wi)
+		}
+	}
+	if len(missing) == 0 {
+		return 0, nil
+	}
+	return p.publishWorkItems(ctx, missing)
+}
