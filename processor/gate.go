@@ -15,6 +15,7 @@ import (
 type gate struct {
 	probeEvery time.Duration
 	log        *slog.Logger
+	metrics    *Metrics
 
 	mu      sync.Mutex
 	paused  bool
@@ -24,8 +25,8 @@ type gate struct {
 	stop    chan struct{}
 }
 
-func newGate(probeEvery time.Duration, log *slog.Logger) *gate {
-	return &gate{probeEvery: probeEvery, log: log}
+func newGate(probeEvery time.Duration, log *slog.Logger, m *Metrics) *gate {
+	return &gate{probeEvery: probeEvery, log: log, metrics: m}
 }
 
 // pause closes the gate (if open) with the reason the API gave.
@@ -36,6 +37,7 @@ func (g *gate) pause(reason error) {
 		return
 	}
 	g.paused, g.reason = true, reason
+	g.metrics.setPaused(true)
 	g.resumed, g.probe, g.stop = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	g.log.Error("API account error: this processor takes no new items until it is fixed; items in hand wait, nothing fails",
 		"reason", reason.Error(), "probe_every", g.probeEvery)
@@ -67,6 +69,7 @@ func (g *gate) resume() {
 		return
 	}
 	g.paused = false
+	g.metrics.setPaused(false)
 	close(g.stop)
 	close(g.resumed)
 	g.log.Info("API account error resolved: processing resumes")

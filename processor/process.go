@@ -25,8 +25,9 @@ const (
 var errRequeue = errors.New("no verdict, requeue the item")
 
 // Process runs one item through both stages and returns its one result, ok or failed.
-// It returns an error (wrapping errRequeue or ctx's error) only when no verdict was
-// reached; the item must then be redelivered.
+// It returns an error (wrapping errRequeue, errRelease or ctx's error) only when no
+// verdict was reached; the item must then be redelivered. deliveries counts the
+// deliveries that spent attempts (crashes and requeues, not releases).
 func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveries int) (*flashpipe.Result, error) {
 	res := &flashpipe.Result{
 		BatchID:    wi.BatchID,
@@ -40,8 +41,9 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 		return res, nil
 	}
 	st := p.cfg.Stages
+	budget := p.cfg.MaxAttempts
 	analysis, err := runStage(ctx, p, stageSpec[*flashpipe.Analysis]{
-		name: Stage1, n: 1, model: st.Model1,
+		name: Stage1, n: 1, model: st.Model1, budget: budget,
 		key: stages.Stage1Key(st, wi.Item),
 		req: func() llm.Request { return stages.Stage1Request(st, wi.Item) },
 		parse: func(content string) (*flashpipe.Analysis, error) {
@@ -53,7 +55,7 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 		return p.verdict(ctx, res, Stage1, err)
 	}
 	cards, err := runStage(ctx, p, stageSpec[[]flashpipe.Card]{
-		name: Stage2, n: 2, model: st.Model2,
+		name: Stage2, n: 2, model: st.Model2, budget: budget,
 		key: stages.Stage2Key(st, wi.Item, analysis),
 		req: func() llm.Request { return stages.Stage2Request(st, wi.Item, analysis) },
 		parse: func(content string) ([]flashpipe.Card, error) {
@@ -74,16 +76,40 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 	return res, nil
 }
 
-// verdict turns a stage's error into a failed result, or into no verdict.
+// verdict turns a stage's error into a failed result, or into no verdict: a transient
+// failure of the API (not a bad answer) that outlasted this delivery's attempts sends
+// the item back for a later delivery, with a growing delay, until its deliveries run
+// out; only then does it fail.
 func (p *Processor) verdict(ctx context.Context, res *flashpipe.Result, stage string, err error) (*flashpipe.Result, error) {
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if errors.Is(err, errRequeue) {
+	if errors.Is(err, errRequeue) || errors.Is(err, errRelease) {
 		return nil, err
+	}
+	if flashpipe.ClassOf(err) == flashpipe.Transient && !errors.Is(err, stages.ErrInvalidAnswer) && res.Attempts < p.cfg.MaxDeliveries {
+		return nil, &requeueError{delay: p.requeueDelay(res.Attempts), err: err}
 	}
 	p.fail(res, stage, err, flashpipe.ClassOf(err))
 	return res, nil
+}
+
+// requeueError sends an item back for a later delivery after delay.
+type requeueError struct {
+	delay time.Duration
+	err   error
+}
+
+func (e *requeueError) Error() string {
+	return fmt.Sprintf("requeued for %s: %v", e.delay.Round(time.Millisecond), e.err)
+}
+func (e *requeueError) Unwrap() []error { return []error{errRequeue, e.err} }
+
+// requeueDelay grows with the deliveries so far: BackoffBase * 2^(d+2), capped at
+// RequeueBackoffMax, with jitter.
+func (p *Processor) requeueDelay(deliveries int) time.Duration {
+	d := min(p.cfg.BackoffBase<<min(deliveries+2, 20), p.cfg.RequeueBackoffMax)
+	return d/2 + rand.N(d/2+1)
 }
 
 func (p *Processor) fail(res *flashpipe.Result, stage string, err error, class flashpipe.ErrorClass) {
@@ -105,12 +131,13 @@ func (p *Processor) fail(res *flashpipe.Result, stage string, err error, class f
 
 // stageSpec describes one stage of one item.
 type stageSpec[T any] struct {
-	name  string
-	n     int
-	model string
-	key   string
-	req   func() llm.Request
-	parse func(content string) (T, error)
+	name   string
+	n      int
+	model  string
+	budget int // API attempts this stage may make
+	key    string
+	req    func() llm.Request
+	parse  func(content string) (T, error)
 	// reuse adapts an answer made for another item with the same key (a cache hit)
 	// to this one: its position-dependent parts.
 	reuse func(T) T
@@ -139,6 +166,7 @@ func runStage[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 		fresh = v
 		return cache.Entry{Stage: s.n, Model: s.model, Value: raw, Usage: spent}, nil
 	})
+	p.metrics.lookup(s.name, hit)
 	if hit {
 		usage.CacheHits++
 	} else {
@@ -161,11 +189,12 @@ func runStage[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 	return s.reuse(v), nil
 }
 
-// attempts makes up to MaxAttempts API attempts for one stage: transient errors
+// attempts makes up to s.budget API attempts for one stage: transient errors
 // (including answers that fail validation) are retried with exponential backoff and
 // jitter, honouring Retry-After; permanent errors end the stage at once. An account
 // error pauses the replica (see gate) and the attempt is made again once it resumes,
-// without counting against the item.
+// and an open circuit breaker releases the item (errRelease): neither counts against
+// the item.
 func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *flashpipe.Usage) (T, error) {
 	var zero T
 	req := s.req()
@@ -173,8 +202,12 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 		if err := p.gate.waitCall(ctx); err != nil {
 			return zero, err
 		}
-		resp, err := p.api.Complete(ctx, req)
+		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(ctx, req) })
+		if errors.Is(err, errRelease) {
+			return zero, err
+		}
 		countCall(usage, s.n, resp)
+		p.metrics.call(s.name, outcome(err))
 		if errors.Is(err, llm.ErrAccount) && ctx.Err() == nil {
 			p.gate.pause(err)
 			continue
@@ -186,7 +219,7 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 				return v, nil
 			}
 		}
-		if ctx.Err() != nil || flashpipe.IsPermanent(err) || attempt >= p.cfg.MaxAttempts {
+		if ctx.Err() != nil || flashpipe.IsPermanent(err) || attempt >= s.budget {
 			if attempt > 1 {
 				err = fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
@@ -201,6 +234,16 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 		}
 		attempt++
 	}
+}
+
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case flashpipe.IsPermanent(err):
+		return "permanent"
+	}
+	return "transient"
 }
 
 func countCall(u *flashpipe.Usage, stage int, resp *llm.Response) {

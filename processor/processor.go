@@ -42,6 +42,11 @@ const (
 	DefaultBackoffMax    = 30 * time.Second
 	DefaultProbeInterval = 30 * time.Second
 	DefaultRequeueDelay  = 5 * time.Second
+	// DefaultBreakerThreshold consecutive outage failures open the circuit breaker for
+	// DefaultBreakerTimeout.
+	DefaultBreakerThreshold  = 5
+	DefaultBreakerTimeout    = 30 * time.Second
+	DefaultRequeueBackoffMax = 2 * time.Minute
 )
 
 // Completer is the LLM API as the processor uses it. Complete makes one attempt and
@@ -67,12 +72,15 @@ type Config struct {
 	// AckWait is how long JetStream waits for an ack before redelivering; the
 	// processor extends it with progress acks while it works on an item.
 	AckWait time.Duration
-	// MaxDeliveries is how many deliveries an item gets before it fails for good
-	// (guards against an item that crashes processors).
+	// MaxDeliveries is how many deliveries an item gets before it fails for good:
+	// a delivery ends without a verdict when its processor crashes, or when the API
+	// kept failing transiently through MaxAttempts attempts (the item is then sent
+	// back with a growing delay). Releases by an open breaker do not count.
 	MaxDeliveries int
 	// DrainTimeout bounds how long Run waits for in-flight items on shutdown.
 	DrainTimeout time.Duration
-	// MaxAttempts is the number of API attempts per stage for transient errors.
+	// MaxAttempts is the number of API attempts per stage and delivery for transient
+	// errors (an invalid answer fails the item after MaxAttempts).
 	MaxAttempts int
 	// BackoffBase and BackoffMax shape the exponential backoff between attempts.
 	BackoffBase, BackoffMax time.Duration
@@ -82,8 +90,17 @@ type Config struct {
 	// RequeueDelay is how long an item waits before redelivery when no verdict could
 	// be reached (the cache could not be read).
 	RequeueDelay time.Duration
+	// RequeueBackoffMax caps the delay before an item whose API calls kept failing
+	// transiently is delivered again.
+	RequeueBackoffMax time.Duration
+	// BreakerThreshold consecutive outage failures (network errors, timeouts, 5xx)
+	// open the circuit breaker; BreakerTimeout later one call probes the API.
+	BreakerThreshold int
+	BreakerTimeout   time.Duration
 	// Stages configures models, prompts and limits of the two stages.
 	Stages stages.Config
+	// Metrics records Prometheus metrics (nil: none).
+	Metrics *Metrics
 	// ID names this replica in logs and results.
 	ID     string
 	Logger *slog.Logger
@@ -123,6 +140,15 @@ func (c Config) withDefaults() Config {
 	if c.RequeueDelay == 0 {
 		c.RequeueDelay = DefaultRequeueDelay
 	}
+	if c.RequeueBackoffMax == 0 {
+		c.RequeueBackoffMax = DefaultRequeueBackoffMax
+	}
+	if c.BreakerThreshold == 0 {
+		c.BreakerThreshold = DefaultBreakerThreshold
+	}
+	if c.BreakerTimeout == 0 {
+		c.BreakerTimeout = DefaultBreakerTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -143,6 +169,10 @@ func (c Config) validate() error {
 		return fmt.Errorf("processor: Config.MaxAttempts must be at least 1, got %d", c.MaxAttempts)
 	case c.ProbeInterval <= 0:
 		return fmt.Errorf("processor: Config.ProbeInterval must be positive")
+	case c.BreakerThreshold < 1:
+		return fmt.Errorf("processor: Config.BreakerThreshold must be at least 1, got %d", c.BreakerThreshold)
+	case c.BreakerTimeout < 100*time.Millisecond:
+		return fmt.Errorf("processor: Config.BreakerTimeout must be at least 100ms, got %s", c.BreakerTimeout)
 	}
 	return nil
 }
@@ -150,13 +180,16 @@ func (c Config) validate() error {
 // Processor is one processor replica. Run it with Run; it is not reusable after Run
 // returns.
 type Processor struct {
-	js    jetstream.JetStream
-	c     *contract.Contract
-	api   Completer
-	cache AnswerCache
-	cfg   Config
-	log   *slog.Logger
-	gate  *gate
+	js      jetstream.JetStream
+	c       *contract.Contract
+	api     Completer
+	cache   AnswerCache
+	cfg     Config
+	log     *slog.Logger
+	gate    *gate
+	breaker *breaker
+	ledger  *ledger
+	metrics *Metrics
 }
 
 // New returns a processor replica. answers may be nil (no cache: every item pays).
@@ -172,7 +205,11 @@ func New(js jetstream.JetStream, c *contract.Contract, api Completer, answers An
 	if cfg.ID != "" {
 		log = log.With("replica", cfg.ID)
 	}
-	return &Processor{js: js, c: c, api: api, cache: answers, cfg: cfg, log: log, gate: newGate(cfg.ProbeInterval, log)}, nil
+	return &Processor{
+		js: js, c: c, api: api, cache: answers, cfg: cfg, log: log, metrics: cfg.Metrics,
+		gate:    newGate(cfg.ProbeInterval, log, cfg.Metrics),
+		breaker: newBreaker(cfg.BreakerThreshold, cfg.BreakerTimeout, log, cfg.Metrics),
+	}, nil
 }
 
 // ConsumerConfig is the durable consumer the replicas share.
@@ -194,8 +231,11 @@ func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
 // Run consumes items until ctx is cancelled, then stops fetching, finishes the items in
 // hand (up to DrainTimeout) and returns. Items it could not finish are released for
 // redelivery.
-func (p *Processor) Run(ctx context.Context) error {
+func (p *Processor) Run(ctx context.Context) (err error) {
 	if err := p.c.EnsureStreams(ctx, p.js); err != nil {
+		return err
+	}
+	if p.ledger, err = openLedger(ctx, p.js, p.c); err != nil {
 		return err
 	}
 	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.c.ItemsStream(), p.ConsumerConfig())
@@ -221,7 +261,11 @@ func (p *Processor) Run(ctx context.Context) error {
 	for range p.cfg.Workers {
 		wg.Go(func() {
 			for {
+				// An account error or an open circuit breaker: take no new items.
 				if err := p.gate.waitOpen(ctx); err != nil {
+					return
+				}
+				if err := p.breaker.waitNotOpen(ctx); err != nil {
 					return
 				}
 				msg, err := iter.Next()
@@ -254,10 +298,34 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 		p.poison(ctx, msg, err)
 		return
 	}
+	// Deliveries that were releases (open breaker) do not count as attempts; the
+	// others (crashes, timeouts) do.
+	deliveries := int(md.NumDelivered)
+	if deliveries > 1 {
+		released, err := p.ledger.releases(ctx, wi)
+		if err != nil {
+			p.log.Warn("release ledger unreadable; counting every delivery", "err", err)
+		}
+		deliveries = max(1, deliveries-released)
+	}
 	stopProgress := p.keepAlive(msg)
-	res, err := p.Process(ctx, wi, int(md.NumDelivered))
+	p.metrics.inFlight(1)
+	res, err := p.Process(ctx, wi, deliveries)
+	p.metrics.inFlight(-1)
 	stopProgress()
+	var rq *requeueError
 	switch {
+	case errors.As(err, &rq):
+		p.log.Info("API kept failing; item requeued", "batch", wi.BatchID, "position", wi.Position, "delay", rq.delay, "err", rq.err)
+		_ = msg.NakWithDelay(rq.delay)
+		return
+	case errors.Is(err, errRelease):
+		if lerr := p.ledger.add(ctx, wi); lerr != nil {
+			p.log.Warn("release not recorded; it will count as an attempt", "err", lerr)
+		}
+		p.metrics.release()
+		_ = msg.NakWithDelay(p.breaker.releaseDelay())
+		return
 	case errors.Is(err, errRequeue):
 		p.log.Warn("no verdict; item requeued", "batch", wi.BatchID, "position", wi.Position, "err", err)
 		_ = msg.NakWithDelay(p.cfg.RequeueDelay)
@@ -280,6 +348,7 @@ func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *f
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
+	p.metrics.item(string(res.Status))
 	if err := msg.Ack(); err != nil {
 		// The result is durable; a redelivery republishes it as a duplicate (no-op).
 		p.log.Warn("ack item", "batch", res.BatchID, "position", res.Position, "err", err)

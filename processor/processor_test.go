@@ -468,3 +468,48 @@ func TestEstimateCountsCachedAnswersAsFree(t *testing.T) {
 		t.Fatalf("estimating made API calls: %d in all, want the 20 of the first batch", r.sim.Stats().Requests)
 	}
 }
+
+// A full outage: the breaker opens, the replica stops fetching and calling (only
+// probes), nothing fails, and everything completes once the API is back.
+func TestOutageOpensBreakerAndNothingFails(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, llmsim.Config{Faults: llmsim.Faults{Rate5xx: 1}})
+	r.start(processor.Config{BreakerThreshold: 5, BreakerTimeout: 300 * time.Millisecond, ConcurrentMax: 10,
+		BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond}, nil)
+	r.submit("outage", words(40, "정전"))
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(r.logs.String(), "circuit breaker open")
+	}, "the breaker did not open")
+	// While open, the API sees only the probes: about one per timeout.
+	before := r.sim.Stats().Requests
+	time.Sleep(time.Second)
+	if d := r.sim.Stats().Requests - before; d > 8 {
+		t.Fatalf("%d API calls in 1s of outage with the breaker open, want only probes", d)
+	}
+	if err := r.sim.SetFaults(llmsim.Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	rs := r.results("outage", 40, time.Minute)
+	if n := count(rs, flashpipe.StatusFailed); n != 0 {
+		t.Fatalf("%d items failed because of the outage", n)
+	}
+	if !strings.Contains(r.logs.String(), "circuit breaker closed") {
+		t.Error("closing the breaker was not logged")
+	}
+}
+
+// 30% 5xx and a storm of upstream 429s: every item completes, none fails.
+func TestThirtyPercent5xxAnd429StormFailNothing(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, llmsim.Config{Seed: 11, Faults: llmsim.Faults{Rate5xx: 0.3, Rate429: 0.2}})
+	r.start(processor.Config{BackoffBase: time.Millisecond, BackoffMax: 20 * time.Millisecond,
+		BreakerThreshold: 50, BreakerTimeout: 100 * time.Millisecond}, nil)
+	r.submit("storm", words(200, "폭풍"))
+	rs := r.results("storm", 200, 2*time.Minute)
+	if n := count(rs, flashpipe.StatusFailed); n != 0 {
+		t.Fatalf("%d items failed under 30%% 5xx and a 429 storm", n)
+	}
+	if s := r.sim.Stats(); s.Faults[llmsim.Fault5xx] == 0 || s.Faults[llmsim.Fault429] == 0 {
+		t.Fatalf("faults not injected: %+v", s.Faults)
+	}
+}

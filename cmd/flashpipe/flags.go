@@ -5,9 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -130,14 +136,43 @@ type ProcessorFlags struct {
 	Workers          int           `help:"Items in flight in this replica (default: --concurrent-max)." env:"FLASHPIPE_WORKERS"`
 	RetryMaxAttempts int           `help:"API attempts per stage for transient errors." default:"3" env:"RETRY_MAX_ATTEMPTS"`
 	AckWait          time.Duration `help:"Redelivery timeout of an item whose processor stopped answering." default:"60s" env:"FLASHPIPE_ACK_WAIT"`
-	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
+	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good (crashes, and API failures that outlast --retry-max-attempts)." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
+	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"5" env:"CIRCUIT_BREAKER_THRESHOLD"`
+	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"30s" env:"CIRCUIT_BREAKER_TIMEOUT"`
 }
 
 func (f ProcessorFlags) config(st stages.Config, id string, log *slog.Logger) processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
-		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, Stages: st, ID: id, Logger: log,
+		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
+		BreakerTimeout: f.BreakerTimeout, Stages: st, ID: id, Logger: log,
 	}
+}
+
+// MetricsFlags expose Prometheus metrics.
+type MetricsFlags struct {
+	MetricsAddr string `help:"Serve Prometheus metrics at http://ADDR/metrics (empty: off)." env:"FLASHPIPE_METRICS_ADDR"`
+}
+
+// serve starts the metrics endpoint when configured and returns the registry (nil:
+// metrics off).
+func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger) (*prometheus.Registry, error) {
+	if f.MetricsAddr == "" {
+		return nil, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", f.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	context.AfterFunc(ctx, func() { _ = srv.Close() })
+	log.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	return reg, nil
 }
 
 // SequencerFlags configure sequencer replicas.

@@ -27,6 +27,7 @@ type ProcessorCmd struct {
 	NATSFlags
 	APIFlags
 	ProcessorFlags
+	MetricsFlags
 }
 
 // Run runs the processor until interrupted.
@@ -51,7 +52,15 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	proc, err := processor.New(js, c, client, answers, p.config(st, replicaID(), log))
+	reg, err := p.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	cfg := p.config(st, replicaID(), log)
+	if reg != nil {
+		cfg.Metrics = processor.NewMetrics(reg)
+	}
+	proc, err := processor.New(js, c, client, answers, cfg)
 	if err != nil {
 		return err
 	}

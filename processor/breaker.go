@@ -1,0 +1,175 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llm"
+)
+
+// errRelease marks an item given back because the circuit breaker is open: it is
+// naked with a delay, and the delivery does not count against its attempts.
+var errRelease = errors.New("circuit breaker open: item released")
+
+// breaker opens after Threshold consecutive outage failures of the API (network
+// errors, timeouts, 5xx): while open the replica takes no new items and releases the
+// ones in hand; after Timeout one call probes (half-open) and closes it on success.
+// Rate limiting (429), account errors and bad requests are not outages.
+type breaker struct {
+	cb      *gobreaker.CircuitBreaker[*llm.Response]
+	timeout time.Duration
+	opened  atomic.Int64 // unix nanos of the last opening
+	state   atomic.Int32
+}
+
+func newBreaker(threshold int, timeout time.Duration, log *slog.Logger, m *Metrics) *breaker {
+	b := &breaker{timeout: timeout}
+	b.cb = gobreaker.NewCircuitBreaker[*llm.Response](gobreaker.Settings{
+		Name:        "api",
+		MaxRequests: 1,
+		Timeout:     timeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(threshold) },
+		IsSuccessful: func(err error) bool {
+			return err == nil || !isOutage(err)
+		},
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			b.state.Store(int32(to))
+			m.breakerState(int(to))
+			switch to {
+			case gobreaker.StateOpen:
+				b.opened.Store(time.Now().UnixNano())
+				log.Error("circuit breaker open: the API looks down; taking no new items, releasing those in hand",
+					"from", from.String(), "retry_in", timeout)
+			case gobreaker.StateHalfOpen:
+				log.Warn("circuit breaker half-open: probing the API")
+			case gobreaker.StateClosed:
+				log.Info("circuit breaker closed: the API answers again")
+			}
+		},
+	})
+	return b
+}
+
+// isOutage reports whether err says the API is unreachable or failing.
+func isOutage(err error) bool {
+	var ae *llm.APIError
+	if errors.As(err, &ae) {
+		return ae.Status >= 500 || ae.Status == 408
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	return errors.Is(err, llm.ErrMalformedResponse) || errors.Is(err, llm.ErrEmptyContent)
+}
+
+// call makes one API call through the breaker; an open breaker returns errRelease.
+func (b *breaker) call(fn func() (*llm.Response, error)) (*llm.Response, error) {
+	resp, err := b.cb.Execute(fn)
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return nil, errRelease
+	}
+	return resp, err
+}
+
+// open reports whether the breaker is open (State also moves it to half-open once
+// the timeout has passed).
+func (b *breaker) open() bool { return b.cb.State() == gobreaker.StateOpen }
+
+// waitNotOpen blocks while the breaker is open.
+func (b *breaker) waitNotOpen(ctx context.Context) error {
+	for b.open() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(b.releaseDelay(), 250*time.Millisecond)):
+		}
+	}
+	return nil
+}
+
+// releaseDelay is how long a released item should wait: until the breaker half-opens,
+// plus jitter so the released items do not all come back at once.
+func (b *breaker) releaseDelay() time.Duration {
+	left := b.timeout - time.Since(time.Unix(0, b.opened.Load()))
+	left = max(left, 100*time.Millisecond)
+	return left + rand.N(b.timeout/4+1)
+}
+
+// ledger counts the releases of each item (deliveries that must not count as
+// attempts) in a KV bucket, so a redelivery can tell them from crashes. Entries expire
+// after a week.
+type ledger struct {
+	kv jetstream.KeyValue
+}
+
+const ledgerTTL = 7 * 24 * time.Hour
+
+func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract) (*ledger, error) {
+	cfg := c.Config()
+	storage := jetstream.FileStorage
+	if cfg.Storage == contract.StorageMemory {
+		storage = jetstream.MemoryStorage
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: c.Name("RELEASES"), Description: "flashpipe: items released by an open circuit breaker",
+		History: 1, TTL: ledgerTTL, Storage: storage, Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("release ledger: %w", err)
+	}
+	return &ledger{kv: kv}, nil
+}
+
+func ledgerKey(wi flashpipe.WorkItem) string {
+	return wi.BatchID + "." + strconv.FormatInt(wi.Position, 10) + "." + strconv.Itoa(wi.Generation)
+}
+
+// releases returns how many times the item was released.
+func (l *ledger) releases(ctx context.Context, wi flashpipe.WorkItem) (int, error) {
+	e, err := l.kv.Get(ctx, ledgerKey(wi))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(string(e.Value()))
+}
+
+// add records one more release of the item.
+func (l *ledger) add(ctx context.Context, wi flashpipe.WorkItem) error {
+	key := ledgerKey(wi)
+	for range 10 {
+		e, err := l.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if _, err = l.kv.Create(ctx, key, []byte("1")); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			n, _ := strconv.Atoi(string(e.Value()))
+			if _, err = l.kv.Update(ctx, key, []byte(strconv.Itoa(n+1)), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+				return err
+			}
+		}
+	}
+	return errors.New("release ledger: too many concurrent updates")
+}
