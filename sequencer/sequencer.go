@@ -10,10 +10,14 @@
 // sequencers racing on one batch (a lease handed over while the old owner still runs)
 // can never interleave, duplicate or reorder events.
 //
-// Ownership: a replica owns a batch while it holds the batch's manifest message
-// unacknowledged, renewing it with progress acks. The manifest is acked only after the
-// completion event is stored; on shutdown it is naked so another replica takes it
-// over at once, and on a crash JetStream redelivers it after Config.LeaseTTL.
+// Ownership: the replicas share one durable consumer of the manifests; a replica that
+// receives a batch's manifest takes the batch's lease (a key in a KV bucket that
+// expires Config.LeaseTTL after its last renewal) and owns the batch while it renews
+// it, keeping the manifest unacknowledged with progress acks. Two replicas never hold
+// one lease; a replica that fails to renew stops at once. The manifest is acked only
+// after the completion event is stored; on shutdown the lease is released and the
+// manifest naked so another replica takes the batch over at once; after a crash the
+// lease expires and JetStream redelivers the manifest, both within LeaseTTL.
 //
 // Memory: per batch, at most Config.Window out-of-order results are held; results
 // further ahead are dropped and read back from the results stream (the durable buffer)
@@ -29,6 +33,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -127,6 +132,7 @@ type Sequencer struct {
 
 	// atomic is true when the ordered stream takes atomic batch publishes.
 	atomic bool
+	leases *leases
 
 	mu     sync.Mutex
 	active map[string]bool // batch ids this replica is sequencing
@@ -163,6 +169,13 @@ func (s *Sequencer) Run(ctx context.Context) error {
 		return fmt.Errorf("sequencer: ordered stream: %w", err)
 	}
 	s.atomic = ordered.CachedInfo().Config.AllowAtomicPublish && !s.cfg.OneByOne
+	id := s.cfg.ID
+	if id == "" {
+		id = nuid.Next()
+	}
+	if s.leases, err = openLeases(ctx, s.js, s.c, s.cfg.LeaseTTL, id); err != nil {
+		return err
+	}
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.BatchesStream(), jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
 		Description:   "flashpipe sequencers: one manifest = one batch to sequence",
@@ -224,23 +237,39 @@ func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetst
 	}
 	defer s.release(m.BatchID)
 	md, _ := msg.Metadata()
-
-	stopRenew := s.renew(msg)
-	err = s.sequence(ctx, results, m, md)
-	stopRenew()
 	log := s.log.With("batch", m.BatchID, "generation", m.Generation)
+
+	le, err := s.leases.acquire(ctx, m.BatchID)
+	if err != nil {
+		if !errors.Is(err, errLeaseHeld) {
+			log.Warn("lease", "err", err)
+		}
+		_ = msg.NakWithDelay(s.cfg.PollInterval)
+		return
+	}
+	bctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	stopRenew := s.renew(bctx, msg, le, lost)
+	err = s.sequence(bctx, results, m, md)
+	stopRenew()
 	switch {
 	case err == nil:
 		if err := msg.DoubleAck(context.WithoutCancel(ctx)); err != nil {
 			log.Warn("ack manifest", "err", err)
 		}
+		le.release(context.WithoutCancel(ctx))
 	case ctx.Err() != nil:
+		le.release(context.WithoutCancel(ctx))
 		_ = msg.Nak() // hand over at once
+	case context.Cause(bctx) != nil && bctx.Err() != nil:
+		log.Warn("lease lost: another sequencer takes the batch over", "err", context.Cause(bctx))
+		_ = msg.NakWithDelay(s.cfg.PollInterval)
 	case errors.Is(err, errPreviousGeneration):
 		log.Info("waiting for the previous generation to complete")
 		_ = msg.NakWithDelay(s.cfg.PollInterval)
 	default:
 		log.Error("sequencing failed; will retry", "err", err)
+		le.release(context.WithoutCancel(ctx))
 		_ = msg.NakWithDelay(s.cfg.PollInterval)
 	}
 }
@@ -261,8 +290,9 @@ func (s *Sequencer) release(batch string) {
 	s.mu.Unlock()
 }
 
-// renew keeps the manifest (the lease on the batch) from being redelivered.
-func (s *Sequencer) renew(msg jetstream.Msg) func() {
+// renew keeps the manifest from being redelivered and the lease alive; when the lease
+// cannot be renewed it calls lost, which stops the sequencing of the batch.
+func (s *Sequencer) renew(ctx context.Context, msg jetstream.Msg, le *lease, lost context.CancelCauseFunc) func() {
 	t := time.NewTicker(s.cfg.LeaseTTL / 3)
 	done := make(chan struct{})
 	go func() {
@@ -270,6 +300,10 @@ func (s *Sequencer) renew(msg jetstream.Msg) func() {
 			select {
 			case <-t.C:
 				_ = msg.InProgress()
+				if err := le.renew(ctx); err != nil && ctx.Err() == nil {
+					lost(err)
+					return
+				}
 			case <-done:
 				return
 			}

@@ -312,3 +312,59 @@ func TestSequencerRetryGenerationAppendsCorrections(t *testing.T) {
 		checkGeneration(t, evs[n+2:], 1, failed)
 	})
 }
+
+// Several replicas share the batches; each batch is sequenced by exactly one of them
+// (one manifest event in its log), and all complete in order.
+func TestReplicasShareBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const batches, n = 6, 150
+	for i := range batches {
+		e.publishManifest(flashpipe.Manifest{BatchID: fmt.Sprintf("share%d", i), Count: n, CreatedAt: time.Now()})
+	}
+	for range 3 {
+		e.start(sequencer.Config{Window: 32, PollInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second, MaxBatches: 2})
+	}
+	for _, i := range rand.Perm(batches * n) {
+		e.publishResult(fmt.Sprintf("share%d", i/n), i%n+1, 0, flashpipe.StatusOK)
+	}
+	for i := range batches {
+		checkGeneration(t, e.waitComplete(fmt.Sprintf("share%d", i), 0, time.Minute), 0, seqRange(n))
+	}
+}
+
+// A replica that dies (its connection cut, so it can neither ack nor release) loses
+// its batch to another within the lease TTL, with no gap or duplicate.
+func TestCrashedReplicaHandsBatchOver(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	nc, js := natstest.Connect(t, srv.ClientURL())
+	e := &env{t: t, js: js, c: natstest.Contract(t, js)}
+	const n = 300
+	e.publishManifest(flashpipe.Manifest{BatchID: "handover", Count: n, CreatedAt: time.Now()})
+	for seq := 1; seq <= n/2; seq++ {
+		e.publishResult("handover", seq, 0, flashpipe.StatusOK)
+	}
+	cfg := sequencer.Config{PollInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second}
+	doomed, err := sequencer.New(js, e.c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = doomed.Run(ctx) }()
+	natstest.Eventually(t, 10*time.Second, func() bool { return e.count("handover") > n/2 }, "the first replica did not start")
+	nc.Close() // the replica dies
+
+	_, js2 := natstest.Connect(t, srv.ClientURL())
+	e2 := &env{t: t, js: js2, c: e.c}
+	for seq := n/2 + 1; seq <= n; seq++ {
+		e2.publishResult("handover", seq, 0, flashpipe.StatusOK)
+	}
+	start := time.Now()
+	e2.start(cfg)
+	checkGeneration(t, e2.waitComplete("handover", 0, 30*time.Second), 0, seqRange(n))
+	if took := time.Since(start); took > 3*cfg.LeaseTTL {
+		t.Fatalf("hand-over took %s, lease TTL %s", took, cfg.LeaseTTL)
+	}
+}
