@@ -67,7 +67,8 @@ type Manifest struct {
 	Generation int    `json:"generation"`
 	// Count is the number of items in the batch (Seq runs 1..Count).
 	Count int `json:"count"`
-	// Seqs lists the items a generation > 0 re-runs, ascending. Empty for generation 0.
+	// Seqs lists the items a generation > 0 re-runs, ascending; empty means every
+	// item (a reprocess). Empty for generation 0.
 	Seqs []int `json:"seqs,omitempty"`
 	// Source names where the batch came from: a file name, "http", "nats".
 	Source string `json:"source"`
@@ -80,10 +81,18 @@ type Manifest struct {
 
 // Expected is the number of results that complete this generation of the batch.
 func (m Manifest) Expected() int {
-	if m.Generation > 0 {
+	if m.Generation > 0 && len(m.Seqs) > 0 {
 		return len(m.Seqs)
 	}
 	return m.Count
+}
+
+// Seq returns the seq of the i-th (0-based) item this generation runs.
+func (m Manifest) Seq(i int) int {
+	if m.Generation > 0 && len(m.Seqs) > 0 {
+		return m.Seqs[i]
+	}
+	return i + 1
 }
 
 // HashItems returns a stable content hash of a batch's items in Seq order.

@@ -109,3 +109,97 @@ func (p *Publisher) finishRetry(ctx context.Context, m flashpipe.Manifest) (int,
 	}
 	return p.publishWorkItems(ctx, missing)
 }
+
+// Reprocess runs every item of a complete batch again as its next generation, read
+// back from the items stream: answers already cached cost nothing (a reprocess after a
+// change of model or prompts pays for the new answers). Every row is rewritten and
+// the ordered log carries the whole batch again after the previous completion.
+func (p *Publisher) Reprocess(ctx context.Context, batchID string) (*Submission, error) {
+	if err := flashpipe.ValidateBatchID(batchID); err != nil {
+		return nil, err
+	}
+	latest, err := p.Manifest(ctx, batchID)
+	if err != nil {
+		return nil, err
+	}
+	gen, complete, _, err := batchlog.Latest(ctx, p.js, p.c, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("reprocess %s: %w", batchID, err)
+	}
+	if !complete || gen < latest.Generation {
+		return nil, fmt.Errorf("reprocess %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
+	}
+	next := latest
+	next.Generation = latest.Generation + 1
+	next.Seqs = nil // every item
+	next.CreatedAt = time.Now().UTC()
+	mm, err := p.c.ManifestMsg(next)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(batchID, next.Generation))); err != nil {
+		return nil, fmt.Errorf("reprocess %s: publish manifest: %w", batchID, err)
+	}
+	n, err := p.republish(ctx, next)
+	if err != nil {
+		return nil, fmt.Errorf("reprocess %s: %w", batchID, err)
+	}
+	return &Submission{Manifest: next, Published: n}, nil
+}
+
+// republish reads a batch's generation 0 items from the items stream and publishes
+// each as generation m.Generation, a thousand at a time (memory does not grow with the
+// batch).
+func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, error) {
+	oc, err := p.js.OrderedConsumer(ctx, p.c.ItemsStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{p.c.BatchItems(m.BatchID)},
+	})
+	if err != nil {
+		return 0, err
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(1000))
+	if err != nil {
+		return 0, err
+	}
+	defer it.Stop()
+	const chunk = 1000
+	published, seen := 0, 0
+	wis := make([]flashpipe.WorkItem, 0, chunk)
+	flush := func() error {
+		n, err := p.publishWorkItems(ctx, wis)
+		published += n
+		wis = wis[:0]
+		return err
+	}
+	for range info.NumPending {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return published, err
+		}
+		wi, err := contract.DecodeItem(msg.Headers(), msg.Data())
+		if err != nil {
+			return published, err
+		}
+		if wi.Generation != 0 {
+			continue
+		}
+		seen++
+		wi.Generation = m.Generation
+		if wis = append(wis, wi); len(wis) == chunk {
+			if err := flush(); err != nil {
+				return published, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return published, err
+	}
+	if seen != m.Count {
+		return published, fmt.Errorf("the items stream holds %d of the batch's %d items (expired? see --stream-max-age)", seen, m.Count)
+	}
+	return published, nil
+}

@@ -162,7 +162,7 @@ func (r *run) sync(ctx context.Context) error {
 
 // index returns the position of seq among the generation's wanted seqs.
 func (r *run) index(seq int) (int, bool) {
-	if r.m.Generation == 0 {
+	if r.m.Generation == 0 || len(r.m.Seqs) == 0 {
 		return seq - 1, seq >= 1 && seq <= r.n
 	}
 	i := sort.SearchInts(r.m.Seqs, seq)

@@ -312,12 +312,9 @@ func (s *Sequencer) renew(ctx context.Context, msg jetstream.Msg, le *lease, los
 	return func() { t.Stop(); close(done) }
 }
 
-// Wanted reports which seq a generation emits at index i (0-based), and how many.
+// wanted reports which seq a generation emits at index i (0-based), and how many.
 func wanted(m flashpipe.Manifest) (at func(i int) int, n int) {
-	if m.Generation == 0 {
-		return func(i int) int { return i + 1 }, m.Count
-	}
-	return func(i int) int { return m.Seqs[i] }, len(m.Seqs)
+	return m.Seq, m.Expected()
 }
 
 var errPreviousGeneration = errors.New("previous generation not complete")

@@ -3,17 +3,24 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sink"
 )
 
 // DevCmd keeps the embedded stack running.
@@ -299,6 +306,109 @@ func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
 	} else {
 		fmt.Fprintf(os.Stderr, "batch %s: generation %d re-runs %d failed items\n", r.Batch, sub.Manifest.Generation, len(sub.Manifest.Seqs))
 	}
+	if !r.Wait {
+		return nil
+	}
+	sum, err := followBatch(ctx, js, c, sub.Manifest, r.Output, r.Quiet)
+	if err != nil {
+		return err
+	}
+	sum.Elapsed = time.Since(start).Seconds()
+	return sum.print(r.JSON)
+}
+
+// ReplayCmd rebuilds store rows from the ordered stream.
+type ReplayCmd struct {
+	Batch []string `help:"Batch id to replay (repeatable)."`
+	All   bool     `help:"Replay every batch the ordered stream holds."`
+	NATSFlags
+	StoreFlags
+}
+
+// Run replays the batches into the store.
+func (r *ReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if len(r.Batch) == 0 && !r.All {
+		return errors.New("give --batch ID (repeatable) or --all")
+	}
+	if r.PostgresURL == "" && r.SQLite == "" {
+		return errors.New("no database: give --postgres-url or --sqlite")
+	}
+	store, name, err := r.open(ctx, "", true, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	nc, js, c, err := r.connect(ctx, "flashpipe-replay", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ids := r.Batch
+	if r.All {
+		if ids, err = orderedBatches(ctx, js, c); err != nil {
+			return err
+		}
+	}
+	snk, err := sink.New(js, c, store, sink.Config{Logger: log})
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		n, err := snk.Replay(ctx, id)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("batch %s: %d events replayed into %s\n", id, n, name)
+	}
+	return nil
+}
+
+// orderedBatches lists the batches with events in the ordered stream.
+func orderedBatches(ctx context.Context, js jetstream.JetStream, c *contract.Contract) ([]string, error) {
+	st, err := js.Stream(ctx, c.OrderedStream())
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(c.AllOrdered()))
+	if err != nil {
+		return nil, err
+	}
+	prefix := c.OrderedSubject("")
+	ids := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		ids = append(ids, strings.TrimPrefix(subj, prefix))
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// ReprocessCmd runs a batch again from the items stream.
+type ReprocessCmd struct {
+	Batch string `required:"" help:"Batch id."`
+	NATSFlags
+	Wait   bool   `help:"Wait for it to complete, showing progress, and write the TSV."`
+	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Quiet  bool   `help:"No progress display."`
+	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+}
+
+// Run publishes the reprocess generation and, with --wait, follows it.
+func (r *ReprocessCmd) Run(ctx context.Context, log *slog.Logger) error {
+	start := time.Now()
+	nc, js, c, err := r.connect(ctx, "flashpipe-reprocess", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	pub, err := ingest.NewPublisher(js, c, log)
+	if err != nil {
+		return err
+	}
+	sub, err := pub.Reprocess(ctx, r.Batch)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "batch %s: generation %d runs all %d items again (cached answers are free)\n", r.Batch, sub.Manifest.Generation, sub.Manifest.Count)
 	if !r.Wait {
 		return nil
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/store/postgres"
+	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
@@ -222,4 +224,77 @@ func TestPermanentFailuresThenRetryFixesThem(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTSV(t, buf.String(), items, 3)
+}
+
+// replay rebuilds an empty database from the ordered stream; reprocess runs the batch
+// again from the items stream for free (the cache answers).
+func TestReplayAndReprocess(t *testing.T) {
+	t.Parallel()
+	p := newPipeline(t, llmsim.Config{})
+	p.startAll()
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:100]
+	p.submit("again", items)
+	p.waitStored("again", time.Minute)
+	want := p.results("again")
+
+	// Replay into an empty database (a restore lost the rows).
+	ctx := context.Background()
+	empty, err := postgres.Open(ctx, pgtest.URL(t), postgres.Config{AutoMigrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer empty.Close()
+	snk, err := sink.New(p.js, p.c, empty, sink.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := snk.Replay(ctx, "again")
+	if err != nil || n != len(items)+2 {
+		t.Fatalf("replayed %d events, %v; want %d", n, err, len(items)+2)
+	}
+	st, err := empty.Batch(ctx, "again")
+	if err != nil || st.State != flashpipe.BatchComplete || st.OK != len(items) {
+		t.Fatalf("replayed batch %+v, %v", st, err)
+	}
+	var got []flashpipe.Result
+	if err := empty.Results(ctx, "again", flashpipe.ResultFilter{}, func(r flashpipe.Result) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	checkStored(t, got, items, 3)
+	for i := range want {
+		if fmt.Sprint(got[i].Cards) != fmt.Sprint(want[i].Cards) || got[i].Analysis.Term != want[i].Analysis.Term {
+			t.Fatalf("replayed item %d differs", i)
+		}
+	}
+
+	// Reprocess: a new generation of every item, all answers from the cache.
+	calls := p.sim.Stats().Requests
+	sub, err := p.pub.Reprocess(ctx, "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Manifest.Generation != 1 || sub.Published != len(items) {
+		t.Fatalf("reprocess %+v", sub)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if st, err = waitStored(wctx, p.store, "again", 1); err != nil || st.OK != len(items) {
+		t.Fatalf("after reprocess: %+v, %v", st, err)
+	}
+	if made := p.sim.Stats().Requests - calls; made != 0 {
+		t.Fatalf("reprocess made %d API calls, want 0", made)
+	}
+	res := p.results("again")
+	checkStored(t, res, items, 3)
+	for _, r := range res {
+		if r.Generation != 1 || r.Usage.CacheHits != 2 {
+			t.Fatalf("item %d: generation %d, usage %+v", r.Position, r.Generation, r.Usage)
+		}
+	}
+	keys := p.orderedKeys("again")
+	checkOrdered(t, keys[:len(items)+2], items)
+	tail := keys[len(items)+2:]
+	if len(tail) != len(items)+2 || tail[0].Generation != 1 || tail[len(tail)-1].Kind != flashpipe.EventComplete {
+		t.Fatalf("reprocess generation in the ordered log: %d events", len(tail))
+	}
 }

@@ -41,6 +41,8 @@ type CLI struct {
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
 	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
+	Reprocess   ReprocessCmd   `cmd:"" help:"Run a complete batch again from the items stream (free through the cache)."`
+	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`

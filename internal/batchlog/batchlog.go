@@ -206,3 +206,24 @@ func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, sub
 	}
 	return nil
 }
+
+// Latest reports the generation of the last event in a batch's ordered log and whether
+// that event is the generation's completion. ok is false for a batch with no events.
+func Latest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (gen int, complete, ok bool, err error) {
+	st, err := js.Stream(ctx, c.OrderedStream())
+	if err != nil {
+		return 0, false, false, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, c.OrderedSubject(batchID))
+	if contract.IsNotFound(err) {
+		return 0, false, false, nil
+	}
+	if err != nil {
+		return 0, false, false, err
+	}
+	k, err := contract.KeysOf(raw.Header)
+	if err != nil {
+		return 0, false, false, err
+	}
+	return k.Generation, k.Kind == flashpipe.EventComplete, true, nil
+}
