@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"time"
 
 	"github.com/flashpipe/flashpipe"
@@ -202,10 +203,16 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 		if err := p.gate.waitCall(ctx); err != nil {
 			return zero, err
 		}
+		if l := p.cfg.Limiter; l != nil {
+			if err := l.Wait(ctx); err != nil {
+				return zero, fmt.Errorf("%w: rate limiter: %w", errRequeue, err)
+			}
+		}
 		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(ctx, req) })
 		if errors.Is(err, errRelease) {
 			return zero, err
 		}
+		p.observe(resp, err)
 		countCall(usage, s.n, resp)
 		p.metrics.call(s.name, outcome(err))
 		if errors.Is(err, llm.ErrAccount) && ctx.Err() == nil {
@@ -233,6 +240,22 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 		case <-time.After(wait):
 		}
 		attempt++
+	}
+}
+
+// observe tells the rate limiter what a call used, and about a 429: every replica
+// then pauses until the API's Retry-After or X-RateLimit-Reset.
+func (p *Processor) observe(resp *llm.Response, err error) {
+	l := p.cfg.Limiter
+	if l == nil {
+		return
+	}
+	if resp != nil {
+		l.Observe(int(resp.Usage.PromptTokens + resp.Usage.CompletionTokens))
+	}
+	var ae *llm.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests {
+		l.Throttled(ae.RetryAfter, ae.RateLimit.Reset)
 	}
 }
 

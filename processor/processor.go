@@ -55,6 +55,15 @@ type Completer interface {
 	Complete(ctx context.Context, req llm.Request) (*llm.Response, error)
 }
 
+// RateLimiter is the API rate limit shared by all replicas (internal/ratelimit). Wait
+// blocks until one request may be sent; Observe reports the tokens a request used;
+// Throttled reports a 429 and the wait it asked for.
+type RateLimiter interface {
+	Wait(ctx context.Context) error
+	Observe(tokens int)
+	Throttled(retryAfter time.Duration, reset time.Time)
+}
+
 // AnswerCache is the answer cache as the processor uses it (internal/cache.Cache).
 type AnswerCache interface {
 	Do(ctx context.Context, key string, fn func() (cache.Entry, error)) (cache.Entry, bool, error)
@@ -99,6 +108,8 @@ type Config struct {
 	BreakerTimeout   time.Duration
 	// Stages configures models, prompts and limits of the two stages.
 	Stages stages.Config
+	// Limiter paces the API calls under the shared rate limit (nil: no limit).
+	Limiter RateLimiter
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
 	// ID names this replica in logs and results.

@@ -20,6 +20,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/processor"
@@ -511,5 +512,40 @@ func TestThirtyPercent5xxAnd429StormFailNothing(t *testing.T) {
 	}
 	if s := r.sim.Stats(); s.Faults[llmsim.Fault5xx] == 0 || s.Faults[llmsim.Fault429] == 0 {
 		t.Fatalf("faults not injected: %+v", s.Faults)
+	}
+}
+
+// Four replicas on one shared limit, against an API enforcing that same limit: no
+// 429 from excess, and while demand exceeds the limit the achieved rate is >= 90% of it.
+func TestFourReplicasShareOneRateLimit(t *testing.T) {
+	t.Parallel()
+	const rpm = 3000 // 50 requests/s
+	r := newRig(t, llmsim.Config{RPM: rpm})
+	for range 4 {
+		_, js := natstest.Connect(t, r.url)
+		l, err := ratelimit.New(context.Background(), js, r.c, ratelimit.Config{RPM: rpm, Buffer: 1.0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.Close() })
+		r.start(processor.Config{Limiter: l, ConcurrentMax: 40}, nil)
+	}
+	const items = 200 // 400 calls: about 8 s at the limit
+	start := time.Now()
+	r.submit("limited", words(items, "한도"))
+	rs := r.results("limited", items, time.Minute)
+	elapsed := time.Since(start)
+	if n := count(rs, flashpipe.StatusOK); n != items {
+		t.Fatalf("%d ok of %d", n, items)
+	}
+	s := r.sim.Stats()
+	if s.RateLimited != 0 {
+		t.Fatalf("the API answered %d 429s for exceeding the shared limit", s.RateLimited)
+	}
+	// The limiter may run ahead by up to one second of budget at the start.
+	achieved := float64(s.Requests) / elapsed.Seconds() * 60
+	t.Logf("%d calls in %s: %.0f per minute, %.1f%% of the limit", s.Requests, elapsed.Round(time.Millisecond), achieved, 100*achieved/rpm)
+	if achieved < 0.9*rpm {
+		t.Fatalf("achieved %.0f calls per minute, want >= 90%% of %d", achieved, rpm)
 	}
 }

@@ -30,6 +30,7 @@ type DevCmd struct {
 	StoreFlags
 	APIFlags
 	ProcessorFlags
+	RateLimitFlags
 	SequencerFlags
 	SinkFlags
 	SimFlags
@@ -48,7 +49,7 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	st, err := startStack(ctx, stackConfig{
 		DataDir: d.DataDir, NATSPort: port, Contract: c, Store: d.StoreFlags, API: d.APIFlags,
-		Sim: d.SimFlags.config(log), Processor: d.ProcessorFlags, Processors: 1,
+		Sim: d.SimFlags.config(log), Processor: d.ProcessorFlags, RateLimit: d.RateLimitFlags, Processors: 1,
 		Sequencer: d.SequencerFlags, Sink: d.SinkFlags, Logger: log,
 	})
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
@@ -147,6 +148,29 @@ func (f ProcessorFlags) config(st stages.Config, id string, log *slog.Logger) pr
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
 		BreakerTimeout: f.BreakerTimeout, Stages: st, ID: id, Logger: log,
 	}
+}
+
+// RateLimitFlags set the API rate limit all processor replicas share.
+type RateLimitFlags struct {
+	RateLimitRPM    int     `help:"API requests per minute for all processor replicas together (0: none; default 600 against a real API, the simulator's own limit against it)." default:"-1" env:"RATE_LIMIT_RPM"`
+	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"0.8" env:"RATE_LIMIT_BUFFER"`
+	RateLimitTPM    int     `help:"API tokens per minute for all replicas together (0: none)." default:"0" env:"RATE_LIMIT_TPM"`
+}
+
+// DefaultRateLimitRPM is the limit against a real API when none is configured.
+const DefaultRateLimitRPM = 600
+
+// limiter returns the shared limiter (nil when there is no limit). auto is the RPM
+// used when none was configured.
+func (f RateLimitFlags) limiter(ctx context.Context, js jetstream.JetStream, c *contract.Contract, auto int, log *slog.Logger) (*ratelimit.Limiter, error) {
+	rpm := f.RateLimitRPM
+	if rpm < 0 {
+		rpm = auto
+	}
+	if rpm == 0 && f.RateLimitTPM == 0 {
+		return nil, nil
+	}
+	return ratelimit.New(ctx, js, c, ratelimit.Config{RPM: rpm, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM, Logger: log})
 }
 
 // MetricsFlags expose Prometheus metrics.

@@ -75,6 +75,7 @@ type RunCmd struct {
 	StoreFlags
 	APIFlags
 	ProcessorFlags
+	RateLimitFlags
 	SequencerFlags
 	SinkFlags
 	SimFlags
@@ -94,7 +95,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	start := time.Now()
 	st, err := startStack(ctx, stackConfig{
 		DataDir: r.DataDir, NATSPort: -1, Contract: c, Store: r.StoreFlags, API: r.APIFlags,
-		Sim: r.SimFlags.config(log), Processor: r.ProcessorFlags, Processors: 1,
+		Sim: r.SimFlags.config(log), Processor: r.ProcessorFlags, RateLimit: r.RateLimitFlags, Processors: 1,
 		Sequencer: r.SequencerFlags, Sink: r.SinkFlags, Logger: log,
 	})
 	if err != nil {

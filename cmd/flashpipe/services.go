@@ -27,6 +27,7 @@ type ProcessorCmd struct {
 	NATSFlags
 	APIFlags
 	ProcessorFlags
+	RateLimitFlags
 	MetricsFlags
 }
 
@@ -59,6 +60,14 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 	cfg := p.config(st, replicaID(), log)
 	if reg != nil {
 		cfg.Metrics = processor.NewMetrics(reg)
+	}
+	limiter, err := p.limiter(ctx, js, c, DefaultRateLimitRPM, log)
+	if err != nil {
+		return err
+	}
+	if limiter != nil {
+		defer limiter.Close()
+		cfg.Limiter = limiter
 	}
 	proc, err := processor.New(js, c, client, answers, cfg)
 	if err != nil {

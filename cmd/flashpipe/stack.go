@@ -34,6 +34,7 @@ type stackConfig struct {
 	API        APIFlags
 	Sim        llmsim.Config
 	Processor  ProcessorFlags
+	RateLimit  RateLimitFlags
 	Processors int
 	Sequencer  SequencerFlags
 	Sink       SinkFlags
@@ -51,10 +52,11 @@ type stack struct {
 	Sim       *llmsim.Simulator // nil when a real API is used
 	APIURL    string
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errc   chan error
-	once   sync.Once
+	cancel  context.CancelFunc
+	closers []func() error
+	wg      sync.WaitGroup
+	errc    chan error
+	once    sync.Once
 }
 
 // startStack starts NATS, the simulator (unless an API key is set), the store and all
@@ -109,9 +111,24 @@ func startStack(ctx context.Context, cfg stackConfig) (_ *stack, err error) {
 	if err != nil {
 		return nil, err
 	}
+	auto := DefaultRateLimitRPM
+	if s.Sim != nil {
+		auto = cfg.Sim.RPM // the simulator's own limit (none by default)
+	}
+	limiter, err := cfg.RateLimit.limiter(ctx, s.JS, s.Contract, auto, log)
+	if err != nil {
+		return nil, err
+	}
+	if limiter != nil {
+		s.closers = append(s.closers, limiter.Close)
+	}
 	var services []func(context.Context) error
 	for i := range max(cfg.Processors, 1) {
-		p, err := processor.New(s.JS, s.Contract, client, answers, cfg.Processor.config(stCfg, fmt.Sprintf("p%d", i+1), log))
+		pcfg := cfg.Processor.config(stCfg, fmt.Sprintf("p%d", i+1), log)
+		if limiter != nil {
+			pcfg.Limiter = limiter
+		}
+		p, err := processor.New(s.JS, s.Contract, client, answers, pcfg)
 		if err != nil {
 			return nil, err
 		}
@@ -154,6 +171,9 @@ func (s *stack) stop() {
 		select {
 		case <-done:
 		case <-time.After(time.Minute):
+		}
+		for _, c := range s.closers {
+			_ = c()
 		}
 		if s.Store != nil {
 			_ = s.Store.Close()
