@@ -118,7 +118,9 @@ func TestClusterSurvivesANodeLoss(t *testing.T) {
 	}
 	conn().startProcessor(processor.Config{ConcurrentMax: 20, AckWait: 5 * time.Second})
 	conn().startSequencer(sequencer.Config{LeaseTTL: 3 * time.Second, PollInterval: 200 * time.Millisecond})
-	conn().startSink(sink.Config{})
+	// Deliveries in flight from a node that dies are redelivered after the ack wait:
+	// keep it short so the test measures recovery, not the default wait.
+	conn().startSink(sink.Config{AckWait: 5 * time.Second})
 
 	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:300]
 	p.submit("cluster", items)
