@@ -35,6 +35,7 @@ type DevCmd struct {
 	SinkFlags
 	SimFlags
 	StreamFlags
+	SyncFlags
 }
 
 // Run starts the stack and waits for an interrupt.
@@ -43,12 +44,9 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	port := d.NATSPort
-	if port == 0 {
-		port = 0 // a free port, never the 4222 of a NATS already running
-	}
+	port := d.NATSPort // 0: a free port, never the 4222 of a NATS already running
 	st, err := startStack(ctx, stackConfig{
-		DataDir: d.DataDir, NATSPort: port, Contract: c, Store: d.StoreFlags, API: d.APIFlags,
+		DataDir: d.DataDir, NATSPort: port, Sync: d.SyncFlags, Contract: c, Store: d.StoreFlags, API: d.APIFlags,
 		Sim: d.SimFlags.config(log), Processor: d.ProcessorFlags, RateLimit: d.RateLimitFlags, Processors: 1,
 		Sequencer: d.SequencerFlags, Sink: d.SinkFlags, Logger: log,
 	})

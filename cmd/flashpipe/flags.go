@@ -173,6 +173,12 @@ func (f RateLimitFlags) limiter(ctx context.Context, js jetstream.JetStream, c *
 	return ratelimit.New(ctx, js, c, ratelimit.Config{RPM: rpm, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM, Logger: log})
 }
 
+// SyncFlags set how often the embedded NATS server fsyncs (docs/durability.md).
+type SyncFlags struct {
+	NATSSyncInterval time.Duration `name:"nats-sync-interval" help:"Embedded NATS: fsync JetStream files this often (0: the server's default, 2m)." env:"FLASHPIPE_NATS_SYNC_INTERVAL"`
+	NATSSyncAlways   bool          `name:"nats-sync-always" help:"Embedded NATS: fsync every write (survives power loss; much slower)." env:"FLASHPIPE_NATS_SYNC_ALWAYS"`
+}
+
 // MetricsFlags expose Prometheus metrics.
 type MetricsFlags struct {
 	MetricsAddr string `help:"Serve Prometheus metrics at http://ADDR/metrics (empty: off)." env:"FLASHPIPE_METRICS_ADDR"`

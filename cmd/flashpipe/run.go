@@ -80,6 +80,7 @@ type RunCmd struct {
 	SinkFlags
 	SimFlags
 	StreamFlags
+	SyncFlags
 }
 
 // Run runs the batch through the embedded stack and writes the TSV.
@@ -94,7 +95,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	start := time.Now()
 	st, err := startStack(ctx, stackConfig{
-		DataDir: r.DataDir, NATSPort: -1, Contract: c, Store: r.StoreFlags, API: r.APIFlags,
+		DataDir: r.DataDir, NATSPort: -1, Sync: r.SyncFlags, Contract: c, Store: r.StoreFlags, API: r.APIFlags,
 		Sim: r.SimFlags.config(log), Processor: r.ProcessorFlags, RateLimit: r.RateLimitFlags, Processors: 1,
 		Sequencer: r.SequencerFlags, Sink: r.SinkFlags, Logger: log,
 	})

@@ -28,6 +28,8 @@ type stackConfig struct {
 	DataDir string
 	// NATSPort: 0 picks a free port, negative serves in-process connections only.
 	NATSPort int
+	// Sync configures the embedded server's fsync (see docs/durability.md).
+	Sync     SyncFlags
 	Contract *contract.Contract
 	Store    StoreFlags
 	// APIKey empty: use the built-in simulator.
@@ -71,6 +73,7 @@ func startStack(ctx context.Context, cfg stackConfig) (_ *stack, err error) {
 	}()
 	s.NATS, err = natsx.StartEmbedded(natsx.EmbeddedConfig{
 		StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: cfg.NATSPort, Logger: log,
+		SyncInterval: cfg.Sync.NATSSyncInterval, SyncAlways: cfg.Sync.NATSSyncAlways,
 	})
 	if err != nil {
 		return nil, err
