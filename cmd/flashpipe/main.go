@@ -29,7 +29,7 @@ var version = "dev"
 
 // CLI is the command line.
 type CLI struct {
-	LogLevel  string `help:"Log level: debug, info, warn, error." default:"info" env:"FLASHPIPE_LOG_LEVEL" enum:"debug,info,warn,error"`
+	LogLevel  string `help:"Log level: debug, info, warn, error (default: info for the services and dev, warn for the user commands)." env:"FLASHPIPE_LOG_LEVEL" enum:",debug,info,warn,error" default:""`
 	LogFormat string `help:"Log format: text or json." default:"text" env:"FLASHPIPE_LOG_FORMAT" enum:"text,json"`
 
 	Run         RunCmd         `cmd:"" help:"Run the whole pipeline in one process on a file and write the flashcards TSV."`
@@ -84,7 +84,15 @@ func main() {
 			"api_timeout":  llm.DefaultTimeout.String(),
 		},
 	)
-	logger := newLogger(cli.LogLevel, cli.LogFormat)
+	level := cli.LogLevel
+	if level == "" {
+		level = "warn"
+		switch strings.Fields(kctx.Command())[0] {
+		case "processor", "sequencer", "sink", "dev", "simulate-api":
+			level = "info"
+		}
+	}
+	logger := newLogger(level, cli.LogFormat)
 	if _, set := os.LookupEnv("GOGC"); !set {
 		// The services' live heap is small and bounded; collecting less often saves
 		// CPU on the hot path at the price of a proportionally larger heap.

@@ -88,7 +88,11 @@ func (p *progressView) update(pr batchlog.Progress) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	desc := fmt.Sprintf("ok %d, failed %d, in flight %d, cache hits %d, $%.4f", pr.OK, pr.Failed, p.inflight.Load(), p.hits, p.cost)
+	inflight := p.inflight.Load()
+	if pr.Complete {
+		inflight = 0
+	}
+	desc := fmt.Sprintf("ok %d, failed %d, in flight %d, cache hits %d, $%.4f", pr.OK, pr.Failed, inflight, p.hits, p.cost)
 	if p.bar != nil {
 		p.bar.Describe(desc)
 		_ = p.bar.Set(pr.Done)

@@ -110,6 +110,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	sum.Simulated = st.Sim != nil
 	sum.Elapsed = time.Since(start).Seconds()
 	if sum.Elapsed > 0 {
 		sum.ItemsPerSecond = float64(sum.Items) / sum.Elapsed
@@ -290,6 +291,8 @@ type summary struct {
 	Elapsed          float64      `json:"elapsed_seconds"`
 	ItemsPerSecond   float64      `json:"items_per_second"`
 	Resubmitted      bool         `json:"resubmitted"`
+	// Simulated is true when the built-in simulator answered: its prices are made up.
+	Simulated bool `json:"simulated"`
 	Output           string       `json:"output,omitempty"`
 	FailedItems      []failedInfo `json:"failed_items"`
 }
@@ -341,7 +344,11 @@ func (s *summary) print(asJSON bool) error {
 		fmt.Fprintln(w, "  (already submitted: nothing was published again)")
 	}
 	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d, misses: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits, s.CacheMisses)
-	fmt.Fprintf(w, "  tokens: %d prompt, %d completion; cost: $%.4f\n", s.PromptTokens, s.CompletionTokens, s.CostUSD)
+	note := ""
+	if s.Simulated {
+		note = " (simulated: the built-in simulator answered, nothing was paid)"
+	}
+	fmt.Fprintf(w, "  tokens: %d prompt, %d completion; cost: $%.4f%s\n", s.PromptTokens, s.CompletionTokens, s.CostUSD, note)
 	if s.Elapsed > 0 {
 		fmt.Fprintf(w, "  elapsed: %.1fs, %.0f items/s\n", s.Elapsed, s.ItemsPerSecond)
 	}
