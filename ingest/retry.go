@@ -161,7 +161,7 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 	if err != nil {
 		return 0, err
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(1000))
+	it, err := oc.Messages(jetstream.PullMaxMessages(1000), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return 0, err
 	}

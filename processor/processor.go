@@ -41,7 +41,7 @@ const (
 	DefaultBackoffBase   = 250 * time.Millisecond
 	DefaultBackoffMax    = 30 * time.Second
 	DefaultProbeInterval = 30 * time.Second
-	DefaultRequeueDelay  = 5 * time.Second
+	DefaultRequeueDelay  = 2 * time.Second
 	// DefaultBreakerThreshold consecutive outage failures open the circuit breaker for
 	// DefaultBreakerTimeout.
 	DefaultBreakerThreshold  = 5
@@ -253,17 +253,30 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("processor: create consumer: %w", err)
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(p.cfg.Workers))
+	// Work outlives ctx by up to DrainTimeout so in-flight items can finish.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+
+	// Consume hands each message to the callback, which hands it to a free worker:
+	// the callback blocks while all are busy, so at most Workers messages wait in the
+	// client and none is dropped (a bounded channel iterator can overflow after a
+	// reconnect). Consume recovers from lost heartbeats and reconnects by itself.
+	msgs := make(chan jetstream.Msg)
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case msgs <- msg:
+		case <-work.Done():
+			_ = msg.Nak() // draining took too long: let another replica have it
+		}
+	}, jetstream.PullMaxMessages(p.cfg.Workers), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		p.log.Warn("consume items", "err", err)
+	}))
 	if err != nil {
 		return fmt.Errorf("processor: consume: %w", err)
 	}
 	p.log.Info("processor started", "workers", p.cfg.Workers, "concurrent_max", p.cfg.ConcurrentMax)
-
-	// Work outlives ctx by up to DrainTimeout so in-flight items can finish.
-	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelWork()
 	stopDrain := context.AfterFunc(ctx, func() {
-		iter.Drain()
+		cc.Drain()
 		time.AfterFunc(p.cfg.DrainTimeout, cancelWork)
 	})
 	defer stopDrain()
@@ -272,27 +285,26 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 	for range p.cfg.Workers {
 		wg.Go(func() {
 			for {
-				// An account error or an open circuit breaker: take no new items.
-				if err := p.gate.waitOpen(ctx); err != nil {
-					return
+				// An account error or an open circuit breaker: take no new items (on
+				// shutdown these return at once and the drained items are finished).
+				if p.gate.waitOpen(ctx) == nil {
+					_ = p.breaker.waitNotOpen(ctx)
 				}
-				if err := p.breaker.waitNotOpen(ctx); err != nil {
-					return
-				}
-				msg, err := iter.Next()
-				if err != nil {
-					if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-						p.log.Error("fetch items", "err", err)
-					}
+				msg, ok := <-msgs
+				if !ok {
 					return
 				}
 				p.handle(work, msg)
 			}
 		})
 	}
+	<-cc.Closed()
+	close(msgs)
 	wg.Wait()
-	iter.Stop()
 	p.log.Info("processor stopped")
+	if ctx.Err() == nil {
+		return errors.New("processor: the items consumer stopped (was it deleted?)")
+	}
 	return nil
 }
 

@@ -71,7 +71,7 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 	if err != nil {
 		return fmt.Errorf("results consumer: %w", err)
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(256))
+	it, err := oc.Messages(jetstream.PullMaxMessages(256), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return fmt.Errorf("results consumer: %w", err)
 	}

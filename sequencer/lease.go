@@ -44,6 +44,22 @@ func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contrac
 	return &leases{kv: kv, ttl: ttl, id: id}, nil
 }
 
+// heldError says another replica holds the lease, and how long until it expires if it
+// is not renewed.
+type heldError struct{ left time.Duration }
+
+func (e *heldError) Error() string { return errLeaseHeld.Error() }
+func (e *heldError) Unwrap() error { return errLeaseHeld }
+
+// left returns how long the batch's lease has before it expires unrenewed.
+func (l *leases) left(ctx context.Context, batch string) time.Duration {
+	e, err := l.kv.Get(ctx, batch)
+	if err != nil {
+		return 0
+	}
+	return max(0, l.ttl-time.Since(e.Created()))
+}
+
 // lease is one held lease.
 type lease struct {
 	l     *leases
@@ -55,7 +71,7 @@ type lease struct {
 func (l *leases) acquire(ctx context.Context, batch string) (*lease, error) {
 	rev, err := l.kv.Create(ctx, batch, []byte(l.id))
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return nil, errLeaseHeld
+		return nil, &heldError{left: l.left(ctx, batch)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("acquire lease of %s: %w", batch, err)

@@ -189,37 +189,43 @@ func (s *Sequencer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sequencer: create consumer: %w", err)
 	}
-	iter, err := cons.Messages(jetstream.PullMaxMessages(1))
-	if err != nil {
-		return fmt.Errorf("sequencer: consume: %w", err)
-	}
-	stop := context.AfterFunc(ctx, iter.Stop)
-	defer stop()
-	s.log.Info("sequencer started", "window", s.cfg.Window, "max_batches", s.cfg.MaxBatches, "atomic_appends", s.atomic)
-
+	// Each manifest goes to the callback, which waits for a free slot and starts the
+	// batch; while all slots are busy it blocks, so at most one manifest waits in the
+	// client. Consume recovers from lost heartbeats and reconnects by itself.
 	slots := make(chan struct{}, s.cfg.MaxBatches)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if ctx.Err() != nil {
+			_ = msg.Nak()
+			return
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			return nil
-		}
-		msg, err := iter.Next()
-		if err != nil {
-			<-slots
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			s.log.Warn("fetch manifest", "err", err)
-			continue
+			_ = msg.Nak()
+			return
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
 			s.own(ctx, results, msg)
 		})
+	}, jetstream.PullMaxMessages(1), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		s.log.Warn("consume manifests", "err", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("sequencer: consume: %w", err)
 	}
+	s.log.Info("sequencer started", "window", s.cfg.Window, "max_batches", s.cfg.MaxBatches, "atomic_appends", s.atomic)
+	select {
+	case <-ctx.Done():
+	case <-cc.Closed():
+	}
+	cc.Stop()
+	if ctx.Err() == nil {
+		return errors.New("sequencer: the manifest consumer stopped (was it deleted?)")
+	}
+	return nil
 }
 
 // own sequences the batch of one manifest delivery while holding it.
@@ -241,10 +247,16 @@ func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetst
 
 	le, err := s.leases.acquire(ctx, m.BatchID)
 	if err != nil {
-		if !errors.Is(err, errLeaseHeld) {
+		// Another replica holds the batch: come back when its lease would expire
+		// unrenewed (a dead owner is replaced then).
+		delay := s.cfg.PollInterval
+		var held *heldError
+		if errors.As(err, &held) {
+			delay = held.left + 100*time.Millisecond
+		} else {
 			log.Warn("lease", "err", err)
 		}
-		_ = msg.NakWithDelay(s.cfg.PollInterval)
+		_ = msg.NakWithDelay(delay)
 		return
 	}
 	bctx, lost := context.WithCancelCause(ctx)

@@ -158,7 +158,7 @@ func (s *Sink) Replay(ctx context.Context, batchID string) (int, error) {
 	if total == 0 {
 		return 0, fmt.Errorf("replay %s: no events in the ordered stream: %w", batchID, flashpipe.ErrNotFound)
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(s.cfg.BatchSize))
+	it, err := oc.Messages(jetstream.PullMaxMessages(s.cfg.BatchSize), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return 0, fmt.Errorf("replay %s: %w", batchID, err)
 	}
@@ -195,20 +195,33 @@ type group struct {
 // consume reads and decodes the next group while the previous one is being written:
 // the two halves run in parallel, one group apart.
 func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * s.cfg.BatchSize))
+	// Consume hands messages to a callback that passes them on to the reader, blocking
+	// while the reader is busy: nothing is dropped (a bounded channel iterator can
+	// overflow after a reconnect), and Consume recovers from lost heartbeats itself.
+	in := make(chan jetstream.Msg)
+	stopped := make(chan struct{})
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case in <- msg:
+		case <-stopped:
+		}
+	}, jetstream.PullMaxMessages(2*s.cfg.BatchSize), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		s.log.Warn("consume events", "err", err)
+	}))
 	if err != nil {
 		return fmt.Errorf("sink: consume: %w", err)
 	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
 	s.log.Info("sink started", "batch_size", s.cfg.BatchSize)
+	defer close(stopped)
+	defer cc.Stop()
 
 	groups := make(chan group, 1)
+	readCtx, stopRead := context.WithCancel(ctx)
+	defer stopRead()
 	go func() {
 		defer close(groups)
 		for {
-			g, ok := s.read(it)
+			g, ok := s.read(readCtx, in)
 			if !ok {
 				return
 			}
@@ -219,14 +232,12 @@ func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
 	}()
 	for g := range groups {
 		if err := s.apply(ctx, g.events); err != nil {
+			stopRead()
+			for range groups { // let the reader finish
+			}
 			if ctx.Err() != nil {
 				s.log.Info("sink stopped; unwritten events will be redelivered", "events", len(g.events))
-				for range groups { // let the reader finish
-				}
 				return nil
-			}
-			it.Stop()
-			for range groups {
 			}
 			return err
 		}
@@ -239,29 +250,31 @@ func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
 }
 
 // read collects the next group: it waits for one event, then takes what arrives within
-// Linger, up to BatchSize. ok is false once the iterator is stopped.
-func (s *Sink) read(it jetstream.MessagesContext) (g group, ok bool) {
-	msg, err := it.Next()
-	if err != nil {
-		if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			s.log.Warn("fetch events", "err", err)
-			return g, true
-		}
+// Linger, up to BatchSize. ok is false once ctx ends.
+func (s *Sink) read(ctx context.Context, in <-chan jetstream.Msg) (g group, ok bool) {
+	var msg jetstream.Msg
+	select {
+	case msg = <-in:
+	case <-ctx.Done():
 		return g, false
 	}
 	g.msgs = make([]jetstream.Msg, 0, s.cfg.BatchSize)
 	g.events = make([]flashpipe.Event, 0, s.cfg.BatchSize)
-	deadline := time.Now().Add(s.cfg.Linger)
+	linger := time.NewTimer(s.cfg.Linger)
+	defer linger.Stop()
 	for {
 		if ev, ok := s.decode(msg); ok {
 			g.msgs, g.events = append(g.msgs, msg), append(g.events, ev)
 		}
-		wait := time.Until(deadline)
-		if len(g.msgs) >= s.cfg.BatchSize || wait <= 0 {
+		if len(g.msgs) >= s.cfg.BatchSize {
 			return g, true
 		}
-		if msg, err = it.Next(jetstream.NextMaxWait(wait)); err != nil {
-			return g, true // timeout, or stopped: write what we have
+		select {
+		case msg = <-in:
+		case <-linger.C:
+			return g, true
+		case <-ctx.Done():
+			return g, true // write what we have
 		}
 	}
 }

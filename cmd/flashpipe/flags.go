@@ -245,11 +245,12 @@ func (f StoreFlags) open(ctx context.Context, fallback string, autoMigrate bool,
 
 // SinkFlags configure sink replicas.
 type SinkFlags struct {
-	SinkBatchSize int `help:"Most events the sink writes per transaction." default:"500" env:"FLASHPIPE_SINK_BATCH_SIZE"`
+	SinkBatchSize int           `help:"Most events the sink writes per transaction." default:"500" env:"FLASHPIPE_SINK_BATCH_SIZE"`
+	SinkAckWait   time.Duration `help:"Redelivery timeout of events a sink read but did not commit (after a sink crash)." default:"30s" env:"FLASHPIPE_SINK_ACK_WAIT"`
 }
 
 func (f SinkFlags) config(log *slog.Logger) sink.Config {
-	return sink.Config{BatchSize: f.SinkBatchSize, Logger: log}
+	return sink.Config{BatchSize: f.SinkBatchSize, AckWait: f.SinkAckWait, Logger: log}
 }
 
 // PriceFlags price the tokens for estimates.

@@ -55,7 +55,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m
 	if err != nil {
 		return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(1000))
+	it, err := oc.Messages(jetstream.PullMaxMessages(1000), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return p, fmt.Errorf("watch %s: %w", m.BatchID, err)
 	}
@@ -186,7 +186,7 @@ func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, sub
 	if total == 0 {
 		return nil
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(500))
+	it, err := oc.Messages(jetstream.PullMaxMessages(500), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", subject, err)
 	}

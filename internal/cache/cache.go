@@ -32,6 +32,12 @@ import (
 // DefaultBucketSuffix names the bucket after the contract's prefix: FLASHPIPE_CACHE.
 const DefaultBucketSuffix = "CACHE"
 
+// DefaultOpTimeout bounds one read or write of the bucket: a look-up that fails is
+// retried later (the item is requeued) and a write that fails only costs a future
+// miss, so neither should hold an item for the JetStream API's full timeout when NATS
+// goes away.
+const DefaultOpTimeout = 2 * time.Second
+
 // Config configures the cache bucket.
 type Config struct {
 	// Bucket is the KV bucket name (default: <PREFIX>_CACHE).
@@ -41,7 +47,9 @@ type Config struct {
 	// Replicas and Storage of the bucket (defaults: the contract's).
 	Replicas int
 	Storage  string
-	Logger   *slog.Logger
+	// OpTimeout bounds one read or write (DefaultOpTimeout).
+	OpTimeout time.Duration
+	Logger    *slog.Logger
 }
 
 // Entry is one cached answer.
@@ -89,6 +97,7 @@ type Cache struct {
 	stream string
 	bucket string
 	sf     singleflight.Group
+	opTime time.Duration
 	log    *slog.Logger
 }
 
@@ -105,6 +114,9 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OpTimeout == 0 {
+		cfg.OpTimeout = DefaultOpTimeout
 	}
 	if cfg.TTL < 0 {
 		return nil, errors.New("cache: Config.TTL must not be negative")
@@ -124,7 +136,8 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
-	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, log: cfg.Logger.With("component", "cache")}, nil
+	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, opTime: cfg.OpTimeout,
+		log: cfg.Logger.With("component", "cache")}, nil
 }
 
 var unsafeToken = regexp.MustCompile(`[^A-Za-z0-9_-]`)
@@ -146,6 +159,8 @@ func Key(stage int, model, hash string) string {
 // Get returns the entry at key; found is false when there is none. Errors are
 // transient (the bucket could not be read).
 func (c *Cache) Get(ctx context.Context, key string) (e Entry, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opTime)
+	defer cancel()
 	kve, err := c.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return e, false, nil
@@ -167,6 +182,8 @@ func (c *Cache) Put(ctx context.Context, key string, e Entry) error {
 	if err != nil {
 		return fmt.Errorf("cache: encode: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, c.opTime)
+	defer cancel()
 	if _, err := c.kv.Put(ctx, key, data); err != nil {
 		return flashpipe.AsTransient(fmt.Errorf("cache: put: %w", err))
 	}
