@@ -87,9 +87,19 @@ func URL(t testing.TB) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := execOnce(ctx, base, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("pgtest: drop schema %s: %v", schema, err)
+		// A killed client's backend may still hold locks on the schema for a moment
+		// (tests kill processes on purpose): end those sessions, and retry a drop
+		// that deadlocks with one.
+		var err error
+		for attempt := 0; attempt < 5; attempt++ {
+			_ = execOnce(ctx, base, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE pid <> pg_backend_pid() AND application_name = '`+schema+`'`)
+			if err = execOnce(ctx, base, `DROP SCHEMA `+schema+` CASCADE`); err == nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
+		t.Errorf("pgtest: drop schema %s: %v", schema, err)
 	})
 	u, err := withSearchPath(base, schema)
 	if err != nil {
@@ -189,10 +199,11 @@ func withSearchPath(connString, schema string) (string, error) {
 		}
 		q := u.Query()
 		q.Set("search_path", schema)
+		q.Set("application_name", schema) // lets the clean-up find the test's sessions
 		u.RawQuery = q.Encode()
 		return u.String(), nil
 	}
-	return connString + " search_path=" + schema, nil
+	return connString + " search_path=" + schema + " application_name=" + schema, nil
 }
 
 func randomHex(n int) string {
