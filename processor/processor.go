@@ -14,6 +14,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -118,48 +119,20 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Durable == "" {
-		c.Durable = DefaultDurable
-	}
-	if c.ConcurrentMax == 0 {
-		c.ConcurrentMax = DefaultConcurrentMax
-	}
-	if c.Workers == 0 {
-		c.Workers = c.ConcurrentMax
-	}
-	if c.AckWait == 0 {
-		c.AckWait = DefaultAckWait
-	}
-	if c.MaxDeliveries == 0 {
-		c.MaxDeliveries = DefaultMaxDeliveries
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.BackoffBase == 0 {
-		c.BackoffBase = DefaultBackoffBase
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = DefaultBackoffMax
-	}
-	if c.ProbeInterval == 0 {
-		c.ProbeInterval = DefaultProbeInterval
-	}
-	if c.RequeueDelay == 0 {
-		c.RequeueDelay = DefaultRequeueDelay
-	}
-	if c.RequeueBackoffMax == 0 {
-		c.RequeueBackoffMax = DefaultRequeueBackoffMax
-	}
-	if c.BreakerThreshold == 0 {
-		c.BreakerThreshold = DefaultBreakerThreshold
-	}
-	if c.BreakerTimeout == 0 {
-		c.BreakerTimeout = DefaultBreakerTimeout
-	}
+	c.Durable = cmp.Or(c.Durable, DefaultDurable)
+	c.ConcurrentMax = cmp.Or(c.ConcurrentMax, DefaultConcurrentMax)
+	c.Workers = cmp.Or(c.Workers, c.ConcurrentMax)
+	c.AckWait = cmp.Or(c.AckWait, DefaultAckWait)
+	c.MaxDeliveries = cmp.Or(c.MaxDeliveries, DefaultMaxDeliveries)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, DefaultDrainTimeout)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.BackoffBase = cmp.Or(c.BackoffBase, DefaultBackoffBase)
+	c.BackoffMax = cmp.Or(c.BackoffMax, DefaultBackoffMax)
+	c.ProbeInterval = cmp.Or(c.ProbeInterval, DefaultProbeInterval)
+	c.RequeueDelay = cmp.Or(c.RequeueDelay, DefaultRequeueDelay)
+	c.RequeueBackoffMax = cmp.Or(c.RequeueBackoffMax, DefaultRequeueBackoffMax)
+	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
+	c.BreakerTimeout = cmp.Or(c.BreakerTimeout, DefaultBreakerTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -25,6 +25,7 @@
 package sequencer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -78,27 +79,13 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Durable == "" {
-		c.Durable = DefaultDurable
-	}
-	if c.Window == 0 {
-		c.Window = DefaultWindow
-	}
-	if c.MaxBatches == 0 {
-		c.MaxBatches = DefaultMaxBatches
-	}
-	if c.LeaseTTL == 0 {
-		c.LeaseTTL = DefaultLeaseTTL
-	}
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultPollInterval
-	}
-	if c.MaxRun == 0 {
-		c.MaxRun = DefaultMaxRun
-	}
-	if c.AtomicMinRun == 0 {
-		c.AtomicMinRun = DefaultAtomicMinRun
-	}
+	c.Durable = cmp.Or(c.Durable, DefaultDurable)
+	c.Window = cmp.Or(c.Window, DefaultWindow)
+	c.MaxBatches = cmp.Or(c.MaxBatches, DefaultMaxBatches)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, DefaultLeaseTTL)
+	c.PollInterval = cmp.Or(c.PollInterval, DefaultPollInterval)
+	c.MaxRun = cmp.Or(c.MaxRun, DefaultMaxRun)
+	c.AtomicMinRun = cmp.Or(c.AtomicMinRun, DefaultAtomicMinRun)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -102,34 +102,7 @@ func (e *env) start(cfg sequencer.Config) (stop func()) {
 // ordered reads every event on the batch's ordered subject.
 func (e *env) ordered(batch string) []contract.Keys {
 	e.t.Helper()
-	ctx := context.Background()
-	n := e.count(batch)
-	if n == 0 {
-		return nil
-	}
-	oc, err := e.js.OrderedConsumer(ctx, e.c.OrderedStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{e.c.OrderedSubject(batch)}, HeadersOnly: true})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	it, err := oc.Messages()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer it.Stop()
-	out := make([]contract.Keys, 0, n)
-	for range n {
-		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		k, err := contract.KeysOf(msg.Headers())
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		out = append(out, k)
-	}
-	return out
+	return natstest.OrderedKeys(e.t, e.js, e.c, batch)
 }
 
 // count returns how many events the batch's ordered subject holds.

@@ -13,6 +13,7 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,27 +56,13 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Durable == "" {
-		c.Durable = DefaultDurable
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.Linger == 0 {
-		c.Linger = DefaultLinger
-	}
-	if c.AckWait == 0 {
-		c.AckWait = DefaultAckWait
-	}
-	if c.BackoffBase == 0 {
-		c.BackoffBase = DefaultBackoffBase
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = DefaultBackoffMax
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = DefaultWriteTimeout
-	}
+	c.Durable = cmp.Or(c.Durable, DefaultDurable)
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.Linger = cmp.Or(c.Linger, DefaultLinger)
+	c.AckWait = cmp.Or(c.AckWait, DefaultAckWait)
+	c.BackoffBase = cmp.Or(c.BackoffBase, DefaultBackoffBase)
+	c.BackoffMax = cmp.Or(c.BackoffMax, DefaultBackoffMax)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

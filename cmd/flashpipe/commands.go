@@ -274,20 +274,23 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
-// RetryCmd re-runs a batch's failed items.
-type RetryCmd struct {
+// generationFlags are the flags of the commands that start a new generation of a
+// batch (retry, reprocess).
+type generationFlags struct {
 	Batch string `required:"" help:"Batch id."`
 	NATSFlags
-	Wait   bool   `help:"Wait for the retry to complete, showing progress, and write the TSV."`
+	Wait   bool   `help:"Wait for it to complete, showing progress, and write the TSV."`
 	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
 	Quiet  bool   `help:"No progress display."`
 	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
-// Run publishes the retry generation and, with --wait, follows it.
-func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
+// start publishes a new generation with op, says what it does, and with --wait follows
+// it to the end.
+func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name string,
+	op func(*ingest.Publisher, context.Context, string) (*ingest.Submission, error), describe func(*ingest.Submission) string) error {
 	start := time.Now()
-	nc, js, c, err := r.connect(ctx, "flashpipe-retry", log)
+	nc, js, c, err := g.connect(ctx, "flashpipe-"+name, log)
 	if err != nil {
 		return err
 	}
@@ -296,24 +299,33 @@ func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sub, err := pub.Retry(ctx, r.Batch)
+	sub, err := op(pub, ctx, g.Batch)
 	if err != nil {
 		return err
 	}
-	if sub.Resubmitted {
-		fmt.Fprintf(os.Stderr, "batch %s: retry generation %d was already under way; %d missing items published\n", r.Batch, sub.Manifest.Generation, sub.Published)
-	} else {
-		fmt.Fprintf(os.Stderr, "batch %s: generation %d re-runs %d failed items\n", r.Batch, sub.Manifest.Generation, len(sub.Manifest.Seqs))
-	}
-	if !r.Wait {
+	fmt.Fprintf(os.Stderr, "batch %s: %s\n", g.Batch, describe(sub))
+	if !g.Wait {
 		return nil
 	}
-	sum, err := followBatch(ctx, js, c, sub.Manifest, r.Output, r.Quiet)
+	sum, err := followBatch(ctx, js, c, sub.Manifest, g.Output, g.Quiet)
 	if err != nil {
 		return err
 	}
 	sum.Elapsed = time.Since(start).Seconds()
-	return sum.print(r.JSON)
+	return sum.print(g.JSON)
+}
+
+// RetryCmd re-runs a batch's failed items.
+type RetryCmd struct{ generationFlags }
+
+// Run publishes the retry generation and, with --wait, follows it.
+func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
+	return r.start(ctx, log, "retry", (*ingest.Publisher).Retry, func(sub *ingest.Submission) string {
+		if sub.Resubmitted {
+			return fmt.Sprintf("retry generation %d was already under way; %d missing items published", sub.Manifest.Generation, sub.Published)
+		}
+		return fmt.Sprintf("generation %d re-runs %d failed items", sub.Manifest.Generation, len(sub.Manifest.Seqs))
+	})
 }
 
 // ReplayCmd rebuilds store rows from the ordered stream.
@@ -382,39 +394,11 @@ func orderedBatches(ctx context.Context, js jetstream.JetStream, c *contract.Con
 }
 
 // ReprocessCmd runs a batch again from the items stream.
-type ReprocessCmd struct {
-	Batch string `required:"" help:"Batch id."`
-	NATSFlags
-	Wait   bool   `help:"Wait for it to complete, showing progress, and write the TSV."`
-	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
-	Quiet  bool   `help:"No progress display."`
-	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
-}
+type ReprocessCmd struct{ generationFlags }
 
 // Run publishes the reprocess generation and, with --wait, follows it.
 func (r *ReprocessCmd) Run(ctx context.Context, log *slog.Logger) error {
-	start := time.Now()
-	nc, js, c, err := r.connect(ctx, "flashpipe-reprocess", log)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	pub, err := ingest.NewPublisher(js, c, log)
-	if err != nil {
-		return err
-	}
-	sub, err := pub.Reprocess(ctx, r.Batch)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "batch %s: generation %d runs all %d items again (cached answers are free)\n", r.Batch, sub.Manifest.Generation, sub.Manifest.Count)
-	if !r.Wait {
-		return nil
-	}
-	sum, err := followBatch(ctx, js, c, sub.Manifest, r.Output, r.Quiet)
-	if err != nil {
-		return err
-	}
-	sum.Elapsed = time.Since(start).Seconds()
-	return sum.print(r.JSON)
+	return r.start(ctx, log, "reprocess", (*ingest.Publisher).Reprocess, func(sub *ingest.Submission) string {
+		return fmt.Sprintf("generation %d runs all %d items again (cached answers are free)", sub.Manifest.Generation, sub.Manifest.Count)
+	})
 }

@@ -194,34 +194,7 @@ func (p *pipeline) orderedKeys(id string) []contract.Keys {
 
 func readOrdered(t *testing.T, js jetstream.JetStream, c *contract.Contract, id string) []contract.Keys {
 	t.Helper()
-	ctx := context.Background()
-	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{c.OrderedSubject(id)}, HeadersOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := oc.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := oc.Messages()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer it.Stop()
-	out := make([]contract.Keys, 0, info.NumPending)
-	for range info.NumPending {
-		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		k, err := contract.KeysOf(msg.Headers())
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, k)
-	}
-	return out
+	return natstest.OrderedKeys(t, js, c, id)
 }
 
 // checkOrdered asserts the ordered log of generation 0: the manifest, one result per

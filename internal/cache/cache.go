@@ -13,6 +13,7 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -103,21 +104,13 @@ type Cache struct {
 
 // New opens (creating or updating) the cache bucket.
 func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Cache, error) {
-	if cfg.Bucket == "" {
-		cfg.Bucket = c.Name(DefaultBucketSuffix)
-	}
-	if cfg.Replicas == 0 {
-		cfg.Replicas = c.Config().Replicas
-	}
-	if cfg.Storage == "" {
-		cfg.Storage = c.Config().Storage
-	}
+	cfg.Bucket = cmp.Or(cfg.Bucket, c.Name(DefaultBucketSuffix))
+	cfg.Replicas = cmp.Or(cfg.Replicas, c.Config().Replicas)
+	cfg.Storage = cmp.Or(cfg.Storage, c.Config().Storage)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.OpTimeout == 0 {
-		cfg.OpTimeout = DefaultOpTimeout
-	}
+	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, DefaultOpTimeout)
 	if cfg.TTL < 0 {
 		return nil, errors.New("cache: Config.TTL must not be negative")
 	}

@@ -16,6 +16,7 @@
 package contract
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,24 +60,14 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Prefix == "" {
-		c.Prefix = DefaultPrefix
-	}
-	if c.Replicas == 0 {
-		c.Replicas = DefaultReplicas
-	}
-	if c.Storage == "" {
-		c.Storage = StorageFile
-	}
-	if c.MaxAge == 0 {
-		c.MaxAge = DefaultMaxAge
-	}
+	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
+	c.Replicas = cmp.Or(c.Replicas, DefaultReplicas)
+	c.Storage = cmp.Or(c.Storage, StorageFile)
+	c.MaxAge = cmp.Or(c.MaxAge, DefaultMaxAge)
 	if c.MaxAge < 0 {
 		c.MaxAge = 0
 	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = DefaultDuplicateWindow
-	}
+	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, DefaultDuplicateWindow)
 	return c
 }
 

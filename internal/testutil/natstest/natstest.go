@@ -106,3 +106,39 @@ func Eventually(t testing.TB, within time.Duration, cond func() bool, msg string
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// OrderedKeys reads the headers of every event on a batch's ordered subject, in order.
+func OrderedKeys(t testing.TB, js jetstream.JetStream, c *contract.Contract, batch string) []contract.Keys {
+	t.Helper()
+	ctx := context.Background()
+	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{c.OrderedSubject(batch)}, HeadersOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]contract.Keys, 0, info.NumPending)
+	if info.NumPending == 0 {
+		return out
+	}
+	it, err := oc.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Stop()
+	for range info.NumPending {
+		msg, err := it.Next(jetstream.NextMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, k)
+	}
+	return out
+}
