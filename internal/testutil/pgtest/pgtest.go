@@ -111,11 +111,17 @@ func URL(t testing.TB) string {
 // Main runs the tests of m and then stops the throwaway cluster, if one was started,
 // and exits with the tests' exit code. Call it from TestMain.
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main without the exit, for a TestMain with clean-up of its own: it runs the
+// tests, stops the throwaway cluster and returns the exit code.
+func Run(m *testing.M) int {
 	code := m.Run()
 	if err := stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: stop throwaway cluster: %v\n", err)
 	}
-	os.Exit(code)
+	return code
 }
 
 // serverURL finds or starts the test server, once per process.
