@@ -277,24 +277,24 @@ func createOutput(path string) (*os.File, func(ok bool) error, error) {
 
 // summary is what a finished batch reports.
 type summary struct {
-	BatchID          string       `json:"batch_id"`
-	Items            int          `json:"items"`
-	OK               int          `json:"ok"`
-	Failed           int          `json:"failed"`
-	Cards            int          `json:"cards"`
-	APICalls         apiCalls     `json:"api_calls"`
-	CacheHits        int          `json:"cache_hits"`
-	CacheMisses      int          `json:"cache_misses"`
-	PromptTokens     int64        `json:"prompt_tokens"`
-	CompletionTokens int64        `json:"completion_tokens"`
-	CostUSD          float64      `json:"cost_usd"`
-	Elapsed          float64      `json:"elapsed_seconds"`
-	ItemsPerSecond   float64      `json:"items_per_second"`
-	Resubmitted      bool         `json:"resubmitted"`
+	BatchID          string   `json:"batch_id"`
+	Items            int      `json:"items"`
+	OK               int      `json:"ok"`
+	Failed           int      `json:"failed"`
+	Cards            int      `json:"cards"`
+	APICalls         apiCalls `json:"api_calls"`
+	CacheHits        int      `json:"cache_hits"`
+	CacheMisses      int      `json:"cache_misses"`
+	PromptTokens     int64    `json:"prompt_tokens"`
+	CompletionTokens int64    `json:"completion_tokens"`
+	CostUSD          float64  `json:"cost_usd"`
+	Elapsed          float64  `json:"elapsed_seconds"`
+	ItemsPerSecond   float64  `json:"items_per_second"`
+	Resubmitted      bool     `json:"resubmitted"`
 	// Simulated is true when the built-in simulator answered: its prices are made up.
-	Simulated bool `json:"simulated"`
-	Output           string       `json:"output,omitempty"`
-	FailedItems      []failedInfo `json:"failed_items"`
+	Simulated   bool         `json:"simulated"`
+	Output      string       `json:"output,omitempty"`
+	FailedItems []failedInfo `json:"failed_items"`
 }
 
 type apiCalls struct {
