@@ -17,15 +17,16 @@ import (
 
 // BenchCmd measures end-to-end throughput on the embedded stack with the simulator.
 type BenchCmd struct {
-	Items       int           `help:"Items of the zero-latency run." default:"20000"`
-	Latency     time.Duration `help:"Simulated latency per API call of the concurrency runs." default:"200ms"`
-	Concurrent  int           `help:"CONCURRENT_MAX of the concurrent run." default:"50"`
-	ParItems    int           `help:"Items of the concurrent run." default:"1000"`
-	SeqItems    int           `help:"Items of the sequential run (CONCURRENT_MAX=1)." default:"50"`
-	SkipLatency bool          `help:"Only the zero-latency run."`
-	PostgresURL string        `name:"postgres-url" help:"Store rows in this Postgres instead of SQLite." env:"FLASHPIPE_BENCH_POSTGRES_URL"`
-	JSON        bool          `help:"Print the results as one JSON object."`
-	CPUProfile  string        `help:"Write a CPU profile of the runs to this file." type:"path"`
+	Items          int           `help:"Items of the zero-latency run." default:"20000"`
+	ZeroConcurrent int           `help:"CONCURRENT_MAX of the zero-latency run (with no latency to hide, more items in flight only help to overlap the NATS round trips)." default:"100"`
+	Latency        time.Duration `help:"Simulated latency per API call of the concurrency runs." default:"200ms"`
+	Concurrent     int           `help:"CONCURRENT_MAX of the concurrent run." default:"50"`
+	ParItems       int           `help:"Items of the concurrent run." default:"1000"`
+	SeqItems       int           `help:"Items of the sequential run (CONCURRENT_MAX=1)." default:"50"`
+	SkipLatency    bool          `help:"Only the zero-latency run."`
+	PostgresURL    string        `name:"postgres-url" help:"Store rows in this Postgres instead of SQLite." env:"FLASHPIPE_BENCH_POSTGRES_URL"`
+	JSON           bool          `help:"Print the results as one JSON object."`
+	CPUProfile     string        `help:"Write a CPU profile of the runs to this file." type:"path"`
 }
 
 type benchRun struct {
@@ -63,7 +64,7 @@ func (b *BenchCmd) Run(ctx context.Context, log *slog.Logger) error {
 		}
 		return nil
 	}
-	if err := add(b.once(ctx, "zero latency, end to end", b.Items, 50, 0, quiet)); err != nil {
+	if err := add(b.once(ctx, "zero latency, end to end", b.Items, b.ZeroConcurrent, 0, quiet)); err != nil {
 		return err
 	}
 	out := map[string]any{"runs": &runs}
