@@ -17,7 +17,7 @@ import (
 
 // Defaults for Config.
 const (
-	DefaultModel       = "anthropic/claude-sonnet-4.5"
+	DefaultModel       = "anthropic/claude-sonnet-4.6"
 	DefaultTemperature = 0.3
 	DefaultMaxTokens1  = 1500
 	DefaultMaxTokens2  = 3000
