@@ -5,11 +5,14 @@ import "strings"
 // TypeUnknown is the part of speech of an item that gives none.
 const TypeUnknown = "unknown"
 
-// KnownTypes are the parts of speech the prompts know by name.
-var KnownTypes = []string{
+// knownTypes are the parts of speech the prompts know by name.
+var knownTypes = [...]string{
 	"noun", "verb", "adjective", "adverb", "particle", "pronoun",
 	"determiner", "numeral", "interjection", "phrase", TypeUnknown,
 }
+
+// KnownTypes returns the parts of speech the prompts know by name.
+func KnownTypes() []string { return append([]string(nil), knownTypes[:]...) }
 
 var typeAliases = map[string]string{
 	"n":    "noun",
@@ -37,7 +40,7 @@ func NormalizeType(t string) string {
 
 // IsKnownType reports whether t (already normalised) is one of KnownTypes.
 func IsKnownType(t string) bool {
-	for _, k := range KnownTypes {
+	for _, k := range knownTypes {
 		if t == k {
 			return true
 		}

@@ -66,7 +66,7 @@ func TestPromptsNameEveryDomainField(t *testing.T) {
 			t.Errorf("stage 1 system prompt does not name homonym field %q", f)
 		}
 	}
-	for _, typ := range flashpipe.KnownTypes {
+	for _, typ := range flashpipe.KnownTypes() {
 		if !strings.Contains(sys1, typ) {
 			t.Errorf("stage 1 system prompt does not list part of speech %q", typ)
 		}
