@@ -86,28 +86,57 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 		Settings:    b.Settings,
 		CreatedAt:   time.Now().UTC(),
 	}
-	existing, err := p.Manifest(ctx, b.ID)
-	switch {
-	case errors.Is(err, flashpipe.ErrNotFound):
-	case err != nil:
-		return nil, err
-	case existing.ContentHash != m.ContentHash:
-		return nil, fmt.Errorf("ingest: batch %q: %w (submitted %s from %q)", b.ID, ErrBatchConflict,
-			existing.CreatedAt.Format(time.RFC3339), existing.Source)
-	default:
-		n, err := p.publishMissing(ctx, b)
-		return &Submission{Manifest: existing, Published: n, Resubmitted: true}, err
+	for {
+		existing, _, err := p.manifestAt(ctx, b.ID)
+		switch {
+		case errors.Is(err, flashpipe.ErrNotFound):
+		case err != nil:
+			return nil, err
+		case existing.ContentHash != m.ContentHash:
+			return nil, fmt.Errorf("ingest: batch %q: %w (submitted %s from %q)", b.ID, ErrBatchConflict,
+				existing.CreatedAt.Format(time.RFC3339), existing.Source)
+		default:
+			n, err := p.publishMissing(ctx, b)
+			return &Submission{Manifest: existing, Published: n, Resubmitted: true}, err
+		}
+		// The first manifest of the batch: refused if another submit got there first,
+		// in which case its manifest is compared like any existing one.
+		err = p.publishManifest(ctx, m, 0)
+		if errors.Is(err, errManifestRace) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		n, err := p.publishItems(ctx, b.ID, b.Items, nil)
+		return &Submission{Manifest: m, Published: n}, err
 	}
+}
 
+// errManifestRace means another publisher added a manifest to the batch first.
+var errManifestRace = errors.New("another manifest of the batch was published first")
+
+// publishManifest appends m to its batch's manifest subject, expecting the subject's
+// last message to be at prev (0: none), so that only one submit creates a batch and
+// only one retry creates each generation.
+func (p *Publisher) publishManifest(ctx context.Context, m flashpipe.Manifest, prev uint64) error {
 	mm, err := p.c.ManifestMsg(m)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(b.ID, 0))); err != nil {
-		return nil, fmt.Errorf("ingest: publish manifest of %s: %w", b.ID, err)
+	ack, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(m.BatchID, m.Generation)),
+		jetstream.WithExpectLastSequencePerSubject(prev))
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant):
+		return errManifestRace
+	case err != nil:
+		return fmt.Errorf("ingest: publish manifest of %s: %w", m.BatchID, err)
+	case ack.Duplicate:
+		return errManifestRace
 	}
-	n, err := p.publishItems(ctx, b.ID, b.Items, nil)
-	return &Submission{Manifest: m, Published: n}, err
+	return nil
 }
 
 // Manifest returns the latest manifest of a batch, or an error wrapping
@@ -118,18 +147,29 @@ func (p *Publisher) Manifest(ctx context.Context, batchID string) (flashpipe.Man
 
 // LatestManifest reads the latest manifest of a batch from the batches stream.
 func LatestManifest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (flashpipe.Manifest, error) {
+	m, _, err := latestManifest(ctx, js, c, batchID)
+	return m, err
+}
+
+func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.Manifest, uint64, error) {
+	return latestManifest(ctx, p.js, p.c, batchID)
+}
+
+// latestManifest returns the latest manifest of a batch and its stream sequence.
+func latestManifest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (flashpipe.Manifest, uint64, error) {
 	st, err := js.Stream(ctx, c.BatchesStream())
 	if err != nil {
-		return flashpipe.Manifest{}, fmt.Errorf("batches stream: %w", err)
+		return flashpipe.Manifest{}, 0, fmt.Errorf("batches stream: %w", err)
 	}
 	raw, err := st.GetLastMsgForSubject(ctx, c.ManifestSubject(batchID))
 	if contract.IsNotFound(err) {
-		return flashpipe.Manifest{}, fmt.Errorf("batch %q: %w", batchID, flashpipe.ErrNotFound)
+		return flashpipe.Manifest{}, 0, fmt.Errorf("batch %q: %w", batchID, flashpipe.ErrNotFound)
 	}
 	if err != nil {
-		return flashpipe.Manifest{}, fmt.Errorf("read manifest of %s: %w", batchID, err)
+		return flashpipe.Manifest{}, 0, fmt.Errorf("read manifest of %s: %w", batchID, err)
 	}
-	return contract.DecodeManifest(raw.Header, raw.Data)
+	m, err := contract.DecodeManifest(raw.Header, raw.Data)
+	return m, raw.Sequence, err
 }
 
 // publishMissing publishes the items of an existing batch that the items stream lacks.

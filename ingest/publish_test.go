@@ -173,3 +173,124 @@ func TestSubmitRejectsBadBatchesBeforePublishing(t *testing.T) {
 		t.Fatalf("%d items published by rejected batches", n)
 	}
 }
+
+// Two submits of different files under one id at the same time: exactly one wins,
+// the other is told the id is taken; the batch never mixes their items.
+func TestConcurrentSubmitsOfDifferentBatchesUnderOneID(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	for round := range 10 {
+		id := fmt.Sprintf("race%d", round)
+		a, b := items(20), items(20)
+		for i := range b {
+			b[i].Term += "x"
+		}
+		errs := make(chan error, 2)
+		for _, its := range [][]flashpipe.Item{a, b} {
+			go func() {
+				pub, _ := ingest.NewPublisher(js, c, nil)
+				_, err := pub.Submit(context.Background(), ingest.Batch{ID: id, Items: its})
+				errs <- err
+			}()
+		}
+		e1, e2 := <-errs, <-errs
+		if (e1 == nil) == (e2 == nil) || !(errors.Is(e1, ingest.ErrBatchConflict) || errors.Is(e2, ingest.ErrBatchConflict)) {
+			t.Fatalf("round %d: errors %v and %v, want exactly one ErrBatchConflict", round, e1, e2)
+		}
+		if n := streamCount(t, js, c.BatchesStream(), c.ManifestSubject(id)); n != 1 {
+			t.Fatalf("round %d: %d manifests", round, n)
+		}
+	}
+}
+
+// completeLog writes a finished generation 0 into the ordered log, as the sequencer
+// would: the manifest, a result per item (failed for the seqs given), the completion.
+func completeLog(t *testing.T, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, its []flashpipe.Item, failed map[int]bool) {
+	t.Helper()
+	ctx := context.Background()
+	pub := func(ev flashpipe.Event) {
+		msg, err := c.EventMsg(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub(flashpipe.Event{Kind: flashpipe.EventManifest, Manifest: &m})
+	for i, it := range its {
+		r := &flashpipe.Result{BatchID: m.BatchID, Seq: i + 1, Item: it, Status: flashpipe.StatusOK}
+		if failed[i+1] {
+			r.Status, r.Failure = flashpipe.StatusFailed, &flashpipe.Failure{Reason: "test"}
+		}
+		pub(flashpipe.Event{Kind: flashpipe.EventResult, Result: r})
+	}
+	pub(flashpipe.Event{Kind: flashpipe.EventComplete, Completion: &flashpipe.Completion{BatchID: m.BatchID, Emitted: len(its)}})
+}
+
+// A second retry while the first one's generation runs starts nothing.
+func TestRetryStartsOneGenerationAtATime(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	its := items(10)
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "once", Items: its})
+	if err != nil {
+		t.Fatal(err)
+	}
+	completeLog(t, js, c, sub.Manifest, its, map[int]bool{2: true, 7: true})
+	r1, err := pub.Retry(ctx, "once")
+	if err != nil || r1.Manifest.Generation != 1 || r1.Published != 2 {
+		t.Fatalf("first retry: %+v, %v", r1, err)
+	}
+	if _, err := pub.Retry(ctx, "once"); !errors.Is(err, ingest.ErrBatchRunning) {
+		t.Fatalf("second retry: %v, want ErrBatchRunning", err)
+	}
+	if _, err := pub.Reprocess(ctx, "once"); !errors.Is(err, ingest.ErrBatchRunning) {
+		t.Fatalf("reprocess during a retry: %v, want ErrBatchRunning", err)
+	}
+	if n := streamCount(t, js, c.BatchesStream(), c.ManifestSubject("once")); n != 2 {
+		t.Fatalf("%d manifests, want 2 (generations 0 and 1)", n)
+	}
+}
+
+// A reprocess cut off after its manifest is finished by running it again.
+func TestInterruptedReprocessIsFinishedByRunningItAgain(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, _ := ingest.NewPublisher(js, c, nil)
+	ctx := context.Background()
+	its := items(30)
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: its})
+	if err != nil {
+		t.Fatal(err)
+	}
+	completeLog(t, js, c, sub.Manifest, its, nil)
+	// The cut-off reprocess: its manifest is in, and 10 of its items.
+	m := sub.Manifest
+	m.Generation = 1
+	mm, _ := c.ManifestMsg(m)
+	if _, err := js.PublishMsg(ctx, mm); err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range its[:10] {
+		msg, _ := c.ItemMsg(flashpipe.WorkItem{BatchID: "cut", Seq: i + 1, Generation: 1, Item: it})
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := pub.Reprocess(ctx, "cut")
+	if err != nil || !r.Resubmitted || r.Published != 20 || r.Manifest.Generation != 1 {
+		t.Fatalf("reprocess again: %+v, %v; want generation 1 finished with 20 items", r, err)
+	}
+	if _, err := pub.Reprocess(ctx, "cut"); !errors.Is(err, ingest.ErrBatchRunning) {
+		t.Fatalf("a third reprocess: %v, want ErrBatchRunning", err)
+	}
+}

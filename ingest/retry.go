@@ -27,12 +27,9 @@ var ErrBatchRunning = errors.New("batch is still running")
 // touched. Retry is idempotent while the new generation runs: calling it again
 // publishes nothing new (it reports ErrBatchRunning).
 func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, error) {
-	if err := flashpipe.ValidateBatchID(batchID); err != nil {
-		return nil, err
-	}
-	latest, err := p.Manifest(ctx, batchID)
+	latest, seq, err := p.nextGeneration(ctx, batchID)
 	if err != nil {
-		return nil, err
+		return p.resume(ctx, latest, "retry", err)
 	}
 	var failed []flashpipe.Result
 	err = batchlog.Results(ctx, p.js, p.c, batchID, func(r flashpipe.Result) error {
@@ -43,13 +40,6 @@ func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, err
 		return nil
 	})
 	switch {
-	case errors.Is(err, batchlog.ErrIncomplete) && latest.Generation > 0:
-		// A retry generation runs: finish publishing it if an earlier Retry was cut short.
-		n, err := p.finishRetry(ctx, latest)
-		if err != nil || n > 0 {
-			return &Submission{Manifest: latest, Published: n, Resubmitted: true}, err
-		}
-		return nil, fmt.Errorf("retry %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
 	case errors.Is(err, batchlog.ErrIncomplete):
 		return nil, fmt.Errorf("retry %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
 	case err != nil:
@@ -64,12 +54,11 @@ func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, err
 	for i, r := range failed {
 		next.Seqs[i] = r.Seq
 	}
-	mm, err := p.c.ManifestMsg(next)
-	if err != nil {
+	if err := p.publishManifest(ctx, next, seq); err != nil {
+		if errors.Is(err, errManifestRace) {
+			return nil, fmt.Errorf("retry %s: %w (another retry or reprocess started first)", batchID, ErrBatchRunning)
+		}
 		return nil, err
-	}
-	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(batchID, next.Generation))); err != nil {
-		return nil, fmt.Errorf("retry %s: publish manifest: %w", batchID, err)
 	}
 	items := make([]flashpipe.WorkItem, len(failed))
 	for i, r := range failed {
@@ -80,6 +69,47 @@ func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, err
 		return nil, fmt.Errorf("retry %s: %w (run retry again to finish publishing)", batchID, err)
 	}
 	return &Submission{Manifest: next, Published: n}, nil
+}
+
+// nextGeneration checks that a batch may start a new generation: its latest manifest's
+// generation is complete in the ordered log. It returns that manifest and its stream
+// sequence (the expectation the next manifest's publish carries), or an error wrapping
+// ErrBatchRunning (with the latest manifest, so an interrupted start can be resumed).
+func (p *Publisher) nextGeneration(ctx context.Context, batchID string) (flashpipe.Manifest, uint64, error) {
+	if err := flashpipe.ValidateBatchID(batchID); err != nil {
+		return flashpipe.Manifest{}, 0, err
+	}
+	latest, seq, err := p.manifestAt(ctx, batchID)
+	if err != nil {
+		return latest, 0, err
+	}
+	gen, complete, _, err := batchlog.Latest(ctx, p.js, p.c, batchID)
+	if err != nil {
+		return latest, 0, fmt.Errorf("batch %s: %w", batchID, err)
+	}
+	if !complete || gen < latest.Generation {
+		return latest, 0, fmt.Errorf("%w (generation %d): wait for it to complete", ErrBatchRunning, latest.Generation)
+	}
+	return latest, seq, nil
+}
+
+// resume finishes publishing a retry or reprocess generation that an earlier call
+// left half published; otherwise it returns err.
+func (p *Publisher) resume(ctx context.Context, latest flashpipe.Manifest, op string, err error) (*Submission, error) {
+	if !errors.Is(err, ErrBatchRunning) || latest.Generation == 0 {
+		return nil, fmt.Errorf("%s %s: %w", op, latest.BatchID, err)
+	}
+	var n int
+	var ferr error
+	if len(latest.Seqs) > 0 {
+		n, ferr = p.finishRetry(ctx, latest)
+	} else {
+		n, ferr = p.republish(ctx, latest)
+	}
+	if ferr != nil || n > 0 {
+		return &Submission{Manifest: latest, Published: n, Resubmitted: true}, ferr
+	}
+	return nil, fmt.Errorf("%s %s: %w", op, latest.BatchID, err)
 }
 
 // finishRetry publishes the items of retry generation m that the items stream lacks
@@ -115,42 +145,55 @@ func (p *Publisher) finishRetry(ctx context.Context, m flashpipe.Manifest) (int,
 // change of model or prompts pays for the new answers). Every row is rewritten and
 // the ordered log carries the whole batch again after the previous completion.
 func (p *Publisher) Reprocess(ctx context.Context, batchID string) (*Submission, error) {
-	if err := flashpipe.ValidateBatchID(batchID); err != nil {
-		return nil, err
-	}
-	latest, err := p.Manifest(ctx, batchID)
+	latest, seq, err := p.nextGeneration(ctx, batchID)
 	if err != nil {
-		return nil, err
+		return p.resume(ctx, latest, "reprocess", err)
 	}
-	gen, complete, _, err := batchlog.Latest(ctx, p.js, p.c, batchID)
-	if err != nil {
+	// Every item must still be in the items stream before the generation starts.
+	if n, err := p.itemsOf(ctx, batchID); err != nil {
 		return nil, fmt.Errorf("reprocess %s: %w", batchID, err)
-	}
-	if !complete || gen < latest.Generation {
-		return nil, fmt.Errorf("reprocess %s: %w (generation %d): wait for it to complete", batchID, ErrBatchRunning, latest.Generation)
+	} else if n < latest.Count {
+		return nil, fmt.Errorf("reprocess %s: the items stream holds %d of the batch's %d items (expired? see --stream-max-age)", batchID, n, latest.Count)
 	}
 	next := latest
 	next.Generation = latest.Generation + 1
 	next.Seqs = nil // every item
 	next.CreatedAt = time.Now().UTC()
-	mm, err := p.c.ManifestMsg(next)
-	if err != nil {
+	if err := p.publishManifest(ctx, next, seq); err != nil {
+		if errors.Is(err, errManifestRace) {
+			return nil, fmt.Errorf("reprocess %s: %w (another retry or reprocess started first)", batchID, ErrBatchRunning)
+		}
 		return nil, err
-	}
-	if _, err := p.js.PublishMsg(ctx, mm, jetstream.WithMsgID(contract.ManifestMsgID(batchID, next.Generation))); err != nil {
-		return nil, fmt.Errorf("reprocess %s: publish manifest: %w", batchID, err)
 	}
 	n, err := p.republish(ctx, next)
 	if err != nil {
-		return nil, fmt.Errorf("reprocess %s: %w", batchID, err)
+		return nil, fmt.Errorf("reprocess %s: %w (run reprocess again to finish publishing)", batchID, err)
 	}
 	return &Submission{Manifest: next, Published: n}, nil
 }
 
+// itemsOf counts the item subjects of a batch in the items stream.
+func (p *Publisher) itemsOf(ctx context.Context, batchID string) (int, error) {
+	st, err := p.js.Stream(ctx, p.c.ItemsStream())
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(p.c.BatchItems(batchID)))
+	if err != nil {
+		return 0, err
+	}
+	return len(info.State.Subjects), nil
+}
+
 // republish reads a batch's generation 0 items from the items stream and publishes
-// each as generation m.Generation, a thousand at a time (memory does not grow with the
-// batch).
+// each as generation m.Generation, a thousand at a time, leaving out those already
+// published as that generation (an earlier, interrupted call): memory is one bit per
+// item, not the items.
 func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, error) {
+	done, err := p.publishedAs(ctx, m)
+	if err != nil {
+		return 0, err
+	}
 	oc, err := p.js.OrderedConsumer(ctx, p.c.ItemsStream(), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{p.c.BatchItems(m.BatchID)},
 	})
@@ -188,6 +231,9 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 			continue
 		}
 		seen++
+		if wi.Seq >= 1 && wi.Seq < len(done) && done[wi.Seq] {
+			continue
+		}
 		wi.Generation = m.Generation
 		if wis = append(wis, wi); len(wis) == chunk {
 			if err := flush(); err != nil {
@@ -202,4 +248,39 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 		return published, fmt.Errorf("the items stream holds %d of the batch's %d items (expired? see --stream-max-age)", seen, m.Count)
 	}
 	return published, nil
+}
+
+// publishedAs reads the headers of a batch's items and reports, by seq, which are
+// already published as generation m.Generation.
+func (p *Publisher) publishedAs(ctx context.Context, m flashpipe.Manifest) ([]bool, error) {
+	done := make([]bool, m.Count+1)
+	oc, err := p.js.OrderedConsumer(ctx, p.c.ItemsStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{p.c.BatchItems(m.BatchID)}, HeadersOnly: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if info.NumPending == 0 {
+		return done, nil
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(1000), jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	if err != nil {
+		return nil, err
+	}
+	defer it.Stop()
+	for range info.NumPending {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return nil, err
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err == nil && k.Generation == m.Generation && k.Seq >= 1 && k.Seq <= m.Count {
+			done[k.Seq] = true
+		}
+	}
+	return done, nil
 }
