@@ -19,6 +19,12 @@ import (
 // maxEmitErrors bounds consecutive failed appends before a batch is handed back.
 const maxEmitErrors = 5
 
+// errStaleCursor means the ordered subject moved on without us.
+var errStaleCursor = errors.New("event already appended: stale cursor")
+
+// errIdle means a batch made no progress for Config.IdleRelease.
+var errIdle = errors.New("no progress")
+
 // run is the state of sequencing one generation of one batch.
 type run struct {
 	s       *Sequencer
@@ -80,9 +86,13 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 	defer stop()
 
 	failures := 0
+	lastProgress := time.Now()
 	for !r.done {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if time.Since(lastProgress) > s.cfg.IdleRelease {
+			return fmt.Errorf("batch %s generation %d at %d of %d: %w for %s", m.BatchID, m.Generation, r.next, r.n, errIdle, s.cfg.IdleRelease)
 		}
 		progressed, err := r.step(ctx)
 		if err != nil {
@@ -98,6 +108,7 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 		}
 		failures = 0
 		if progressed {
+			lastProgress = time.Now()
 			continue
 		}
 		// Nothing to append: wait for the next result to arrive.
@@ -257,6 +268,11 @@ func (r *run) append(ctx context.Context, evs []*nats.Msg) error {
 		if err != nil {
 			return fmt.Errorf("append to %s: %w", r.subject, err)
 		}
+		if ack.Duplicate {
+			// The event is already in the log (its sequence is not the subject's
+			// last): our cursor is stale, read it again.
+			return fmt.Errorf("append to %s: %w", r.subject, errStaleCursor)
+		}
 		r.lastSeq = ack.Sequence
 	}
 	return nil
@@ -272,7 +288,7 @@ func (r *run) lookup(ctx context.Context, seq int) (raw, bool, error) {
 		return raw{}, false, fmt.Errorf("look up result %d: %w", seq, err)
 	}
 	k, err := contract.KeysOf(msg.Header)
-	if err != nil || k.Generation < r.m.Generation {
+	if err != nil || k.Generation != r.m.Generation {
 		return raw{}, false, nil
 	}
 	return raw{keys: k, data: msg.Data}, true, nil
@@ -283,7 +299,7 @@ func (r *run) lookup(ctx context.Context, seq int) (raw, bool, error) {
 // stream and is looked up when its turn comes).
 func (r *run) offer(h nats.Header, data []byte) {
 	k, err := contract.KeysOf(h)
-	if err != nil || k.Generation < r.m.Generation {
+	if err != nil || k.Generation != r.m.Generation {
 		return
 	}
 	i, ok := r.index(k.Seq)

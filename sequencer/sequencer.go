@@ -49,6 +49,7 @@ const (
 	DefaultPollInterval = 2 * time.Second
 	DefaultMaxRun       = 256
 	DefaultAtomicMinRun = 64
+	DefaultIdleRelease  = 2 * time.Minute
 )
 
 // Config configures a sequencer replica.
@@ -70,6 +71,10 @@ type Config struct {
 	// AtomicMinRun is the shortest run appended as an atomic batch; shorter runs are
 	// appended one by one, which is faster for them.
 	AtomicMinRun int
+	// IdleRelease hands a batch back (releasing its slot) after this long without
+	// progress, e.g. a batch whose items were never published; it is taken up again
+	// later, so a stuck batch cannot hold a slot for good.
+	IdleRelease time.Duration
 	// OneByOne appends events one at a time even where the server takes atomic
 	// batches (slower; the same guarantees).
 	OneByOne bool
@@ -86,6 +91,7 @@ func (c Config) withDefaults() Config {
 	c.PollInterval = cmp.Or(c.PollInterval, DefaultPollInterval)
 	c.MaxRun = cmp.Or(c.MaxRun, DefaultMaxRun)
 	c.AtomicMinRun = cmp.Or(c.AtomicMinRun, DefaultAtomicMinRun)
+	c.IdleRelease = cmp.Or(c.IdleRelease, DefaultIdleRelease)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -223,12 +229,15 @@ func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetst
 		_ = msg.TermWithReason("undecodable manifest")
 		return
 	}
-	if !s.claim(m.BatchID) {
-		// A stale redelivery of a batch this replica is already sequencing; the
-		// running goroutine renews and acks the same message.
+	claim := fmt.Sprintf("%s/%d", m.BatchID, m.Generation)
+	if !s.claim(claim) {
+		// A stale redelivery of a generation this replica is already sequencing (the
+		// running goroutine renews and acks the same message), or the next generation
+		// of a batch still in hand here: try again shortly.
+		_ = msg.NakWithDelay(s.cfg.PollInterval)
 		return
 	}
-	defer s.release(m.BatchID)
+	defer s.release(claim)
 	md, _ := msg.Metadata()
 	log := s.log.With("batch", m.BatchID, "generation", m.Generation)
 
@@ -265,7 +274,12 @@ func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetst
 		_ = msg.NakWithDelay(s.cfg.PollInterval)
 	case errors.Is(err, errPreviousGeneration):
 		log.Info("waiting for the previous generation to complete")
+		le.release(context.WithoutCancel(ctx))
 		_ = msg.NakWithDelay(s.cfg.PollInterval)
+	case errors.Is(err, errIdle):
+		log.Warn("batch idle: handed back, taken up again later", "err", err)
+		le.release(context.WithoutCancel(ctx))
+		_ = msg.NakWithDelay(s.cfg.IdleRelease)
 	default:
 		log.Error("sequencing failed; will retry", "err", err)
 		le.release(context.WithoutCancel(ctx))
