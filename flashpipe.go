@@ -218,3 +218,50 @@ type Card struct {
 	Tags           string `json:"tags"`
 	HonorificLevel string `json:"honorific_level"`
 }
+
+// manifestJSON is the wire form of a Manifest: a long Seqs list travels as a bitmap
+// (one bit per item of the batch), so a retry of a whole failed 200,000-item batch is a
+// 33 KB message, not 1.3 MB.
+type manifestJSON struct {
+	manifestAlias
+	SeqBitmap []byte `json:"seq_bitmap,omitempty"`
+}
+
+type manifestAlias Manifest
+
+// seqBitmapAbove is the list length from which Seqs travel as a bitmap.
+const seqBitmapAbove = 64
+
+// MarshalJSON encodes the manifest, with a long Seqs list as a bitmap.
+func (m Manifest) MarshalJSON() ([]byte, error) {
+	w := manifestJSON{manifestAlias: manifestAlias(m)}
+	if len(m.Seqs) > seqBitmapAbove && m.Count > 0 {
+		bits := make([]byte, m.Count/8+1)
+		for _, s := range m.Seqs {
+			if s < 1 || s > m.Count {
+				return nil, fmt.Errorf("manifest of %s: seq %d outside 1..%d", m.BatchID, s, m.Count)
+			}
+			bits[s/8] |= 1 << (s % 8)
+		}
+		w.Seqs, w.SeqBitmap = nil, bits
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON decodes a manifest written by MarshalJSON.
+func (m *Manifest) UnmarshalJSON(data []byte) error {
+	var w manifestJSON
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	*m = Manifest(w.manifestAlias)
+	if len(w.SeqBitmap) > 0 {
+		m.Seqs = nil
+		for s := 1; s <= m.Count && s/8 < len(w.SeqBitmap); s++ {
+			if w.SeqBitmap[s/8]&(1<<(s%8)) != 0 {
+				m.Seqs = append(m.Seqs, s)
+			}
+		}
+	}
+	return nil
+}

@@ -85,7 +85,8 @@ type Config struct {
 	// MaxDeliveries is how many deliveries an item gets before it fails for good:
 	// a delivery ends without a verdict when its processor crashes, or when the API
 	// kept failing transiently through MaxAttempts attempts (the item is then sent
-	// back with a growing delay). Releases by an open breaker do not count.
+	// back with a growing delay). Deliveries that end without a verdict through no
+	// fault of the item (an open breaker, an unreadable cache, a shutdown) do not count.
 	MaxDeliveries int
 	// DrainTimeout bounds how long Run waits for in-flight items on shutdown.
 	DrainTimeout time.Duration
@@ -316,18 +317,19 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(rq.delay)
 		return
 	case errors.Is(err, errRelease):
-		if lerr := p.ledger.add(ctx, wi); lerr != nil {
-			p.log.Warn("release not recorded; it will count as an attempt", "err", lerr)
-		}
+		p.recordRelease(ctx, wi)
 		p.metrics.release()
 		_ = msg.NakWithDelay(p.breaker.releaseDelay())
 		return
 	case errors.Is(err, errRequeue):
+		// No verdict (the cache could not be read): the delivery does not count.
 		p.log.Warn("no verdict; item requeued", "batch", wi.BatchID, "position", wi.Position, "err", err)
+		p.recordRelease(ctx, wi)
 		_ = msg.NakWithDelay(p.cfg.RequeueDelay)
 		return
 	case err != nil:
-		// Shutting down: let another replica have it now.
+		// Shutting down: let another replica have it now; the delivery does not count.
+		p.recordRelease(ctx, wi)
 		_ = msg.Nak()
 		return
 	}
@@ -348,6 +350,17 @@ func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *f
 	if err := msg.Ack(); err != nil {
 		// The result is durable; a redelivery republishes it as a duplicate (no-op).
 		p.log.Warn("ack item", "batch", res.BatchID, "position", res.Position, "err", err)
+	}
+}
+
+// recordRelease notes in the ledger that this delivery ends without spending an
+// attempt (breaker open, no verdict, shutdown). Best effort: if the ledger cannot be
+// written, the delivery counts.
+func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := p.ledger.add(lctx, wi); err != nil {
+		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position, "err", err)
 	}
 }
 

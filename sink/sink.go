@@ -218,7 +218,11 @@ func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
 		}
 	}()
 	for g := range groups {
-		if err := s.apply(ctx, g.events); err != nil {
+		err := s.apply(ctx, g.events)
+		if err != nil && ctx.Err() == nil && flashpipe.IsPermanent(err) {
+			g.msgs, err = s.isolate(ctx, g, err)
+		}
+		if err != nil {
 			stopRead()
 			for range groups { // let the reader finish
 			}
@@ -264,6 +268,31 @@ func (s *Sink) read(ctx context.Context, in <-chan jetstream.Msg) (g group, ok b
 			return g, true // write what we have
 		}
 	}
+}
+
+// isolate handles a group the store refused for good (a constraint the data breaks):
+// it writes the events one by one, so one bad event does not hold back the others,
+// and terminates the ones the store refuses, logging each. A terminated event stays
+// in the ordered stream: once its cause is fixed, `flashpipe replay` writes it. The
+// messages of the events written are returned for the caller to ack.
+func (s *Sink) isolate(ctx context.Context, g group, cause error) ([]jetstream.Msg, error) {
+	s.log.Warn("the store refused a group; writing its events one by one", "events", len(g.events), "err", cause)
+	kept := 0
+	for i, ev := range g.events {
+		err := s.apply(ctx, g.events[i:i+1])
+		switch {
+		case err == nil:
+			g.msgs[kept] = g.msgs[i]
+			kept++
+		case flashpipe.IsPermanent(err) && ctx.Err() == nil:
+			s.log.Error("event refused by the store and dropped from the sink (still in the ordered stream: replay it once fixed)",
+				"batch", ev.BatchID(), "kind", ev.Kind, "err", err)
+			_ = g.msgs[i].TermWithReason("refused by the store: " + err.Error())
+		default:
+			return nil, err
+		}
+	}
+	return g.msgs[:kept], nil
 }
 
 // decode decodes one event; an undecodable message is terminated (it can never be

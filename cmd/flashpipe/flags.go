@@ -155,6 +155,10 @@ type RateLimitFlags struct {
 	RateLimitRPM    int     `help:"API requests per minute for all processor replicas together (0: none; default 600 against a real API, the simulator's own limit against it)." default:"-1" env:"RATE_LIMIT_RPM"`
 	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"0.8" env:"RATE_LIMIT_BUFFER"`
 	RateLimitTPM    int     `help:"API tokens per minute for all replicas together (0: none)." default:"0" env:"RATE_LIMIT_TPM"`
+	// While NATS is unreachable a replica cannot coordinate and spends a local share
+	// of the budget: budget / assumed replicas. Set it to at least the number of
+	// processor replicas, or the sum can exceed the budget during an outage.
+	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/this many (set it to at least the number of processor replicas)." default:"4" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
 }
 
 // DefaultRateLimitRPM is the limit against a real API when none is configured.
@@ -170,7 +174,8 @@ func (f RateLimitFlags) limiter(ctx context.Context, js jetstream.JetStream, c *
 	if rpm == 0 && f.RateLimitTPM == 0 {
 		return nil, nil
 	}
-	return ratelimit.New(ctx, js, c, ratelimit.Config{RPM: rpm, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM, Logger: log})
+	return ratelimit.New(ctx, js, c, ratelimit.Config{RPM: rpm, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM,
+		AssumedReplicas: f.RateLimitAssumedReplicas, Logger: log})
 }
 
 // SyncFlags set how often the embedded NATS server fsyncs (docs/durability.md).

@@ -158,7 +158,19 @@ func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, qui
 		}
 		return nil, o.err
 	}
-	if _, err := waitStored(ctx, st.Store, b.ID, latest.Generation); err != nil {
+	wctx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
+	go func() {
+		select {
+		case err := <-st.Err():
+			stopWait(fmt.Errorf("a service failed before the batch was stored: %w", err))
+		case <-wctx.Done():
+		}
+	}()
+	if _, err := waitStored(wctx, st.Store, b.ID, latest.Generation); err != nil {
+		if cause := context.Cause(wctx); cause != nil && ctx.Err() == nil {
+			return nil, cause
+		}
 		return nil, err
 	}
 	o.sum.Resubmitted = sub.Resubmitted

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -177,10 +178,43 @@ func connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS: %w", err)
+		return nil, fmt.Errorf("connect to NATS: %w", redact(err, url))
 	}
 	return nc, nil
 }
+
+// redact removes the credentials of the URLs in urls from an error's text: url.Parse
+// errors quote the URL, password included, or a piece of it when a character of the
+// password confuses the parser.
+func redact(err error, urls string) error {
+	msg := err.Error()
+	clean := msg
+	for _, u := range strings.Split(urls, ",") {
+		start, end := strings.Index(u, "://"), strings.LastIndex(u, "@")
+		if start < 0 || end <= start+3 {
+			continue
+		}
+		secret := u[start+3 : end]
+		clean = strings.ReplaceAll(clean, secret, "REDACTED")
+		for _, part := range strings.FieldsFunc(secret, func(r rune) bool { return strings.ContainsRune(":/?#", r) }) {
+			if len(part) >= 3 {
+				clean = strings.ReplaceAll(clean, part, "REDACTED")
+			}
+		}
+	}
+	if clean != msg {
+		return &redactedError{msg: clean, err: err}
+	}
+	return err
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // JetStream returns the JetStream API for nc with a default timeout per request.
 func JetStream(nc *nats.Conn) (jetstream.JetStream, error) {

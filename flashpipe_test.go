@@ -1,0 +1,39 @@
+package flashpipe
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+func TestManifestSeqsRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 3, 64, 65, 5000} {
+		m := Manifest{BatchID: "b", Generation: 1, Count: 200_000}
+		for i := range n {
+			m.Seqs = append(m.Seqs, 1+i*37)
+		}
+		data, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Manifest
+		if err := json.Unmarshal(data, &back); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, m) {
+			t.Fatalf("%d seqs: round trip changed the manifest", n)
+		}
+		if n > seqBitmapAbove && len(data) > 200_000/8*2 {
+			t.Fatalf("%d seqs: %d bytes, want a bitmap", n, len(data))
+		}
+	}
+	all := Manifest{BatchID: "b", Generation: 1, Count: 200_000}
+	for s := 1; s <= all.Count; s++ {
+		all.Seqs = append(all.Seqs, s)
+	}
+	data, _ := json.Marshal(all)
+	if len(data) > 40_000 {
+		t.Fatalf("a retry of every item of 200,000 takes %d bytes", len(data))
+	}
+}
