@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
@@ -191,15 +193,32 @@ func TestDryRunAndCacheCommands(t *testing.T) {
 		t.Fatalf("the dry run published (items stream: %v)", err)
 	}
 
+	// Two answers in the cache of this prefix, one per stage.
+	c, err := contract.New(contract.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers, err := cache.New(context.Background(), js, c, cache.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for stage := 1; stage <= 2; stage++ {
+		if err := answers.Put(context.Background(), cache.Key(stage, "m", "h"), cache.Entry{Stage: stage, Value: []byte(`"v"`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out, stderr, code = flashpipeCmd(t, dir, "cache", "stats", "--json", "--nats-url", srv.ClientURL(), "--prefix", prefix)
-	if code != 0 || !strings.Contains(out, `"entries":0`) {
+	if code != 0 || !strings.Contains(out, `"entries":2`) {
 		t.Fatalf("cache stats: exit %d, %s\n%s", code, out, stderr)
 	}
 	if _, stderr, code = flashpipeCmd(t, dir, "cache", "clear", "--nats-url", srv.ClientURL(), "--prefix", prefix); code == 0 || !strings.Contains(stderr, "--yes") {
 		t.Fatalf("clearing everything without --yes: exit %d\n%s", code, stderr)
 	}
 	out, stderr, code = flashpipeCmd(t, dir, "cache", "clear", "--stage", "2", "--nats-url", srv.ClientURL(), "--prefix", prefix)
-	if code != 0 || !strings.Contains(out, "removed 0") {
+	if code != 0 || !strings.Contains(out, "removed 1") {
 		t.Fatalf("cache clear: exit %d, %s\n%s", code, out, stderr)
+	}
+	if _, found, _ := answers.Get(context.Background(), cache.Key(1, "m", "h")); !found {
+		t.Fatal("clearing stage 2 removed the stage 1 answer")
 	}
 }
