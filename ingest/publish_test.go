@@ -22,6 +22,20 @@ func items(n int) []flashpipe.Item {
 	return out
 }
 
+// setup starts a NATS server and returns JetStream, a contract of the test's own and a
+// publisher.
+func setup(t *testing.T) (jetstream.JetStream, *contract.Contract, *ingest.Publisher) {
+	t.Helper()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	pub, err := ingest.NewPublisher(js, c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, c, pub
+}
+
 func streamCount(t *testing.T, js jetstream.JetStream, stream, subject string) int {
 	t.Helper()
 	st, err := js.Stream(context.Background(), stream)
@@ -41,13 +55,7 @@ func streamCount(t *testing.T, js jetstream.JetStream, stream, subject string) i
 
 func TestSubmitPublishesManifestAndItemsInRankOrder(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, err := ingest.NewPublisher(js, c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b1", Source: "test", Items: items(100)})
 	if err != nil {
@@ -76,10 +84,7 @@ func TestSubmitPublishesManifestAndItemsInRankOrder(t *testing.T) {
 
 func TestResubmitPublishesNothingNew(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: items(50)}); err != nil {
 		t.Fatal(err)
@@ -101,10 +106,7 @@ func TestResubmitPublishesNothingNew(t *testing.T) {
 
 func TestResubmitFinishesAnInterruptedSubmit(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	all := items(40)
 	// A submit that died half-way: the manifest and all but three items are in.
@@ -134,10 +136,7 @@ func TestResubmitFinishesAnInterruptedSubmit(t *testing.T) {
 
 func TestSubmitRejectsADifferentBatchUnderAUsedID(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: items(10)}); err != nil {
 		t.Fatal(err)
@@ -153,10 +152,7 @@ func TestSubmitRejectsADifferentBatchUnderAUsedID(t *testing.T) {
 
 func TestSubmitRejectsBadBatchesBeforePublishing(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	unsorted := items(3)
 	unsorted[1], unsorted[2] = unsorted[2], unsorted[1]
@@ -233,10 +229,7 @@ func completeLog(t *testing.T, js jetstream.JetStream, c *contract.Contract, m f
 // A second retry while the first one's generation runs starts nothing.
 func TestRetryStartsOneGenerationAtATime(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	its := items(10)
 	sub, err := pub.Submit(ctx, ingest.Batch{ID: "once", Items: its})
@@ -262,10 +255,7 @@ func TestRetryStartsOneGenerationAtATime(t *testing.T) {
 // A reprocess cut off after its manifest is finished by running it again.
 func TestInterruptedReprocessIsFinishedByRunningItAgain(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
-	pub, _ := ingest.NewPublisher(js, c, nil)
+	js, c, pub := setup(t)
 	ctx := context.Background()
 	its := items(30)
 	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: its})
