@@ -101,6 +101,7 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 				return err
 			}
 			log.Warn("append failed; resyncing", "err", err)
+			s.cfg.Metrics.resync()
 			if err := r.sync(ctx); err != nil {
 				return err
 			}
@@ -231,6 +232,7 @@ func (r *run) step(ctx context.Context) (bool, error) {
 	if err := r.append(ctx, evs); err != nil {
 		return false, err
 	}
+	r.s.cfg.Metrics.append(len(evs))
 	for i := range n {
 		delete(r.buf, r.at(r.next+i))
 	}
@@ -280,6 +282,7 @@ func (r *run) append(ctx context.Context, evs []*nats.Msg) error {
 
 // lookup reads the latest result for seq from the results stream.
 func (r *run) lookup(ctx context.Context, seq int) (raw, bool, error) {
+	r.s.cfg.Metrics.lookup()
 	msg, err := r.results.GetLastMsgForSubject(ctx, r.s.c.ResultSubject(r.m.BatchID, seq))
 	if contract.IsNotFound(err) {
 		return raw{}, false, nil

@@ -78,6 +78,8 @@ type Config struct {
 	// OneByOne appends events one at a time even where the server takes atomic
 	// batches (slower; the same guarantees).
 	OneByOne bool
+	// Metrics records Prometheus metrics (nil: none).
+	Metrics *Metrics
 	// ID names this replica in logs.
 	ID     string
 	Logger *slog.Logger
@@ -230,6 +232,8 @@ func (s *Sequencer) own(ctx context.Context, results jetstream.Stream, msg jetst
 		return
 	}
 	claim := fmt.Sprintf("%s/%d", m.BatchID, m.Generation)
+	s.cfg.Metrics.batch(1)
+	defer s.cfg.Metrics.batch(-1)
 	if !s.claim(claim) {
 		// A stale redelivery of a generation this replica is already sequencing (the
 		// running goroutine renews and acks the same message), or the next generation

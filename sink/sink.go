@@ -52,7 +52,9 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// WriteTimeout bounds one write transaction.
 	WriteTimeout time.Duration
-	Logger       *slog.Logger
+	// Metrics records Prometheus metrics (nil: none).
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -287,6 +289,7 @@ func (s *Sink) isolate(ctx context.Context, g group, cause error) ([]jetstream.M
 		case flashpipe.IsPermanent(err) && ctx.Err() == nil:
 			s.log.Error("event refused by the store and dropped from the sink (still in the ordered stream: replay it once fixed)",
 				"batch", ev.BatchID(), "kind", ev.Kind, "err", err)
+			s.cfg.Metrics.refuse()
 			_ = g.msgs[i].TermWithReason("refused by the store: " + err.Error())
 		default:
 			return nil, err
@@ -313,7 +316,9 @@ func (s *Sink) decode(msg jetstream.Msg) (flashpipe.Event, bool) {
 func (s *Sink) apply(ctx context.Context, events []flashpipe.Event) error {
 	for attempt := 1; ; attempt++ {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.WriteTimeout)
+		start := time.Now()
 		err := s.store.Apply(wctx, events)
+		s.cfg.Metrics.write(len(events), time.Since(start), err)
 		cancel()
 		if err == nil {
 			return nil

@@ -5,11 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -220,5 +224,41 @@ func TestDryRunAndCacheCommands(t *testing.T) {
 	}
 	if _, found, _ := answers.Get(context.Background(), cache.Key(1, "m", "h")); !found {
 		t.Fatal("clearing stage 2 removed the stage 1 answer")
+	}
+}
+
+// Every service serves its Prometheus metrics with --metrics-addr.
+func TestServicesServeMetrics(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	prefix := natstest.UniquePrefix(t)
+	ports := freePorts(t, 3)
+	common := []string{"--nats-url", srv.ClientURL(), "--prefix", prefix}
+	services := map[string][]string{
+		"flashpipe_processor_in_flight": append([]string{"processor", "--api-base-url", "http://127.0.0.1:1/v1"}, common...),
+		"flashpipe_sequencer_batches":   append([]string{"sequencer"}, common...),
+		"flashpipe_sink_write_seconds":  append([]string{"sink", "--sqlite", filepath.Join(t.TempDir(), "m.db")}, common...),
+	}
+	i := 0
+	for metric, args := range services {
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
+		i++
+		cmd := exec.Command(binary, append(args, "--metrics-addr", addr)...)
+		cmd.Env = cleanEnv()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		var body string
+		natstest.Eventually(t, 20*time.Second, func() bool {
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			body = string(b)
+			return strings.Contains(body, metric)
+		}, "%s: no %s at %s/metrics", args[0], metric, addr)
 	}
 }

@@ -80,6 +80,7 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 type SequencerCmd struct {
 	NATSFlags
 	SequencerFlags
+	MetricsFlags
 }
 
 // Run runs the sequencer until interrupted.
@@ -89,7 +90,15 @@ func (s *SequencerCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	seq, err := sequencer.New(js, c, s.config(replicaID(), log))
+	reg, err := s.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	cfg := s.config(replicaID(), log)
+	if reg != nil {
+		cfg.Metrics = sequencer.NewMetrics(reg)
+	}
+	seq, err := sequencer.New(js, c, cfg)
 	if err != nil {
 		return err
 	}
@@ -101,6 +110,7 @@ type SinkCmd struct {
 	NATSFlags
 	StoreFlags
 	SinkFlags
+	MetricsFlags
 	AutoMigrate bool `help:"Apply database migrations at start-up (otherwise run flashpipe migrate first)." env:"FLASHPIPE_AUTO_MIGRATE"`
 }
 
@@ -120,7 +130,15 @@ func (s *SinkCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	snk, err := sink.New(js, c, store, s.config(log))
+	reg, err := s.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	cfg := s.config(log)
+	if reg != nil {
+		cfg.Metrics = sink.NewMetrics(reg)
+	}
+	snk, err := sink.New(js, c, store, cfg)
 	if err != nil {
 		return err
 	}
