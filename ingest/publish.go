@@ -142,21 +142,13 @@ func (p *Publisher) publishManifest(ctx context.Context, m flashpipe.Manifest, p
 // Manifest returns the latest manifest of a batch, or an error wrapping
 // flashpipe.ErrNotFound.
 func (p *Publisher) Manifest(ctx context.Context, batchID string) (flashpipe.Manifest, error) {
-	return LatestManifest(ctx, p.js, p.c, batchID)
-}
-
-// LatestManifest reads the latest manifest of a batch from the batches stream.
-func LatestManifest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (flashpipe.Manifest, error) {
-	m, _, err := latestManifest(ctx, js, c, batchID)
+	m, _, err := p.manifestAt(ctx, batchID)
 	return m, err
 }
 
+// manifestAt returns the latest manifest of a batch and its stream sequence.
 func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.Manifest, uint64, error) {
-	return latestManifest(ctx, p.js, p.c, batchID)
-}
-
-// latestManifest returns the latest manifest of a batch and its stream sequence.
-func latestManifest(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (flashpipe.Manifest, uint64, error) {
+	js, c := p.js, p.c
 	st, err := js.Stream(ctx, c.BatchesStream())
 	if err != nil {
 		return flashpipe.Manifest{}, 0, fmt.Errorf("batches stream: %w", err)

@@ -110,10 +110,3 @@ func (g *gate) waitCall(ctx context.Context) error {
 	}
 	return nil
 }
-
-// Paused reports whether the gate is closed, and why.
-func (g *gate) Paused() (bool, error) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.paused, g.reason
-}

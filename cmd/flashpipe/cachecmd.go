@@ -17,6 +17,19 @@ type CacheCmd struct {
 	Clear CacheClearCmd `cmd:"" help:"Remove cached answers: all, or one stage's, or one model's (the next batch pays for them again)."`
 }
 
+// openCache connects to NATS and opens the answer cache; close closes the connection.
+func (f NATSFlags) openCache(ctx context.Context, log *slog.Logger) (answers *cache.Cache, close func(), err error) {
+	nc, js, c, err := f.connect(ctx, "flashpipe-cache", log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if answers, err = cache.New(ctx, js, c, cache.Config{Logger: log}); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return answers, nc.Close, nil
+}
+
 // CacheStatsCmd prints cache statistics.
 type CacheStatsCmd struct {
 	NATSFlags
@@ -25,15 +38,11 @@ type CacheStatsCmd struct {
 
 // Run prints the statistics.
 func (s *CacheStatsCmd) Run(ctx context.Context, log *slog.Logger) error {
-	nc, js, c, err := s.connect(ctx, "flashpipe-cache", log)
+	answers, closeNATS, err := s.openCache(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	st, err := answers.Stats(ctx)
 	if err != nil {
 		return err
@@ -71,15 +80,11 @@ func (s *CacheClearCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if s.Stage == 0 && s.Model == "" && !s.Yes {
 		return fmt.Errorf("this clears every cached answer: the next batches pay for all of them again; add --yes to confirm")
 	}
-	nc, js, c, err := s.connect(ctx, "flashpipe-cache", log)
+	answers, closeNATS, err := s.openCache(ctx, log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	n, err := answers.Clear(ctx, s.Stage, s.Model)
 	if err != nil {
 		return err

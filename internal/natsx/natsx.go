@@ -125,15 +125,6 @@ func (e *Embedded) Server() *server.Server { return e.srv }
 // ClientURL is the URL clients connect to.
 func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
 
-// ClusterURL is the route URL other cluster members connect to.
-func (e *Embedded) ClusterURL() string {
-	addr := e.srv.ClusterAddr()
-	if addr == nil {
-		return ""
-	}
-	return "nats://" + addr.String()
-}
-
 // Shutdown stops the server and waits until it is down. Safe to call more than once.
 func (e *Embedded) Shutdown() {
 	e.srv.Shutdown()

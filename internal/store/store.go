@@ -78,6 +78,28 @@ var ErrInvalidEvent = errors.New("invalid event")
 // transaction is held while the callback runs.
 const ResultsPageSize = 1000
 
+// EachPage streams results a page at a time: it calls page with the last Seq read (0
+// at first) until a page comes back shorter than ResultsPageSize, handing each result
+// to fn, and stops at the first error of either.
+func EachPage(page func(after int) ([]flashpipe.Result, error), fn func(flashpipe.Result) error) error {
+	after := 0
+	for {
+		results, err := page(after)
+		if err != nil {
+			return err
+		}
+		for _, r := range results {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		if len(results) < ResultsPageSize {
+			return nil
+		}
+		after = results[len(results)-1].Seq
+	}
+}
+
 // SchemaOutdatedError returns the error a driver reports when the database schema is
 // at version current and its code needs version want.
 func SchemaOutdatedError(current, want int64) error {

@@ -559,22 +559,13 @@ func (s *Store) Results(ctx context.Context, batchID string, filter flashpipe.Re
 	if filter.Status != "" {
 		status = string(filter.Status)
 	}
-	after := 0
-	for {
+	return store.EachPage(func(after int) ([]flashpipe.Result, error) {
 		page, err := s.resultsPage(ctx, batchID, after, status)
 		if err != nil {
-			return fmt.Errorf("postgres: results of batch %q: %w", batchID, err)
+			return nil, fmt.Errorf("postgres: results of batch %q: %w", batchID, err)
 		}
-		for _, r := range page {
-			if err := fn(r); err != nil {
-				return err
-			}
-		}
-		if len(page) < store.ResultsPageSize {
-			return nil
-		}
-		after = page[len(page)-1].Seq
-	}
+		return page, nil
+	}, fn)
 }
 
 func (s *Store) resultsPage(ctx context.Context, batchID string, after int, status any) ([]flashpipe.Result, error) {

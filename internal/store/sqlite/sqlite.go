@@ -497,22 +497,13 @@ func (s *Store) Results(ctx context.Context, batchID string, filter flashpipe.Re
 	if filter.Status != "" {
 		status = string(filter.Status)
 	}
-	after := 0
-	for {
+	return store.EachPage(func(after int) ([]flashpipe.Result, error) {
 		page, err := s.resultsPage(ctx, batchID, after, status)
 		if err != nil {
-			return fmt.Errorf("sqlite: results of batch %q: %w", batchID, classify(err))
+			return nil, fmt.Errorf("sqlite: results of batch %q: %w", batchID, classify(err))
 		}
-		for _, r := range page {
-			if err := fn(r); err != nil {
-				return err
-			}
-		}
-		if len(page) < store.ResultsPageSize {
-			return nil
-		}
-		after = page[len(page)-1].Seq
-	}
+		return page, nil
+	}, fn)
 }
 
 func (s *Store) resultsPage(ctx context.Context, batchID string, after int, status any) ([]flashpipe.Result, error) {
