@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +26,21 @@ type Publisher struct {
 	js  jetstream.JetStream
 	c   *contract.Contract
 	log *slog.Logger
+	// streamsOK is set once the streams were found: a publisher checks them once, and
+	// never creates or changes them (that is the services' and the operator's job).
+	streamsOK atomic.Bool
+}
+
+// checkStreams fails, saying how to create them, when the streams do not exist.
+func (p *Publisher) checkStreams(ctx context.Context) error {
+	if p.streamsOK.Load() {
+		return nil
+	}
+	if err := p.c.CheckStreams(ctx, p.js); err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
+	p.streamsOK.Store(true)
+	return nil
 }
 
 // NewPublisher returns a publisher.
@@ -75,7 +91,7 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 				b.Items[i].Position, b.Items[i-1].Position)
 		}
 	}
-	if err := p.c.EnsureStreams(ctx, p.js); err != nil {
+	if err := p.checkStreams(ctx); err != nil {
 		return nil, err
 	}
 	m := flashpipe.Manifest{

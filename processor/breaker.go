@@ -120,16 +120,17 @@ type ledger struct {
 
 const ledgerTTL = 7 * 24 * time.Hour
 
-func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract) (*ledger, error) {
+// LedgerBucketConfig is the configuration of the release ledger's bucket.
+func LedgerBucketConfig(c *contract.Contract) jetstream.KeyValueConfig {
 	cfg := c.Config()
-	storage := jetstream.FileStorage
-	if cfg.Storage == contract.StorageMemory {
-		storage = jetstream.MemoryStorage
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return jetstream.KeyValueConfig{
 		Bucket: c.Name("RELEASES"), Description: "flashpipe: items released by an open circuit breaker",
-		History: 1, TTL: ledgerTTL, Storage: storage, Replicas: cfg.Replicas,
-	})
+		History: 1, TTL: ledgerTTL, Storage: c.StorageType(), Replicas: cfg.Replicas,
+	}
+}
+
+func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract, log *slog.Logger) (*ledger, error) {
+	kv, err := contract.OpenKeyValue(ctx, js, LedgerBucketConfig(c), log)
 	if err != nil {
 		return nil, fmt.Errorf("release ledger: %w", err)
 	}

@@ -217,10 +217,10 @@ func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
 // hand (up to DrainTimeout) and returns. Items it could not finish are released for
 // redelivery.
 func (p *Processor) Run(ctx context.Context) (err error) {
-	if err := p.c.EnsureStreams(ctx, p.js); err != nil {
+	if err := p.c.EnsureStreams(ctx, p.js, p.log); err != nil {
 		return err
 	}
-	if p.ledger, err = openLedger(ctx, p.js, p.c); err != nil {
+	if p.ledger, err = openLedger(ctx, p.js, p.c, p.log); err != nil {
 		return err
 	}
 	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.c.ItemsStream(), p.ConsumerConfig())
@@ -391,7 +391,9 @@ func (p *Processor) poison(ctx context.Context, msg jetstream.Msg, cause error) 
 func (p *Processor) keepAlive(msg jetstream.Msg) func() {
 	t := time.NewTicker(p.cfg.AckWait / 3)
 	done := make(chan struct{})
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		for {
 			select {
 			case <-t.C:
@@ -401,5 +403,6 @@ func (p *Processor) keepAlive(msg jetstream.Msg) func() {
 			}
 		}
 	}()
-	return func() { t.Stop(); close(done) }
+	// Stopping waits for the goroutine, so no progress ack follows the final ack.
+	return func() { t.Stop(); close(done); <-exited }
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+	"github.com/flashpipe/flashpipe/internal/testutil/race"
 	"github.com/flashpipe/flashpipe/processor"
 )
 
@@ -547,7 +548,7 @@ func TestFourReplicasShareOneRateLimit(t *testing.T) {
 	// The limiter may run ahead by up to one second of budget at the start.
 	achieved := float64(s.Requests) / elapsed.Seconds() * 60
 	t.Logf("%d calls in %s: %.0f per minute, %.1f%% of the limit", s.Requests, elapsed.Round(time.Millisecond), achieved, 100*achieved/rpm)
-	if achieved < 0.9*rpm {
+	if achieved < 0.9*rpm && !race.Enabled {
 		t.Fatalf("achieved %.0f calls per minute, want >= 90%% of %d", achieved, rpm)
 	}
 }

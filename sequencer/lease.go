@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,20 +25,22 @@ type leases struct {
 	id  string
 }
 
-func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contract, ttl time.Duration, id string) (*leases, error) {
+// LeaseBucketConfig is the configuration of the sequencer leases' bucket: entries
+// expire ttl after their last write.
+func LeaseBucketConfig(c *contract.Contract, ttl time.Duration) jetstream.KeyValueConfig {
 	cfg := c.Config()
-	storage := jetstream.FileStorage
-	if cfg.Storage == contract.StorageMemory {
-		storage = jetstream.MemoryStorage
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return jetstream.KeyValueConfig{
 		Bucket:      c.Name("SEQUENCER_LEASES"),
 		Description: "flashpipe: which sequencer replica orders which batch",
 		History:     1,
 		TTL:         ttl,
-		Storage:     storage,
+		Storage:     c.StorageType(),
 		Replicas:    cfg.Replicas,
-	})
+	}
+}
+
+func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contract, ttl time.Duration, id string, log *slog.Logger) (*leases, error) {
+	kv, err := contract.OpenKeyValue(ctx, js, LeaseBucketConfig(c, ttl), log)
 	if err != nil {
 		return nil, fmt.Errorf("sequencer leases: %w", err)
 	}

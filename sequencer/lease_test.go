@@ -17,11 +17,11 @@ func TestLeaseIsExclusiveRenewableAndExpires(t *testing.T) {
 	c := natstest.Contract(t, js)
 	ctx := context.Background()
 	const ttl = time.Second
-	a, err := openLeases(ctx, js, c, ttl, "a")
+	a, err := openLeases(ctx, js, c, ttl, "a", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := openLeases(ctx, js, c, ttl, "b")
+	b, err := openLeases(ctx, js, c, ttl, "b", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -152,7 +152,7 @@ func New(js jetstream.JetStream, c *contract.Contract, cfg Config) (*Sequencer, 
 // Run sequences batches until ctx is cancelled; then it hands the batches it holds
 // back (nak) and returns once their goroutines have stopped.
 func (s *Sequencer) Run(ctx context.Context) error {
-	if err := s.c.EnsureStreams(ctx, s.js); err != nil {
+	if err := s.c.EnsureStreams(ctx, s.js, s.log); err != nil {
 		return err
 	}
 	results, err := s.js.Stream(ctx, s.c.ResultsStream())
@@ -168,7 +168,7 @@ func (s *Sequencer) Run(ctx context.Context) error {
 	if id == "" {
 		id = nuid.Next()
 	}
-	if s.leases, err = openLeases(ctx, s.js, s.c, s.cfg.LeaseTTL, id); err != nil {
+	if s.leases, err = openLeases(ctx, s.js, s.c, s.cfg.LeaseTTL, id, s.log); err != nil {
 		return err
 	}
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.BatchesStream(), jetstream.ConsumerConfig{
@@ -308,11 +308,14 @@ func (s *Sequencer) release(batch string) {
 }
 
 // renew keeps the manifest from being redelivered and the lease alive; when the lease
-// cannot be renewed it calls lost, which stops the sequencing of the batch.
+// cannot be renewed it calls lost, which stops the sequencing of the batch. The
+// returned stop function returns once the renewals have stopped.
 func (s *Sequencer) renew(ctx context.Context, msg jetstream.Msg, le *lease, lost context.CancelCauseFunc) func() {
 	t := time.NewTicker(s.cfg.LeaseTTL / 3)
 	done := make(chan struct{})
+	exited := make(chan struct{})
 	go func() {
+		defer close(exited)
 		for {
 			select {
 			case <-t.C:
@@ -326,7 +329,9 @@ func (s *Sequencer) renew(ctx context.Context, msg jetstream.Msg, le *lease, los
 			}
 		}
 	}()
-	return func() { t.Stop(); close(done) }
+	// Stopping waits for the goroutine: the lease's revision it writes is read next by
+	// release, on the caller's goroutine.
+	return func() { t.Stop(); close(done); <-exited }
 }
 
 // wanted reports which seq a generation emits at index i (0-based), and how many.

@@ -107,7 +107,7 @@ func New(js jetstream.JetStream, c *contract.Contract, store flashpipe.Store, cf
 // Run writes events until ctx is cancelled; the write in progress is finished and
 // acknowledged before Run returns.
 func (s *Sink) Run(ctx context.Context) error {
-	if err := s.c.EnsureStreams(ctx, s.js); err != nil {
+	if err := s.c.EnsureStreams(ctx, s.js, s.log); err != nil {
 		return err
 	}
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.OrderedStream(), jetstream.ConsumerConfig{

@@ -23,7 +23,7 @@ func (f NATSFlags) openCache(ctx context.Context, log *slog.Logger) (answers *ca
 	if err != nil {
 		return nil, nil, err
 	}
-	if answers, err = cache.New(ctx, js, c, cache.Config{Logger: log}); err != nil {
+	if answers, err = cache.Open(ctx, js, c, cache.Config{Logger: log}); err != nil {
 		nc.Close()
 		return nil, nil, err
 	}

@@ -97,7 +97,10 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	defer nc.Close()
 	if s.DryRun {
-		answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
+		answers, err := cache.Open(ctx, js, c, cache.Config{Logger: log})
+		if errors.Is(err, cache.ErrNoCache) {
+			return s.dryRun(ctx, nil, parsed.Items)
+		}
 		if err != nil {
 			return err
 		}

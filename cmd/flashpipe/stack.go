@@ -84,7 +84,7 @@ func startStack(ctx context.Context, cfg stackConfig) (_ *stack, err error) {
 	if s.JS, err = natsx.JetStream(s.NC); err != nil {
 		return nil, err
 	}
-	if err = s.Contract.EnsureStreams(ctx, s.JS); err != nil {
+	if err = s.Contract.EnsureStreams(ctx, s.JS, log); err != nil {
 		return nil, err
 	}
 	s.Store, s.StoreName, err = cfg.Store.open(ctx, filepath.Join(cfg.DataDir, "flashpipe.db"), true, log)

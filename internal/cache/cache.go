@@ -102,8 +102,8 @@ type Cache struct {
 	log    *slog.Logger
 }
 
-// New opens (creating or updating) the cache bucket.
-func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Cache, error) {
+// withDefaults fills in the bucket name, replicas, storage, timeout and logger.
+func (cfg Config) withDefaults(c *contract.Contract) Config {
 	cfg.Bucket = cmp.Or(cfg.Bucket, c.Name(DefaultBucketSuffix))
 	cfg.Replicas = cmp.Or(cfg.Replicas, c.Config().Replicas)
 	cfg.Storage = cmp.Or(cfg.Storage, c.Config().Storage)
@@ -111,26 +111,56 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, DefaultOpTimeout)
-	if cfg.TTL < 0 {
-		return nil, errors.New("cache: Config.TTL must not be negative")
-	}
-	storage := jetstream.FileStorage
-	if cfg.Storage == contract.StorageMemory {
-		storage = jetstream.MemoryStorage
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	return cfg
+}
+
+// BucketConfig is the configuration New creates the cache bucket with.
+func BucketConfig(c *contract.Contract, cfg Config) jetstream.KeyValueConfig {
+	cfg = cfg.withDefaults(c)
+	return jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket,
 		Description: "flashpipe: LLM answers by stage, model, prompt version and input",
 		History:     1,
 		TTL:         cfg.TTL,
-		Storage:     storage,
+		Storage:     contract.StorageTypeOf(cfg.Storage),
 		Replicas:    cfg.Replicas,
-	})
+	}
+}
+
+// ErrNoCache is returned by Open when the cache bucket does not exist yet.
+var ErrNoCache = errors.New("the answer cache does not exist yet (a processor creates it)")
+
+// New opens the cache bucket, creating it if it does not exist (what a service does);
+// an existing bucket is never changed (its differing settings are logged).
+func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Cache, error) {
+	if cfg.TTL < 0 {
+		return nil, errors.New("cache: Config.TTL must not be negative")
+	}
+	cfg = cfg.withDefaults(c)
+	kv, err := contract.OpenKeyValue(ctx, js, BucketConfig(c, cfg), cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
+	return newCache(js, kv, cfg), nil
+}
+
+// Open opens the existing cache bucket without creating or changing anything (what a
+// client does), or fails with ErrNoCache.
+func Open(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Cache, error) {
+	cfg = cfg.withDefaults(c)
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("cache: bucket %s: %w", cfg.Bucket, ErrNoCache)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
+	}
+	return newCache(js, kv, cfg), nil
+}
+
+func newCache(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config) *Cache {
 	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, opTime: cfg.OpTimeout,
-		log: cfg.Logger.With("component", "cache")}, nil
+		log: cfg.Logger.With("component", "cache")}
 }
 
 var unsafeToken = regexp.MustCompile(`[^A-Za-z0-9_-]`)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"time"
@@ -84,6 +85,10 @@ func (c Config) validate() error {
 	if c.DuplicateWindow < 0 {
 		return fmt.Errorf("contract: Config.DuplicateWindow must not be negative")
 	}
+	if c.MaxAge > 0 && c.DuplicateWindow > c.MaxAge {
+		return fmt.Errorf("contract: Config.DuplicateWindow (%s) must not be longer than Config.MaxAge (%s): JetStream cannot remember a message id longer than it keeps the message; shorten --duplicate-window or lengthen --stream-max-age",
+			c.DuplicateWindow, c.MaxAge)
+	}
 	return nil
 }
 
@@ -141,12 +146,22 @@ func (c *Contract) BatchItems(batch string) string   { return c.prefix + ".items
 func (c *Contract) BatchResults(batch string) string { return c.prefix + ".results." + batch + ".*" }
 func (c *Contract) AllOrdered() string               { return c.prefix + ".ordered.*" }
 
+// StorageType is the JetStream storage of the contract's streams and buckets.
+func (c *Contract) StorageType() jetstream.StorageType {
+	return StorageTypeOf(c.cfg.Storage)
+}
+
+// StorageTypeOf maps a Config.Storage value to JetStream's type.
+func StorageTypeOf(s string) jetstream.StorageType {
+	if s == StorageMemory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
+}
+
 // StreamConfigs returns the configuration of the four streams.
 func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
-	storage := jetstream.FileStorage
-	if c.cfg.Storage == StorageMemory {
-		storage = jetstream.MemoryStorage
-	}
+	storage := c.StorageType()
 	mk := func(name, subject, desc string) jetstream.StreamConfig {
 		return jetstream.StreamConfig{
 			Name:        name,
@@ -173,12 +188,34 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates the four streams or updates them to the contract's
-// configuration. It is idempotent, so every service calls it at start-up.
-func (c *Contract) EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
+// EnsureStreams creates the streams that do not exist yet, with the contract's
+// configuration, and leaves existing ones as they are: a stream whose settings differ
+// from the configuration is reported on log (one warning naming each setting), never
+// changed (see Plan and Apply for the operator's command). Every service calls it at
+// start-up; clients call CheckStreams.
+func (c *Contract) EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
 	for _, sc := range c.StreamConfigs() {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		_, diffs, err := EnsureStream(ctx, js, sc)
+		if err != nil {
+			return fmt.Errorf("ensure stream: %w", err)
+		}
+		ReportDifferences(log, "stream", sc.Name, diffs)
+	}
+	return nil
+}
+
+// CheckStreams reports whether the streams exist, without creating or changing any:
+// what a client (submit, status, retry, ...) calls before it uses them. A missing
+// stream is an error wrapping ErrMissing that says how to create it.
+func (c *Contract) CheckStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, sc := range c.StreamConfigs() {
+		_, err := js.Stream(ctx, sc.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s %w: start the services (they create what is missing) or run `flashpipe streams apply`: %w",
+				sc.Name, ErrMissing, err)
+		}
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", sc.Name, err)
 		}
 	}
 	return nil

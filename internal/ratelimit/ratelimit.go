@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -243,7 +244,20 @@ type batch struct {
 	expiry time.Time
 }
 
-// New opens (creating or updating) the bucket, reads the current cooldown, factor and
+// BucketConfig is the configuration of the shared limits' bucket (bucket empty: the
+// default name for the contract). It is in memory: the schedule is worth nothing after
+// a restart of NATS, and a limiter re-creates the bucket when it finds it gone.
+func BucketConfig(c *contract.Contract, bucket string) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      cmp.Or(bucket, c.Name(DefaultBucketSuffix)),
+		Description: "flashpipe: shared API rate limits (schedule, cooldown, factor, tokens)",
+		History:     1,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    c.Config().Replicas,
+	}
+}
+
+// New opens the bucket (creating it if it does not exist; never changing it), reads the current cooldown, factor and
 // tokens, and starts the replica's watchers. It fails if NATS cannot be reached.
 func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Limiter, error) {
 	if js == nil || c == nil {
@@ -253,14 +267,8 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	bcfg := jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket,
-		Description: "flashpipe: shared API rate limits (schedule, cooldown, factor, tokens)",
-		History:     1,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    c.Config().Replicas,
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, bcfg)
+	bcfg := BucketConfig(c, cfg.Bucket)
+	kv, err := contract.OpenKeyValue(ctx, js, bcfg, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", cfg.Bucket, err)
 	}

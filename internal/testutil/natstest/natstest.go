@@ -69,7 +69,7 @@ func ContractWith(t testing.TB, js jetstream.JetStream, cfg contract.Config) *co
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.EnsureStreams(ctx, js); err != nil {
+	if err := c.EnsureStreams(ctx, js, nil); err != nil {
 		t.Fatal(err)
 	}
 	return c
