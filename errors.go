@@ -8,6 +8,10 @@ import (
 // ErrNotFound is returned when a batch, item or key does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrBatchConflict is returned when a batch id is already taken by different items: a
+// batch id names one batch for ever, unless it is replaced on explicit request.
+var ErrBatchConflict = errors.New("batch id already used for different items")
+
 // ErrorClass says whether retrying an operation can succeed.
 type ErrorClass string
 

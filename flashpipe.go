@@ -74,10 +74,18 @@ type Manifest struct {
 	Source string `json:"source"`
 	// ContentHash identifies the batch's items (see HashItems), so a resubmission can be
 	// told apart from a different batch under the same id.
-	ContentHash string            `json:"content_hash"`
-	Settings    map[string]string `json:"settings,omitempty"`
-	CreatedAt   time.Time         `json:"created_at"`
+	ContentHash string `json:"content_hash"`
+	// Base is the generation that published the batch's whole item list: 0, or the
+	// generation of the latest replacement (a batch id submitted again, on request,
+	// with other items: see IsReplacement). Retry and reprocess generations keep it.
+	Base      int               `json:"base,omitempty"`
+	Settings  map[string]string `json:"settings,omitempty"`
+	CreatedAt time.Time         `json:"created_at"`
 }
+
+// IsReplacement reports whether this generation replaces the batch's items with a new
+// list: every earlier generation's results are dropped, never mixed with its own.
+func (m Manifest) IsReplacement() bool { return m.Generation > 0 && m.Base == m.Generation }
 
 // Expected is the number of results that complete this generation of the batch.
 func (m Manifest) Expected() int {

@@ -2,6 +2,7 @@ package flashpipe
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -54,7 +55,37 @@ type Completion struct {
 const (
 	BatchRunning  = "running"
 	BatchComplete = "complete"
+	// BatchBlocked is a batch that is not complete and has events the store refused
+	// (set aside, see Store.SetAside): it cannot complete until they are fixed and
+	// replayed. BatchStatus.Problem says why.
+	BatchBlocked = "blocked"
 )
+
+// DeadLetter is an event the store refused for a reason in the event itself (a
+// constraint its data breaks), kept so an operator can fix the cause and replay it,
+// long after the ordered stream has dropped it.
+type DeadLetter struct {
+	// ID is assigned by the store.
+	ID     int64     `json:"id"`
+	Event  Event     `json:"event"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// Key identifies the event of a dead letter: setting the same event aside twice keeps
+// one letter.
+func (d DeadLetter) Key() string {
+	e := d.Event
+	switch {
+	case e.Result != nil:
+		return fmt.Sprintf("%s:result:%d:%d", e.Result.BatchID, e.Result.Position, e.Result.Generation)
+	case e.Manifest != nil:
+		return fmt.Sprintf("%s:manifest:%d", e.Manifest.BatchID, e.Manifest.Generation)
+	case e.Completion != nil:
+		return fmt.Sprintf("%s:complete:%d", e.Completion.BatchID, e.Completion.Generation)
+	}
+	return ""
+}
 
 // BatchStatus is a Store's view of a batch.
 type BatchStatus struct {
@@ -73,6 +104,10 @@ type BatchStatus struct {
 	SubmittedAt time.Time  `json:"submitted_at"`
 	StartedAt   *time.Time `json:"started_at,omitempty"`
 	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	// SetAside counts the batch's events the store refused (dead letters not yet
+	// replayed); Problem is the reason of the latest.
+	SetAside int    `json:"set_aside,omitempty"`
+	Problem  string `json:"problem,omitempty"`
 }
 
 // ResultFilter narrows Store.Results.
@@ -101,6 +136,14 @@ type Store interface {
 	// cards (nil when it has none), stopping at the first error fn returns. A batch
 	// with nothing stored yields nothing and no error.
 	Results(ctx context.Context, batchID string, filter ResultFilter, fn func(Result) error) error
+	// SetAside keeps events the store refused for good (see DeadLetter) with their
+	// reason, so that nothing is lost when the sink moves on.
+	SetAside(ctx context.Context, letters []DeadLetter) error
+	// DeadLetters lists the events set aside, oldest first: of one batch, or of every
+	// batch when batchID is empty.
+	DeadLetters(ctx context.Context, batchID string) ([]DeadLetter, error)
+	// Resolve removes dead letters by id, once they have been replayed.
+	Resolve(ctx context.Context, ids []int64) error
 	// Close releases the store's connections.
 	Close() error
 }

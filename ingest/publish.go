@@ -14,8 +14,9 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 )
 
-// ErrBatchConflict is returned when a batch id is already taken by different items.
-var ErrBatchConflict = errors.New("batch id already used for different items")
+// ErrBatchConflict is returned when a batch id is already taken by different items
+// (flashpipe.ErrBatchConflict).
+var ErrBatchConflict = flashpipe.ErrBatchConflict
 
 // DefaultPublishAttempts is how many times a failed item publish is tried.
 const DefaultPublishAttempts = 3

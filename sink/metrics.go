@@ -12,6 +12,7 @@ type Metrics struct {
 	refused  prometheus.Counter
 	failures prometheus.Counter
 	duration prometheus.Histogram
+	blocked  *prometheus.GaugeVec
 }
 
 // NewMetrics registers the sink's metrics with reg.
@@ -21,7 +22,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "flashpipe_sink_events_written_total", Help: "Events committed to the store.",
 		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "flashpipe_sink_events_refused_total", Help: "Events the store refused for good (set aside; replay them once fixed).",
+			Name: "flashpipe_sink_events_refused_total", Help: "Events the store refused for a reason in their data, set aside as dead letters (replay them once fixed).",
 		}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flashpipe_sink_write_failures_total", Help: "Failed write transactions (retried).",
@@ -30,8 +31,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "flashpipe_sink_write_seconds", Help: "Duration of a write transaction.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
+		blocked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flashpipe_sink_blocked",
+			Help: "1 while the store refuses the sink's writes for a reason of its environment (label cause: permission denied, table or schema missing or changed, database unreachable, read-only, disk full); the sink retries until it takes them.",
+		}, []string{"cause"}),
 	}
-	reg.MustRegister(m.written, m.refused, m.failures, m.duration)
+	reg.MustRegister(m.written, m.refused, m.failures, m.duration, m.blocked)
 	return m
 }
 
@@ -45,6 +50,19 @@ func (m *Metrics) write(n int, took time.Duration, err error) {
 		return
 	}
 	m.written.Add(float64(n))
+}
+
+func (m *Metrics) block(cause string) {
+	if m != nil {
+		m.blocked.Reset()
+		m.blocked.WithLabelValues(cause).Set(1)
+	}
+}
+
+func (m *Metrics) unblock() {
+	if m != nil {
+		m.blocked.Reset()
+	}
 }
 
 func (m *Metrics) refuse() {

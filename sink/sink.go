@@ -2,9 +2,16 @@
 // per item and one row per card.
 //
 // Ack rule: messages are acknowledged only after the transaction holding them commits.
-// A failed write is retried (with backoff) and nothing is acked until it succeeds, so a
-// crash or a database outage loses nothing; a redelivery is harmless because Store.Apply
-// is idempotent and keyed by (batch, position).
+// A write that fails because of the environment (the database unreachable, read-only
+// or full, a permission revoked, a table missing during a restore) is retried with
+// backoff until it succeeds, however long that takes: the sink says it is blocked, and
+// why, in its logs, its metrics and its beacon (shown by `flashpipe status`), and acks
+// nothing meanwhile, so nothing is lost. Only an event the store refuses for a reason in
+// its own data is set aside: kept in the store's dead letters with the reason (see
+// flashpipe.DeadLetter), then terminated on the stream, so that it can be replayed
+// after the ordered stream has dropped it, and its batch reads blocked, not running.
+// A redelivery is harmless because Store.Apply is idempotent and keyed by (batch,
+// position).
 //
 // Ordering: the sink reads the ordered stream in order and writes many events per
 // transaction. Store.Apply does not depend on the order of events across transactions
@@ -24,7 +31,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/store"
 )
 
 // Defaults for Config.
@@ -36,6 +45,8 @@ const (
 	DefaultBackoffBase  = 100 * time.Millisecond
 	DefaultBackoffMax   = 5 * time.Second
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultBlockedLogEvery is how often a blocked sink repeats its error in the log.
+	DefaultBlockedLogEvery = 30 * time.Second
 )
 
 // Config configures a sink replica.
@@ -52,9 +63,14 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// WriteTimeout bounds one write transaction.
 	WriteTimeout time.Duration
+	// BlockedLogEvery is how often a blocked sink repeats its error in the log
+	// (DefaultBlockedLogEvery).
+	BlockedLogEvery time.Duration
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
-	Logger  *slog.Logger
+	// ID names this replica in logs and in its beacon (default: none, no beacon).
+	ID     string
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -65,6 +81,7 @@ func (c Config) withDefaults() Config {
 	c.BackoffBase = cmp.Or(c.BackoffBase, DefaultBackoffBase)
 	c.BackoffMax = cmp.Or(c.BackoffMax, DefaultBackoffMax)
 	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultWriteTimeout)
+	c.BlockedLogEvery = cmp.Or(c.BlockedLogEvery, DefaultBlockedLogEvery)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -85,11 +102,12 @@ func (c Config) validate() error {
 
 // Sink is one sink replica.
 type Sink struct {
-	js    jetstream.JetStream
-	c     *contract.Contract
-	store flashpipe.Store
-	cfg   Config
-	log   *slog.Logger
+	js     jetstream.JetStream
+	c      *contract.Contract
+	store  flashpipe.Store
+	cfg    Config
+	log    *slog.Logger
+	beacon *beacon.Beacon // nil: none
 }
 
 // New returns a sink replica writing to store.
@@ -101,7 +119,11 @@ func New(js jetstream.JetStream, c *contract.Contract, store flashpipe.Store, cf
 	if js == nil || c == nil || store == nil {
 		return nil, errors.New("sink: JetStream, contract and store are required")
 	}
-	return &Sink{js: js, c: c, store: store, cfg: cfg, log: cfg.Logger.With("component", "sink")}, nil
+	log := cfg.Logger.With("component", "sink")
+	if cfg.ID != "" {
+		log = log.With("replica", cfg.ID)
+	}
+	return &Sink{js: js, c: c, store: store, cfg: cfg, log: log}, nil
 }
 
 // Run writes events until ctx is cancelled; the write in progress is finished and
@@ -109,6 +131,17 @@ func New(js jetstream.JetStream, c *contract.Contract, store flashpipe.Store, cf
 func (s *Sink) Run(ctx context.Context) error {
 	if err := s.c.EnsureStreams(ctx, s.js, s.log); err != nil {
 		return err
+	}
+	if s.cfg.ID != "" {
+		b, err := beacon.New(ctx, s.js, s.c, beacon.Config{Service: "sink", Replica: s.cfg.ID, Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("sink: %w", err)
+		}
+		s.beacon = b
+		bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); b.Run(bctx) }()
+		defer func() { stop(); <-done }()
 	}
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.OrderedStream(), jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
@@ -273,10 +306,11 @@ func (s *Sink) read(ctx context.Context, in <-chan jetstream.Msg) (g group, ok b
 }
 
 // isolate handles a group the store refused for good (a constraint the data breaks):
-// it writes the events one by one, so one bad event does not hold back the others,
-// and terminates the ones the store refuses, logging each. A terminated event stays
-// in the ordered stream: once its cause is fixed, `flashpipe replay` writes it. The
-// messages of the events written are returned for the caller to ack.
+// it writes the events one by one, so one bad event does not hold back the others, and
+// sets aside each one the store refuses: kept in the store's dead letters with the
+// reason (retried like any write until that succeeds), logged, counted, and only then
+// terminated on the stream. `flashpipe deadletters replay` writes them once the cause
+// is fixed. The messages of the events written are returned for the caller to ack.
 func (s *Sink) isolate(ctx context.Context, g group, cause error) ([]jetstream.Msg, error) {
 	s.log.Warn("the store refused a group; writing its events one by one", "events", len(g.events), "err", cause)
 	kept := 0
@@ -287,10 +321,16 @@ func (s *Sink) isolate(ctx context.Context, g group, cause error) ([]jetstream.M
 			g.msgs[kept] = g.msgs[i]
 			kept++
 		case flashpipe.IsPermanent(err) && ctx.Err() == nil:
-			s.log.Error("event refused by the store and dropped from the sink (still in the ordered stream: replay it once fixed)",
+			letter := flashpipe.DeadLetter{Event: ev, Reason: err.Error(), At: time.Now().UTC()}
+			if err := s.write(ctx, func(wctx context.Context) error {
+				return s.store.SetAside(wctx, []flashpipe.DeadLetter{letter})
+			}, 1); err != nil {
+				return nil, err
+			}
+			s.log.Error("event refused by the store: set aside as a dead letter (replay it with `flashpipe deadletters replay` once fixed)",
 				"batch", ev.BatchID(), "kind", ev.Kind, "err", err)
 			s.cfg.Metrics.refuse()
-			_ = g.msgs[i].TermWithReason("refused by the store: " + err.Error())
+			_ = g.msgs[i].TermWithReason("set aside: " + err.Error())
 		default:
 			return nil, err
 		}
@@ -314,21 +354,49 @@ func (s *Sink) decode(msg jetstream.Msg) (flashpipe.Event, bool) {
 // permanent error occurs or ctx ends. A write already under way when ctx ends is
 // finished, so shutdown does not waste it.
 func (s *Sink) apply(ctx context.Context, events []flashpipe.Event) error {
+	return s.write(ctx, func(wctx context.Context) error { return s.store.Apply(wctx, events) }, len(events))
+}
+
+// write runs one store write, retrying it with backoff while it fails for any reason
+// but a permanent one: while it fails the sink is blocked, and says so (an error in
+// the log, repeated every BlockedLogEvery, the blocked metric, its beacon), until a
+// write succeeds.
+func (s *Sink) write(ctx context.Context, do func(context.Context) error, n int) error {
+	var blockedSince, lastLog time.Time
 	for attempt := 1; ; attempt++ {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.WriteTimeout)
 		start := time.Now()
-		err := s.store.Apply(wctx, events)
-		s.cfg.Metrics.write(len(events), time.Since(start), err)
+		err := do(wctx)
+		s.cfg.Metrics.write(n, time.Since(start), err)
 		cancel()
-		if err == nil {
+		if err == nil || flashpipe.IsPermanent(err) {
+			if !blockedSince.IsZero() {
+				s.log.Warn("sink unblocked: the store takes writes again", "blocked_for", time.Since(blockedSince).Round(time.Millisecond), "attempts", attempt)
+				s.cfg.Metrics.unblock()
+				s.beacon.Unblock(ctx)
+			}
+			if err != nil {
+				return fmt.Errorf("sink: write %d events: %w", n, err)
+			}
 			return nil
-		}
-		if flashpipe.IsPermanent(err) {
-			return fmt.Errorf("sink: write %d events: %w", len(events), err)
 		}
 		d := min(s.cfg.BackoffBase<<min(attempt-1, 16), s.cfg.BackoffMax)
 		d = d/2 + rand.N(d/2+1)
-		s.log.Warn("write failed; retrying", "events", len(events), "attempt", attempt, "wait", d, "err", err)
+		cause := cmp.Or(store.CauseOf(err), store.CauseOther)
+		switch {
+		case blockedSince.IsZero():
+			blockedSince, lastLog = time.Now(), time.Now()
+			s.log.Error("sink blocked: the store refuses writes; retrying until it takes them (nothing is acked or lost meanwhile)",
+				"cause", cause, "events", n, "err", err)
+			s.cfg.Metrics.block(cause)
+			s.beacon.Block(ctx, cause, err.Error())
+		case time.Since(lastLog) >= s.cfg.BlockedLogEvery:
+			lastLog = time.Now()
+			s.log.Error("sink still blocked", "cause", cause, "for", time.Since(blockedSince).Round(time.Second), "attempts", attempt, "err", err)
+			s.beacon.Block(ctx, cause, err.Error())
+		default:
+			s.log.Debug("write failed; retrying", "events", n, "attempt", attempt, "wait", d, "err", err)
+		}
 		select {
 		case <-time.After(d):
 		case <-ctx.Done():

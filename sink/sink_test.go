@@ -3,6 +3,7 @@ package sink_test
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +13,10 @@ import (
 	"github.com/flashpipe/flashpipe/sink"
 )
 
-// An event the store refuses for good is set aside (terminated, logged) and the sink
-// goes on with the others instead of failing over and over on the same group.
+// An event the store refuses for good is set aside (kept as a dead letter with the
+// reason, then terminated on the stream) and the sink goes on with the others instead
+// of failing over and over on the same group; the batch reads blocked, with the
+// reason, until the letter is replayed.
 func TestRefusedEventDoesNotStopTheSink(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Server(t)
@@ -68,5 +71,20 @@ func TestRefusedEventDoesNotStopTheSink(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("the sink stopped: %v", err)
 	default:
+	}
+	letters, err := store.DeadLetters(ctx, "b")
+	if err != nil || len(letters) != 1 || letters[0].Event.Result == nil || letters[0].Event.Result.Position != 20 {
+		t.Fatalf("dead letters %+v, %v; want the result at position 20", letters, err)
+	}
+	if !strings.Contains(letters[0].Reason, "UNIQUE constraint failed") {
+		t.Fatalf("dead letter reason %q", letters[0].Reason)
+	}
+	publish(flashpipe.Event{Kind: flashpipe.EventComplete, Completion: &flashpipe.Completion{BatchID: "b", Emitted: 3, CompletedAt: time.Now()}})
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		st, err := store.Batch(ctx, "b")
+		return err == nil && st.Done == 3 && st.SetAside == 1
+	}, "batch status")
+	if st, _ := store.Batch(ctx, "b"); st.State != flashpipe.BatchComplete {
+		t.Fatalf("state %s", st.State)
 	}
 }

@@ -14,12 +14,18 @@
 //
 //   - A manifest stores its batch if absent. A manifest of a newer generation than the
 //     stored one replaces the stored manifest (a retry generation started); any other
-//     manifest leaves it. The batch's submitted_at is the earliest CreatedAt of its
+//     manifest leaves it. A manifest with the stored base (the same item list) but
+//     another content hash is refused with flashpipe.ErrBatchConflict (permanent): a
+//     batch id names one batch. A replacement (Manifest.Base above the stored base)
+//     deletes the rows of every older generation when it is stored. The batch's submitted_at is the earliest CreatedAt of its
 //     manifests, its first submission. Nothing else is reset: a retry generation makes
 //     the batch read running because the stored completion is now of an older
 //     generation (see below).
 //   - A result is stored (its item row and cards replaced) unless the stored result of
-//     the same item belongs to a newer generation. It sets the batch's started_at if the
+//     the same item belongs to a newer generation, or the result is older than the
+//     batch's stored base (a replacement dropped its generation). A result of a newer
+//     generation evicts an older generation's row holding the same seq at another
+//     position (a replacement renumbers the items). It sets the batch's started_at if the
 //     batch has none yet. A batch stored after its results takes as started_at the time
 //     its first result was written.
 //   - A completion is stored (its generation, Emitted and CompletedAt) unless the stored
@@ -34,6 +40,13 @@
 // at least its Emitted items have a result of that generation or a newer one. So a
 // completion stored before some results it counts, or an old generation's completion
 // stored after a retry's manifest, leaves the batch running.
+//
+// # Dead letters
+//
+// SetAside keeps events the store refused for good (flashpipe.DeadLetter), keyed by
+// the event, so setting one aside twice keeps one letter; a batch with letters reads
+// blocked until it completes, with the latest reason. Resolve removes them once
+// replayed.
 //
 // # Text
 //
@@ -67,6 +80,46 @@ import (
 // ErrSchemaOutdated is returned (wrapped) by a driver whose database schema is older
 // than the code's migrations and that was not asked to migrate it.
 var ErrSchemaOutdated = errors.New("database schema is outdated")
+
+// Causes of environment errors (see Environment): what keeps a store from writing that
+// the data has nothing to do with.
+const (
+	CausePermission = "permission denied"
+	CauseSchema     = "table or schema missing or changed"
+	CauseConnection = "database unreachable"
+	CauseReadOnly   = "database read-only"
+	CauseDiskFull   = "disk full"
+	CauseOther      = "database error"
+)
+
+// envError is an error of the store's environment, with its cause.
+type envError struct {
+	cause string
+	err   error
+}
+
+func (e *envError) Error() string { return e.err.Error() }
+func (e *envError) Unwrap() error { return e.err }
+
+// Environment marks err as caused by the store's environment (cause is one of the
+// Cause constants): transient, to be retried until an operator fixes it, never a
+// reason to set an event aside.
+func Environment(cause string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return flashpipe.AsTransient(&envError{cause: cause, err: err})
+}
+
+// CauseOf returns the cause of an environment error (see Environment), or "" for any
+// other error.
+func CauseOf(err error) string {
+	var e *envError
+	if errors.As(err, &e) {
+		return e.cause
+	}
+	return ""
+}
 
 // ErrInvalidEvent is returned (wrapped, and classified permanent) by Apply for an event
 // that cannot be stored: wrong pointer for its kind, unknown kind, or invalid fields.
@@ -168,6 +221,17 @@ func NewPlan(events []flashpipe.Event) (Plan, error) {
 		}
 	}
 	return p, nil
+}
+
+// Renumbers reports whether a result of the plan may take its seq from an older
+// generation's row (see package doc): only results of a generation above 0 can.
+func (p Plan) Renumbers() bool {
+	for _, r := range p.Results {
+		if r.Generation > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Empty reports whether the plan writes nothing.
@@ -403,6 +467,81 @@ func DecodeManifest(batchID string, data []byte) (flashpipe.Manifest, error) {
 	return m, nil
 }
 
+// StoredManifest is what a driver reads of a stored batch's manifest to check an
+// incoming one against it.
+type StoredManifest struct {
+	Generation, Base int
+	ContentHash      string
+}
+
+// CheckManifest refuses a manifest that would mix two item lists under one batch id:
+// one with the stored base but another content hash, or a replacement (a higher base)
+// that does not come after the stored generation. The error wraps
+// flashpipe.ErrBatchConflict and is permanent.
+func CheckManifest(stored StoredManifest, m flashpipe.Manifest) error {
+	switch {
+	case m.Base == stored.Base && m.ContentHash != stored.ContentHash:
+		return flashpipe.AsPermanent(fmt.Errorf("batch %q generation %d: %w (stored items %.12s, these %.12s)",
+			m.BatchID, m.Generation, flashpipe.ErrBatchConflict, stored.ContentHash, m.ContentHash))
+	case m.Base > stored.Base && m.Generation <= stored.Generation:
+		return flashpipe.AsPermanent(fmt.Errorf("batch %q: replacement generation %d is not after the stored generation %d: %w",
+			m.BatchID, m.Generation, stored.Generation, flashpipe.ErrBatchConflict))
+	}
+	return nil
+}
+
+// CheckManifests checks a plan's manifests, in order, against the stored manifests of
+// their batches (stored, by batch id; a batch absent from it is not stored yet), each
+// manifest checked against the newest one before it.
+func CheckManifests(stored map[string]StoredManifest, manifests []flashpipe.Manifest) error {
+	for _, m := range manifests {
+		st, ok := stored[m.BatchID]
+		if ok {
+			if err := CheckManifest(st, m); err != nil {
+				return err
+			}
+		}
+		if !ok || m.Generation > st.Generation {
+			stored[m.BatchID] = StoredManifest{Generation: m.Generation, Base: m.Base, ContentHash: m.ContentHash}
+		}
+	}
+	return nil
+}
+
+// DeadLetterColumns are a dead letter's values as drivers store them.
+type DeadLetterColumns struct {
+	Key, BatchID, Kind, Reason string
+	Seq                        int
+	Event                      []byte // the event as JSON
+	At                         time.Time
+}
+
+// EncodeDeadLetter returns d's column values.
+func EncodeDeadLetter(d flashpipe.DeadLetter) (DeadLetterColumns, error) {
+	ev, err := json.Marshal(d.Event)
+	if err != nil {
+		return DeadLetterColumns{}, flashpipe.AsPermanent(fmt.Errorf("encode dead letter: %w", err))
+	}
+	c := DeadLetterColumns{Key: d.Key(), BatchID: d.Event.BatchID(), Kind: string(d.Event.Kind),
+		Reason: CleanText(d.Reason), Event: ev, At: UTCMicro(d.At)}
+	if d.Event.Result != nil {
+		c.Seq = d.Event.Result.Seq
+	}
+	if c.At.IsZero() {
+		c.At = UTCMicro(time.Now())
+	}
+	return c, nil
+}
+
+// DecodeDeadLetter rebuilds a dead letter from its columns.
+func DecodeDeadLetter(id int64, event []byte, reason string, at time.Time) (flashpipe.DeadLetter, error) {
+	d := flashpipe.DeadLetter{ID: id, Reason: reason, At: at.UTC()}
+	if err := json.Unmarshal(event, &d.Event); err != nil {
+		return d, fmt.Errorf("dead letter %d: decode event: %w", id, err)
+	}
+	return d, nil
+}
+
 // StoredCompletion is the completion stored for a batch (see package doc), as a driver
 // reads it back.
 type StoredCompletion struct {
@@ -418,8 +557,14 @@ type StoredCompletion struct {
 // The batch is complete when c's generation is at least the manifest's and at least
 // c.Emitted results count: its latest generation completed and every result that
 // completion announced is stored, whatever order they were stored in.
-func BatchState(generation int, c *StoredCompletion, counted int) (string, *time.Time) {
+//
+// A batch that is not complete and has setAside dead letters is blocked: it cannot
+// complete until they are replayed.
+func BatchState(generation int, c *StoredCompletion, counted, setAside int) (string, *time.Time) {
 	if c == nil || c.Generation < generation || counted < c.Emitted {
+		if setAside > 0 {
+			return flashpipe.BatchBlocked, nil
+		}
 		return flashpipe.BatchRunning, nil
 	}
 	at := c.At

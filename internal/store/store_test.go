@@ -89,16 +89,20 @@ func TestBatchState(t *testing.T) {
 		generation int
 		c          *store.StoredCompletion
 		counted    int
+		setAside   int
 		want       string
 	}{
-		{"no completion", 0, nil, 10, flashpipe.BatchRunning},
-		{"all counted", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 3, flashpipe.BatchComplete},
-		{"one missing", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 2, flashpipe.BatchRunning},
-		{"older generation", 1, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 3, flashpipe.BatchRunning},
-		{"newer generation than the manifest", 1, &store.StoredCompletion{Generation: 2, Emitted: 1, At: at}, 1, flashpipe.BatchComplete},
-		{"empty", 0, &store.StoredCompletion{Generation: 0, Emitted: 0, At: at}, 0, flashpipe.BatchComplete},
+		{"no completion", 0, nil, 10, 0, flashpipe.BatchRunning},
+		{"all counted", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 3, 0, flashpipe.BatchComplete},
+		{"one missing", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 2, 0, flashpipe.BatchRunning},
+		{"older generation", 1, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 3, 0, flashpipe.BatchRunning},
+		{"newer generation than the manifest", 1, &store.StoredCompletion{Generation: 2, Emitted: 1, At: at}, 1, 0, flashpipe.BatchComplete},
+		{"empty", 0, &store.StoredCompletion{Generation: 0, Emitted: 0, At: at}, 0, 0, flashpipe.BatchComplete},
+		{"set-aside events, incomplete", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 2, 1, flashpipe.BatchBlocked},
+		{"set-aside events, no completion", 0, nil, 2, 1, flashpipe.BatchBlocked},
+		{"set-aside events, complete after a replay", 0, &store.StoredCompletion{Generation: 0, Emitted: 3, At: at}, 3, 1, flashpipe.BatchComplete},
 	} {
-		state, completedAt := store.BatchState(tc.generation, tc.c, tc.counted)
+		state, completedAt := store.BatchState(tc.generation, tc.c, tc.counted, tc.setAside)
 		if state != tc.want || (completedAt != nil) != (state == flashpipe.BatchComplete) ||
 			(completedAt != nil && !completedAt.Equal(at)) {
 			t.Errorf("%s: BatchState = %s, %v; want %s", tc.name, state, completedAt, tc.want)

@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -178,21 +180,44 @@ const (
 	// completion (stored first) takes its manifest and the batch's started_at.
 	sqlUpsertManifest = `
 INSERT INTO batches AS b (batch_id, generation, item_count, source, content_hash, settings, manifest,
-	submitted_at, started_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT min(written_at) FROM items WHERE batch_id = $1), now())
+	submitted_at, started_at, base, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT min(written_at) FROM items WHERE batch_id = $1), $9, now())
 ON CONFLICT (batch_id) DO UPDATE SET
 	generation = excluded.generation, item_count = excluded.item_count, source = excluded.source,
 	content_hash = excluded.content_hash, settings = excluded.settings, manifest = excluded.manifest,
+	base = greatest(b.base, excluded.base),
 	submitted_at = least(b.submitted_at, excluded.submitted_at),
 	started_at = coalesce(b.started_at, excluded.started_at), updated_at = now()
 WHERE b.generation IS NULL OR b.generation < excluded.generation`
+
+	// The stored manifests of the batches an Apply's manifests name, locked until it
+	// commits, so that the conflict check and the writes see one state.
+	sqlLockBatches = `
+SELECT batch_id, generation, coalesce(base, 0), content_hash FROM batches
+WHERE batch_id = ANY($1::text[]) AND manifest IS NOT NULL
+FOR UPDATE`
+
+	// A replacement drops the rows of every generation older than the stored base.
+	sqlDropReplaced = `
+DELETE FROM items i USING batches b
+WHERE b.batch_id = $1 AND i.batch_id = $1 AND i.generation < b.base`
+
+	// A result of a newer generation takes its seq from an older generation's row at
+	// another position (a replacement renumbered the items).
+	sqlEvictSeqs = `
+DELETE FROM items i
+USING unnest($1::text[], $2::bigint[], $3::int[], $4::int[]) AS u(batch_id, position, seq, generation)
+WHERE i.batch_id = u.batch_id AND i.processing_order = u.seq AND i.position <> u.position
+	AND i.generation < u.generation`
 
 	// submitted_at is the earliest manifest's, whatever order they came in.
 	sqlSubmittedAt = `
 UPDATE batches SET submitted_at = $2, updated_at = now() WHERE batch_id = $1 AND submitted_at > $2`
 
-	// Only an incoming generation at least as new as the stored one overwrites;
-	// RETURNING names the items written, whose cards are then replaced.
+	// Only an incoming generation at least as new as the stored one, not older than the
+	// batch's base, and not older than a row holding its seq at another position (a
+	// replacement renumbered the items), is written; RETURNING names the items written, whose cards are
+	// then replaced.
 	sqlUpsertItems = `
 INSERT INTO items AS i (batch_id, position, processing_order, generation, term, type, metadata, status,
 	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
@@ -200,7 +225,12 @@ INSERT INTO items AS i (batch_id, position, processing_order, generation, term, 
 SELECT u.*, now() FROM unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::text[], $6::text[],
 	$7::jsonb[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[],
 	$15::int[], $16::int[], $17::int[], $18::int[], $19::bigint[], $20::bigint[], $21::float8[],
-	$22::timestamptz[]) AS u
+	$22::timestamptz[]) AS u(batch_id, position, processing_order, generation, term, type, metadata, status,
+	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
+	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at)
+WHERE u.generation >= coalesce((SELECT b.base FROM batches b WHERE b.batch_id = u.batch_id), 0)
+	AND NOT EXISTS (SELECT 1 FROM items x WHERE x.batch_id = u.batch_id AND x.processing_order = u.processing_order
+		AND x.position <> u.position AND x.generation > u.generation)
 ON CONFLICT (batch_id, position) DO UPDATE SET
 	processing_order = excluded.processing_order, generation = excluded.generation, term = excluded.term,
 	type = excluded.type, metadata = excluded.metadata, status = excluded.status,
@@ -240,14 +270,18 @@ WHERE b.completed_generation IS NULL OR b.completed_generation < excluded.comple
 
 // Apply stores events in one transaction: all of them or none. It is idempotent and
 // commutative; see package store for the semantics. Invalid events are rejected,
-// before anything is written, with an error wrapping store.ErrInvalidEvent.
+// before anything is written, with an error wrapping store.ErrInvalidEvent; a manifest
+// that would mix two item lists under one batch id, with an error wrapping
+// flashpipe.ErrBatchConflict.
 //
 // Apply costs two round trips, each a pgx.Batch sent as one pipeline: the first
 // begins the transaction, stores the manifests and upserts the items, returning which
 // were written (an older generation is not); the second replaces the cards of exactly
 // those items, updates the batches and commits. Knowing the written items in Go keeps
 // the card statements free of any join against items, which would otherwise be
-// re-read on every call. An Apply without results is a single round trip.
+// re-read on every call. An Apply with manifests takes one more round trip first, to
+// lock and check the stored manifests; one with neither manifests nor results is a
+// single round trip.
 func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	plan, err := store.NewPlan(events)
 	if err != nil {
@@ -256,38 +290,19 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	if plan.Empty() {
 		return nil
 	}
-	if len(plan.Results) == 0 {
+	if len(plan.Results) == 0 && len(plan.Manifests) == 0 {
 		// One pipeline, which PostgreSQL runs as one implicit transaction.
 		b := &pgx.Batch{}
-		if err := queueManifests(b, plan); err != nil {
-			return err
-		}
 		queueCompletions(b, plan)
 		if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
 			return fmt.Errorf("postgres: apply %d events: %w", len(events), classify(err))
 		}
 		return nil
 	}
-
 	items, itemCards, err := itemArgs(plan)
 	if err != nil {
 		return err
 	}
-	first := &pgx.Batch{}
-	first.Queue("BEGIN")
-	if err := queueManifests(first, plan); err != nil {
-		return err
-	}
-	written := make(map[itemKey]bool, len(plan.Results))
-	first.Queue(sqlUpsertItems, items...).Query(func(rows pgx.Rows) error {
-		var k itemKey
-		_, err := pgx.ForEachRow(rows, []any{&k.batchID, &k.position}, func() error {
-			written[k] = true
-			return nil
-		})
-		return err
-	})
-
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres: apply %d events: %w", len(events), classify(err))
@@ -299,8 +314,62 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 			_, _ = conn.Exec(rctx, "ROLLBACK")
 			cancel()
 		}
+		if flashpipe.IsPermanent(err) && errors.Is(err, flashpipe.ErrBatchConflict) {
+			return fmt.Errorf("postgres: apply %d events: %w", len(events), err)
+		}
 		return fmt.Errorf("postgres: apply %d events: %w", len(events), classify(err))
 	}
+
+	first := &pgx.Batch{}
+	first.Queue("BEGIN")
+	if len(plan.Manifests) > 0 {
+		stored := map[string]store.StoredManifest{}
+		ids := make([]string, len(plan.Manifests))
+		for i, m := range plan.Manifests {
+			ids[i] = m.BatchID
+		}
+		first.Queue(sqlLockBatches, ids).Query(func(rows pgx.Rows) error {
+			var (
+				id string
+				m  store.StoredManifest
+			)
+			_, err := pgx.ForEachRow(rows, []any{&id, &m.Generation, &m.Base, &m.ContentHash}, func() error {
+				stored[id] = m
+				return nil
+			})
+			return err
+		})
+		if err := conn.SendBatch(ctx, first).Close(); err != nil {
+			return fail(err)
+		}
+		if err := store.CheckManifests(stored, plan.Manifests); err != nil {
+			return fail(err)
+		}
+		first = &pgx.Batch{}
+	}
+	if err := queueManifests(first, plan); err != nil {
+		return fail(err)
+	}
+	if len(plan.Results) == 0 {
+		queueCompletions(first, plan)
+		first.Queue("COMMIT")
+		if err := conn.SendBatch(ctx, first).Close(); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
+	if plan.Renumbers() {
+		first.Queue(sqlEvictSeqs, items[0], items[1], items[2], items[3])
+	}
+	written := make(map[itemKey]bool, len(plan.Results))
+	first.Queue(sqlUpsertItems, items...).Query(func(rows pgx.Rows) error {
+		var k itemKey
+		_, err := pgx.ForEachRow(rows, []any{&k.batchID, &k.position}, func() error {
+			written[k] = true
+			return nil
+		})
+		return err
+	})
 	if err := conn.SendBatch(ctx, first).Close(); err != nil {
 		return fail(err)
 	}
@@ -345,8 +414,11 @@ func queueManifests(b *pgx.Batch, plan store.Plan) error {
 			return err
 		}
 		b.Queue(sqlUpsertManifest, m.BatchID, m.Generation, m.Count, c.Source, c.ContentHash,
-			c.Settings, c.Manifest, m.CreatedAt)
+			c.Settings, c.Manifest, m.CreatedAt, m.Base)
 		b.Queue(sqlSubmittedAt, m.BatchID, m.CreatedAt)
+		if m.Base > 0 {
+			b.Queue(sqlDropReplaced, m.BatchID)
+		}
 	}
 	return nil
 }
@@ -429,7 +501,9 @@ const sqlBatchStatus = `
 SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, b.started_at,
 	b.completed_generation, b.emitted, b.completed_at,
 	a.done, a.ok, a.failed, a.counted, a.stage1_calls, a.stage2_calls, a.cache_hits, a.cache_misses,
-	a.prompt_tokens, a.completion_tokens, a.cost
+	a.prompt_tokens, a.completion_tokens, a.cost,
+	(SELECT count(*) FROM dead_letters d WHERE d.batch_id = b.batch_id),
+	(SELECT d.reason FROM dead_letters d WHERE d.batch_id = b.batch_id ORDER BY d.id DESC LIMIT 1)
 FROM batches b
 CROSS JOIN LATERAL (
 	SELECT count(*) AS done,
@@ -495,10 +569,13 @@ func collectStatuses(rows pgx.Rows) ([]flashpipe.BatchStatus, error) {
 			startedAt, completedAt                                  *time.Time
 			completedGen, emitted                                   *int
 			done, ok, failed, counted, s1, s2, hits, misses, pt, ct int64
+			setAside                                                int64
+			problem                                                 *string
 		)
 		if err := rows.Scan(&batchID, &manifest, &generation, &st.SubmittedAt, &startedAt,
 			&completedGen, &emitted, &completedAt,
-			&done, &ok, &failed, &counted, &s1, &s2, &hits, &misses, &pt, &ct, &st.Usage.Cost); err != nil {
+			&done, &ok, &failed, &counted, &s1, &s2, &hits, &misses, &pt, &ct, &st.Usage.Cost,
+			&setAside, &problem); err != nil {
 			return nil, classify(err)
 		}
 		m, err := store.DecodeManifest(batchID, manifest)
@@ -512,7 +589,8 @@ func collectStatuses(rows pgx.Rows) ([]flashpipe.BatchStatus, error) {
 		if completedGen != nil && emitted != nil && completedAt != nil {
 			c = &store.StoredCompletion{Generation: *completedGen, Emitted: *emitted, At: completedAt.UTC()}
 		}
-		st.State, st.CompletedAt = store.BatchState(generation, c, int(counted))
+		st.SetAside, st.Problem = int(setAside), deref(problem)
+		st.State, st.CompletedAt = store.BatchState(generation, c, int(counted), st.SetAside)
 		st.Done, st.OK, st.Failed = int(done), int(ok), int(failed)
 		st.Usage.Stage1Calls, st.Usage.Stage2Calls = int(s1), int(s2)
 		st.Usage.CacheHits, st.Usage.CacheMisses = int(hits), int(misses)
@@ -523,6 +601,67 @@ func collectStatuses(rows pgx.Rows) ([]flashpipe.BatchStatus, error) {
 		return nil, classify(err)
 	}
 	return out, nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// SetAside keeps events the store refused, with their reasons; an event already set
+// aside keeps one letter, with the latest reason.
+func (s *Store) SetAside(ctx context.Context, letters []flashpipe.DeadLetter) error {
+	b := &pgx.Batch{}
+	for _, d := range letters {
+		c, err := store.EncodeDeadLetter(d)
+		if err != nil {
+			return err
+		}
+		b.Queue(`INSERT INTO dead_letters (event_key, batch_id, kind, seq, event, reason, at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (event_key) DO UPDATE SET reason = excluded.reason, at = excluded.at, event = excluded.event`,
+			c.Key, c.BatchID, c.Kind, c.Seq, c.Event, c.Reason, c.At)
+	}
+	if err := s.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("postgres: set aside %d events: %w", len(letters), classify(err))
+	}
+	return nil
+}
+
+// DeadLetters lists the events set aside, oldest first, of one batch or (batchID
+// empty) of all.
+func (s *Store) DeadLetters(ctx context.Context, batchID string) ([]flashpipe.DeadLetter, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, event, reason, at FROM dead_letters
+WHERE $1 = '' OR batch_id = $1 ORDER BY id`, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: dead letters: %w", classify(err))
+	}
+	var (
+		out    []flashpipe.DeadLetter
+		id     int64
+		event  []byte
+		reason string
+		at     time.Time
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &event, &reason, &at}, func() error {
+		d, err := store.DecodeDeadLetter(id, event, reason, at)
+		out = append(out, d)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: dead letters: %w", classify(err))
+	}
+	return out, nil
+}
+
+// Resolve removes dead letters by id.
+func (s *Store) Resolve(ctx context.Context, ids []int64) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM dead_letters WHERE id = ANY($1::bigint[])`, ids); err != nil {
+		return fmt.Errorf("postgres: resolve dead letters: %w", classify(err))
+	}
+	return nil
 }
 
 func utcPtr(t *time.Time) *time.Time {
@@ -606,26 +745,47 @@ func (s *Store) resultsPage(ctx context.Context, batchID string, after int, stat
 	return page, nil
 }
 
-// classify marks err transient or permanent, where PostgreSQL tells which: data and
-// constraint errors and schema mismatches are permanent (retrying the same write
-// fails the same way); serialization failures, deadlocks, resource and connection
-// errors are transient. Anything else is left unclassified (flashpipe.ClassOf says
-// transient).
+// classify marks err by what it means. Only errors the data itself causes are
+// permanent: class 22 (data exception) and 23 (integrity constraint violation), which
+// fail the same way however often the write is tried. Every error of the environment
+// is transient, to be waited out while an operator fixes it: a permission revoked
+// (42501) or a table or schema missing or changed (the rest of class 42, 3F, 0A, during
+// a restore or before the migrations ran), authentication (28), a read-only database
+// (25006), connections (08), resources and a full disk (53), shutdowns (57), system
+// and internal errors (58, XX), locks and serialization (40, 55). Each is wrapped with
+// its cause (store.CauseOf) for logs, metrics and status.
 func classify(err error) error {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
+		if isConnError(err) {
+			return store.Environment(store.CauseConnection, err)
+		}
 		return err
 	}
 	code := pgErr.Code
 	switch {
-	case code == "40001", code == "40P01", code == "55P03",
-		strings.HasPrefix(code, "08"), strings.HasPrefix(code, "53"), strings.HasPrefix(code, "57"):
-		return flashpipe.AsTransient(err)
-	case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"), strings.HasPrefix(code, "42"),
-		strings.HasPrefix(code, "0A"):
+	case strings.HasPrefix(code, "22"), strings.HasPrefix(code, "23"):
 		return flashpipe.AsPermanent(err)
+	case code == "42501", strings.HasPrefix(code, "28"):
+		return store.Environment(store.CausePermission, err)
+	case strings.HasPrefix(code, "42"), strings.HasPrefix(code, "3F"), strings.HasPrefix(code, "3D"), strings.HasPrefix(code, "0A"):
+		return store.Environment(store.CauseSchema, err)
+	case code == "25006":
+		return store.Environment(store.CauseReadOnly, err)
+	case code == "53100":
+		return store.Environment(store.CauseDiskFull, err)
+	case strings.HasPrefix(code, "08"), strings.HasPrefix(code, "57"):
+		return store.Environment(store.CauseConnection, err)
 	}
-	return err
+	return store.Environment(store.CauseOther, err)
+}
+
+// isConnError reports whether err, not a server error, means the database could not be
+// reached or the connection broke.
+func isConnError(err error) bool {
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.SafeToRetry(err) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 var (

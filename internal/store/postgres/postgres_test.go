@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/store/storetest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
+	"github.com/flashpipe/flashpipe/migrations"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -38,8 +40,12 @@ func TestSchemaCheck(t *testing.T) {
 	}
 	t.Cleanup(pool.Close)
 
+	latest, err := store.LatestVersion(migrations.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, err = postgres.New(ctx, pool, postgres.Config{})
-	if !errors.Is(err, store.ErrSchemaOutdated) || !strings.Contains(err.Error(), "schema is at version 0, want 1") ||
+	if !errors.Is(err, store.ErrSchemaOutdated) || !strings.Contains(err.Error(), fmt.Sprintf("schema is at version 0, want %d", latest)) ||
 		!strings.Contains(err.Error(), "flashpipe migrate") {
 		t.Fatalf("New on an empty schema: %v, want ErrSchemaOutdated at version 0", err)
 	}

@@ -220,11 +220,12 @@ const (
 	// completion (stored first) takes its manifest and the batch's started_at.
 	sqlUpsertManifest = `
 INSERT INTO batches AS b (batch_id, generation, item_count, source, content_hash, settings, manifest,
-	submitted_at, started_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT min(written_at) FROM items WHERE batch_id = ?1), ?9)
+	submitted_at, started_at, updated_at, base)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT min(written_at) FROM items WHERE batch_id = ?1), ?9, ?10)
 ON CONFLICT (batch_id) DO UPDATE SET
 	generation = excluded.generation, item_count = excluded.item_count, source = excluded.source,
 	content_hash = excluded.content_hash, settings = excluded.settings, manifest = excluded.manifest,
+	base = max(coalesce(b.base, 0), excluded.base),
 	submitted_at = coalesce(min(b.submitted_at, excluded.submitted_at), excluded.submitted_at),
 	started_at = coalesce(b.started_at, excluded.started_at), updated_at = excluded.updated_at
 WHERE b.generation IS NULL OR b.generation < excluded.generation`
@@ -232,13 +233,18 @@ WHERE b.generation IS NULL OR b.generation < excluded.generation`
 	// submitted_at is the earliest manifest's, whatever order they came in.
 	sqlSubmittedAt = `UPDATE batches SET submitted_at = ?2, updated_at = ?3 WHERE batch_id = ?1 AND submitted_at > ?2`
 
-	// Only an incoming generation at least as new as the stored one overwrites; the
-	// statement changes no row otherwise, which Apply reads from RowsAffected.
+	// Only an incoming generation at least as new as the stored one, not older than the
+	// batch's base, and not older than a row holding its seq at another position (a
+	// replacement renumbered the items), is written; the statement changes no row otherwise, which Apply
+	// reads from RowsAffected.
 	sqlUpsertItem = `
 INSERT INTO items AS i (batch_id, position, processing_order, generation, term, type, metadata, status,
 	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
 	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, written_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23
+WHERE ?4 >= coalesce((SELECT base FROM batches WHERE batch_id = ?1), 0)
+	AND NOT EXISTS (SELECT 1 FROM items x WHERE x.batch_id = ?1 AND x.processing_order = ?3
+		AND x.position <> ?2 AND x.generation > ?4)
 ON CONFLICT (batch_id, position) DO UPDATE SET
 	processing_order = excluded.processing_order, generation = excluded.generation, term = excluded.term,
 	type = excluded.type, metadata = excluded.metadata, status = excluded.status,
@@ -251,6 +257,19 @@ ON CONFLICT (batch_id, position) DO UPDATE SET
 WHERE i.generation <= excluded.generation`
 
 	sqlDeleteCards = `DELETE FROM flashcards WHERE batch_id = ? AND position = ?`
+
+	// The stored manifest of a batch, to check an incoming one against.
+	sqlStoredManifest = `
+SELECT generation, coalesce(base, 0), content_hash FROM batches WHERE batch_id = ? AND manifest IS NOT NULL`
+
+	// A replacement drops the rows of every generation older than the stored base.
+	sqlDropReplaced = `
+DELETE FROM items WHERE batch_id = ?1 AND generation < (SELECT base FROM batches WHERE batch_id = ?1)`
+
+	// A result of a newer generation takes its seq from an older generation's row at
+	// another position (a replacement renumbered the items).
+	sqlEvictSeq = `
+DELETE FROM items WHERE batch_id = ?1 AND processing_order = ?2 AND position <> ?3 AND generation < ?4`
 
 	sqlInsertCard = `
 INSERT INTO flashcards (batch_id, position, card_index, tab_name, primer, front, back, tags, honorific_level)
@@ -298,6 +317,20 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) (err error)
 	defer tx.Rollback() // no-op after Commit
 
 	if len(plan.Manifests) > 0 {
+		stored := map[string]store.StoredManifest{}
+		for _, m := range plan.Manifests {
+			var st store.StoredManifest
+			err := tx.QueryRowContext(ctx, sqlStoredManifest, m.BatchID).Scan(&st.Generation, &st.Base, &st.ContentHash)
+			switch {
+			case err == nil:
+				stored[m.BatchID] = st
+			case !errors.Is(err, sql.ErrNoRows):
+				return fmt.Errorf("batch %q manifest: %w", m.BatchID, err)
+			}
+		}
+		if err := store.CheckManifests(stored, plan.Manifests); err != nil {
+			return err
+		}
 		upsert, submitted := tx.StmtContext(ctx, s.upsertManifest), tx.StmtContext(ctx, s.submittedAt)
 		for _, m := range plan.Manifests {
 			c, err := store.EncodeManifest(m)
@@ -306,11 +339,16 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) (err error)
 			}
 			created := formatTime(m.CreatedAt)
 			if _, err := upsert.ExecContext(ctx, m.BatchID, m.Generation, m.Count, c.Source, c.ContentHash,
-				nullText(c.Settings), string(c.Manifest), created, now); err != nil {
+				nullText(c.Settings), string(c.Manifest), created, now, m.Base); err != nil {
 				return fmt.Errorf("batch %q manifest: %w", m.BatchID, err)
 			}
 			if _, err := submitted.ExecContext(ctx, m.BatchID, created, now); err != nil {
 				return fmt.Errorf("batch %q manifest: %w", m.BatchID, err)
+			}
+			if m.Base > 0 {
+				if _, err := tx.ExecContext(ctx, sqlDropReplaced, m.BatchID); err != nil {
+					return fmt.Errorf("batch %q manifest: %w", m.BatchID, err)
+				}
 			}
 		}
 	}
@@ -320,6 +358,11 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) (err error)
 			cols, err := store.EncodeItem(r)
 			if err != nil {
 				return err
+			}
+			if r.Generation > 0 {
+				if _, err := tx.ExecContext(ctx, sqlEvictSeq, r.BatchID, r.Seq, r.Position, r.Generation); err != nil {
+					return fmt.Errorf("batch %q seq %d: %w", r.BatchID, r.Seq, err)
+				}
 			}
 			u := r.Usage
 			res, err := upsert.ExecContext(ctx, r.BatchID, r.Position, r.Seq, r.Generation, cols.Term, cols.Type,
@@ -364,6 +407,87 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) (err error)
 	return tx.Commit()
 }
 
+// SetAside keeps events the store refused, with their reasons; an event already set
+// aside keeps one letter, with the latest reason.
+func (s *Store) SetAside(ctx context.Context, letters []flashpipe.DeadLetter) (err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("sqlite: set aside %d events: %w", len(letters), classify(err))
+		}
+	}()
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, d := range letters {
+		c, err := store.EncodeDeadLetter(d)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO dead_letters (event_key, batch_id, kind, seq, event, reason, at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (event_key) DO UPDATE SET reason = excluded.reason, at = excluded.at, event = excluded.event`,
+			c.Key, c.BatchID, c.Kind, c.Seq, c.Event, c.Reason, formatTime(c.At)); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// DeadLetters lists the events set aside, oldest first, of one batch or (batchID
+// empty) of all.
+func (s *Store) DeadLetters(ctx context.Context, batchID string) ([]flashpipe.DeadLetter, error) {
+	rows, err := s.readers.QueryContext(ctx, `SELECT id, event, reason, at FROM dead_letters
+WHERE ?1 = '' OR batch_id = ?1 ORDER BY id`, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: dead letters: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []flashpipe.DeadLetter
+	for rows.Next() {
+		var (
+			id         int64
+			event      []byte
+			reason, at string
+		)
+		if err := rows.Scan(&id, &event, &reason, &at); err != nil {
+			return nil, fmt.Errorf("sqlite: dead letters: %w", classify(err))
+		}
+		t, err := parseTime(at)
+		if err != nil {
+			return nil, err
+		}
+		d, err := store.DecodeDeadLetter(id, event, reason, t)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: dead letters: %w", classify(err))
+	}
+	return out, nil
+}
+
+// Resolve removes dead letters by id.
+func (s *Store) Resolve(ctx context.Context, ids []int64) (err error) {
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: resolve dead letters: %w", classify(err))
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM dead_letters WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("sqlite: resolve dead letters: %w", classify(err))
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: resolve dead letters: %w", classify(err))
+	}
+	return nil
+}
+
 // nullText returns JSON for a TEXT column: NULL when b is nil.
 func nullText(b []byte) any {
 	if b == nil {
@@ -384,7 +508,9 @@ SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, b.started_at,
 	coalesce(sum(i.generation >= b.completed_generation), 0),
 	coalesce(sum(i.stage1_calls), 0), coalesce(sum(i.stage2_calls), 0), coalesce(sum(i.cache_hits), 0),
 	coalesce(sum(i.cache_misses), 0), coalesce(sum(i.prompt_tokens), 0), coalesce(sum(i.completion_tokens), 0),
-	coalesce(sum(i.cost), 0.0)
+	coalesce(sum(i.cost), 0.0),
+	(SELECT count(*) FROM dead_letters d WHERE d.batch_id = b.batch_id),
+	(SELECT d.reason FROM dead_letters d WHERE d.batch_id = b.batch_id ORDER BY d.id DESC LIMIT 1)
 FROM (%s) b
 LEFT JOIN items i ON i.batch_id = b.batch_id
 GROUP BY b.batch_id
@@ -435,10 +561,11 @@ func (s *Store) statuses(ctx context.Context, from string, args ...any) ([]flash
 			started, completed    *string
 			completedGen, emitted *int
 			s1, s2, hits, misses  int
+			problem               *string
 		)
 		if err := rows.Scan(&batchID, &manifest, &generation, &submitted, &started, &completedGen, &emitted, &completed,
 			&st.Done, &st.OK, &st.Failed, &counted, &s1, &s2, &hits, &misses, &st.Usage.PromptTokens,
-			&st.Usage.CompletionTokens, &st.Usage.Cost); err != nil {
+			&st.Usage.CompletionTokens, &st.Usage.Cost, &st.SetAside, &problem); err != nil {
 			return nil, classify(err)
 		}
 		st.Usage.Stage1Calls, st.Usage.Stage2Calls, st.Usage.CacheHits, st.Usage.CacheMisses = s1, s2, hits, misses
@@ -458,7 +585,10 @@ func (s *Store) statuses(ctx context.Context, from string, args ...any) ([]flash
 				return nil, err
 			}
 		}
-		st.State, st.CompletedAt = store.BatchState(generation, c, counted)
+		if problem != nil {
+			st.Problem = *problem
+		}
+		st.State, st.CompletedAt = store.BatchState(generation, c, counted, st.SetAside)
 		out = append(out, st)
 	}
 	if err := rows.Err(); err != nil {
@@ -573,21 +703,28 @@ func (s *Store) resultsPage(ctx context.Context, batchID string, after int, stat
 	return page, nil
 }
 
-// classify marks err transient or permanent where SQLite tells which: a busy or
-// locked database, a full disk or an I/O error may clear up (transient); a violated
-// constraint, a type mismatch or a corrupt or read-only database will not (permanent).
+// classify marks err by what it means. Only errors the data itself causes are
+// permanent: a violated constraint, a type mismatch, a value too big or out of range.
+// Every error of the environment is transient, to be waited out while an operator
+// fixes it, wrapped with its cause (store.CauseOf): a database made read-only or
+// unwritable (permissions), a missing table (SQLITE_ERROR: the schema changed), a full
+// disk, I/O errors, a busy or locked database, a corrupt file.
 func classify(err error) error {
 	var se *sqlite3.Error
 	if !errors.As(err, &se) {
 		return err
 	}
 	switch se.Code() & 0xff { // primary result code
-	case sqlite3lib.SQLITE_BUSY, sqlite3lib.SQLITE_LOCKED, sqlite3lib.SQLITE_FULL, sqlite3lib.SQLITE_IOERR,
-		sqlite3lib.SQLITE_NOMEM, sqlite3lib.SQLITE_INTERRUPT:
-		return flashpipe.AsTransient(err)
-	case sqlite3lib.SQLITE_CONSTRAINT, sqlite3lib.SQLITE_MISMATCH, sqlite3lib.SQLITE_CORRUPT,
-		sqlite3lib.SQLITE_READONLY, sqlite3lib.SQLITE_TOOBIG, sqlite3lib.SQLITE_ERROR, sqlite3lib.SQLITE_NOTADB:
+	case sqlite3lib.SQLITE_CONSTRAINT, sqlite3lib.SQLITE_MISMATCH, sqlite3lib.SQLITE_TOOBIG, sqlite3lib.SQLITE_RANGE:
 		return flashpipe.AsPermanent(err)
+	case sqlite3lib.SQLITE_READONLY:
+		return store.Environment(store.CauseReadOnly, err)
+	case sqlite3lib.SQLITE_PERM, sqlite3lib.SQLITE_AUTH, sqlite3lib.SQLITE_CANTOPEN:
+		return store.Environment(store.CausePermission, err)
+	case sqlite3lib.SQLITE_FULL:
+		return store.Environment(store.CauseDiskFull, err)
+	case sqlite3lib.SQLITE_ERROR, sqlite3lib.SQLITE_SCHEMA:
+		return store.Environment(store.CauseSchema, err)
 	}
-	return err
+	return store.Environment(store.CauseOther, err)
 }

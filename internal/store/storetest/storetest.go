@@ -47,6 +47,9 @@ func Run(t *testing.T, open func(t *testing.T) flashpipe.Store) {
 		{"AtomicOnDatabaseError", testAtomicOnDatabaseError},
 		{"ConcurrentApply", testConcurrentApply},
 		{"LargeBatchStreams", testLargeBatchStreams},
+		{"ConflictingManifestRefused", testConflictingManifestRefused},
+		{"ReplacementNeverMixes", testReplacementNeverMixes},
+		{"DeadLetters", testDeadLetters},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -108,6 +108,86 @@ func URL(t testing.TB) string {
 	return u
 }
 
+// Role creates a login role of the test server, named r_<random>, with the given
+// privileges on every table and sequence of the schema of url (a URL from URL), for a
+// test of what a service does when its privileges change; it returns the role's name
+// and url connecting as it. The role is dropped when the test ends. The server must
+// let the role in without a password (trust), as the test servers do.
+func Role(t testing.TB, url string, privileges string) (role, roleURL string) {
+	t.Helper()
+	schema, err := schemaOf(url)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	role = "r_" + randomHex(6)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, stmt := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + role,
+		`GRANT ` + privileges + ` ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + role,
+		`GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + role,
+	} {
+		if err := execOnce(ctx, url, stmt); err != nil {
+			t.Fatalf("pgtest: %s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = execOnce(ctx, url, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '`+role+`'`)
+		_ = execOnce(ctx, url, `DROP OWNED BY `+role)
+		if err := execOnce(ctx, url, `DROP ROLE `+role); err != nil {
+			t.Errorf("pgtest: drop role %s: %v", role, err)
+		}
+	})
+	roleURL, err = withUser(url, role)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	return role, roleURL
+}
+
+// Exec runs one statement on url (a URL from URL or Role), failing the test on error.
+func Exec(t testing.TB, url, stmt string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := execOnce(ctx, url, stmt); err != nil {
+		t.Fatalf("pgtest: %s: %v", stmt, err)
+	}
+}
+
+// schemaOf returns the search_path a URL from URL names.
+func schemaOf(connString string) (string, error) {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		if err != nil {
+			return "", errors.New("cannot parse the test URL")
+		}
+		return u.Query().Get("search_path"), nil
+	}
+	for _, f := range strings.Fields(connString) {
+		if v, ok := strings.CutPrefix(f, "search_path="); ok {
+			return v, nil
+		}
+	}
+	return "", errors.New("the test URL names no search_path")
+}
+
+// withUser returns connString connecting as user, without a password.
+func withUser(connString, user string) (string, error) {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		if err != nil {
+			return "", errors.New("cannot parse the test URL")
+		}
+		u.User = url.User(user)
+		return u.String(), nil
+	}
+	return connString + " user=" + user + " password=", nil
+}
+
 // Main runs the tests of m and then stops the throwaway cluster, if one was started,
 // and exits with the tests' exit code. Call it from TestMain.
 func Main(m *testing.M) {
