@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
 )
 
@@ -24,9 +25,10 @@ const DefaultPublishAttempts = 3
 // Publisher publishes validated batches: the manifest first, then one message per item.
 // It is safe for concurrent use.
 type Publisher struct {
-	js  jetstream.JetStream
-	c   *contract.Contract
-	log *slog.Logger
+	js    jetstream.JetStream
+	c     *contract.Contract
+	store flashpipe.Store // nil: none
+	log   *slog.Logger
 	// streamsOK is set once the streams were found: a publisher checks them once, and
 	// never creates or changes them (that is the services' and the operator's job).
 	streamsOK atomic.Bool
@@ -44,15 +46,30 @@ func (p *Publisher) checkStreams(ctx context.Context) error {
 	return nil
 }
 
-// NewPublisher returns a publisher.
+// NewPublisher returns a publisher (New with only a logger).
 func NewPublisher(js jetstream.JetStream, c *contract.Contract, logger *slog.Logger) (*Publisher, error) {
+	return New(js, c, Config{Logger: logger})
+}
+
+// Config configures a Publisher.
+type Config struct {
+	// Store, when set, is consulted too when a batch id is not in the registry nor
+	// the streams (a batch submitted before the registry existed, or a NATS server
+	// rebuilt from scratch): a batch id the database holds with other items is refused
+	// like any used id.
+	Store  flashpipe.Store
+	Logger *slog.Logger
+}
+
+// New returns a publisher.
+func New(js jetstream.JetStream, c *contract.Contract, cfg Config) (*Publisher, error) {
 	if js == nil || c == nil {
 		return nil, errors.New("ingest: JetStream and contract are required")
 	}
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Publisher{js: js, c: c, log: logger.With("component", "ingest")}, nil
+	return &Publisher{js: js, c: c, store: cfg.Store, log: cfg.Logger.With("component", "ingest")}, nil
 }
 
 // Batch is what to submit.
@@ -62,6 +79,10 @@ type Batch struct {
 	Settings map[string]string
 	// Items sorted by ascending, unique Position (as Parse returns them).
 	Items []flashpipe.Item
+	// Replace asks to replace the batch if its id is already used by other items: a
+	// new generation runs the new items, and the old items' rows and results are
+	// dropped, never mixed with the new ones. Without it such a submit is refused.
+	Replace bool
 }
 
 // Submission reports what Submit did.
@@ -72,13 +93,23 @@ type Submission struct {
 	// Resubmitted is true when the batch already existed with the same items; only
 	// items missing from the items stream (an earlier submit interrupted) were published.
 	Resubmitted bool
+	// Expired is true for a resubmission of a batch whose messages the streams no
+	// longer hold: nothing was published (its rows are in the database).
+	Expired bool
+	// Replaced is true when the submit replaced a batch of other items (Batch.Replace).
+	Replaced bool
+	// Previous is the registry's record of the batch before this call, when it had one.
+	Previous *Record
 }
 
-// Submit publishes a batch. It is idempotent by batch id: submitting the same items
+// Submit publishes a batch. A batch id names one batch for ever: the batch id
+// registry (a key-value bucket kept whatever the streams' retention), the batches
+// stream and, when configured, the store are checked first. Submitting the same items
 // again publishes only what an earlier, interrupted submit left out, and causes no new
-// work; submitting different items under a used id fails with ErrBatchConflict.
-// Every message carries a Nats-Msg-Id, so even a concurrent double submit stores each
-// message once.
+// work; submitting different items under a used id fails with ErrBatchConflict, naming
+// the original submission, unless Batch.Replace asks to replace it. Every message
+// carries a Nats-Msg-Id and the registry is written with compare-and-set, so even a
+// concurrent double submit stores one batch.
 func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if err := flashpipe.ValidateBatchID(b.ID); err != nil {
 		return nil, err
@@ -95,6 +126,10 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if err := p.checkStreams(ctx); err != nil {
 		return nil, err
 	}
+	reg, err := p.registry(ctx)
+	if err != nil {
+		return nil, err
+	}
 	m := flashpipe.Manifest{
 		BatchID:     b.ID,
 		Count:       len(b.Items),
@@ -103,31 +138,141 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 		Settings:    b.Settings,
 		CreatedAt:   time.Now().UTC(),
 	}
-	for {
-		existing, _, err := p.manifestAt(ctx, b.ID)
+	for range 10 {
+		sub, err := p.submitOnce(ctx, reg, b, m)
+		if errors.Is(err, errManifestRace) || errors.Is(err, errRegistryRace) {
+			continue // another submit got there first: look again
+		}
+		return sub, err
+	}
+	return nil, fmt.Errorf("ingest: batch %q: too many concurrent submits", b.ID)
+}
+
+// submitOnce looks the batch up (registry, stream, store) and publishes what is due.
+func (p *Publisher) submitOnce(ctx context.Context, reg registry, b Batch, m flashpipe.Manifest) (*Submission, error) {
+	rec, rev, known, err := reg.get(ctx, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	latest, last, err := p.manifestAt(ctx, b.ID)
+	inStream := err == nil
+	if err != nil && !errors.Is(err, flashpipe.ErrNotFound) {
+		return nil, err
+	}
+	if !known && inStream {
+		rec = recordOf(latest) // a batch from before the registry, or published directly
+	}
+	used := known || inStream
+	if !used && p.store != nil {
+		st, err := p.store.Batch(ctx, b.ID)
 		switch {
-		case errors.Is(err, flashpipe.ErrNotFound):
-		case err != nil:
+		case err == nil:
+			rec, used = recordOf(st.Manifest), true
+			rec.SubmittedAt = st.SubmittedAt
+		case !errors.Is(err, flashpipe.ErrNotFound):
+			return nil, fmt.Errorf("ingest: look up batch %q in the store: %w", b.ID, err)
+		}
+	}
+	return p.decide(ctx, reg, b, m, rec, used, rev, latest, inStream, last)
+}
+
+// decide publishes a batch given what is known of its id: rec (valid when used), the
+// registry revision (0: no record yet), and the latest manifest in the stream (when
+// inStream) at stream sequence last.
+func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpipe.Manifest, rec Record, used bool,
+	rev uint64, latest flashpipe.Manifest, inStream bool, last uint64) (*Submission, error) {
+	var prev *Record
+	if used {
+		prev = &rec
+	}
+	switch {
+	case !used:
+		// A new batch: its record first (compare-and-set makes one submit win), then
+		// the manifest, then the items.
+		if err := reg.put(ctx, b.ID, recordOf(m), 0); err != nil {
 			return nil, err
-		case existing.ContentHash != m.ContentHash:
-			return nil, fmt.Errorf("ingest: batch %q: %w (submitted %s from %q)", b.ID, ErrBatchConflict,
-				existing.CreatedAt.Format(time.RFC3339), existing.Source)
-		default:
-			n, err := p.publishMissing(ctx, b)
-			return &Submission{Manifest: existing, Published: n, Resubmitted: true}, err
 		}
-		// The first manifest of the batch: refused if another submit got there first,
-		// in which case its manifest is compared like any existing one.
-		err = p.publishManifest(ctx, m, 0)
-		if errors.Is(err, errManifestRace) {
-			continue
+		if err := p.publishManifest(ctx, m, 0); err != nil {
+			return nil, err
 		}
+		n, err := p.publishItems(ctx, b.ID, 0, b.Items, nil)
+		return &Submission{Manifest: m, Published: n}, err
+
+	case rec.ContentHash == m.ContentHash && inStream:
+		if rev == 0 {
+			_ = reg.put(ctx, b.ID, rec, 0) // backfill the registry; best effort
+		}
+		n, err := p.publishMissing(ctx, b, latest)
+		return &Submission{Manifest: latest, Published: n, Resubmitted: true, Previous: prev}, err
+
+	case rec.ContentHash == m.ContentHash:
+		// Known, but its manifest is not in the stream: either a submit died between
+		// the record and the manifest (the record is younger than the stream keeps
+		// messages), or the messages have expired (nothing to publish: the rows are in
+		// the database).
+		if rev > 0 && p.youngerThanRetention(ctx, rec.SubmittedAt) {
+			m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, rec.SubmittedAt
+			if err := p.publishManifest(ctx, m, 0); err != nil {
+				return nil, err
+			}
+			n, err := p.publishItems(ctx, b.ID, m.Base, b.Items, nil)
+			return &Submission{Manifest: m, Published: n}, err
+		}
+		m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, rec.SubmittedAt
+		return &Submission{Manifest: m, Resubmitted: true, Expired: true, Previous: prev}, nil
+
+	case !b.Replace:
+		return nil, fmt.Errorf("ingest: batch %q was %s; these %d items differ: %w (choose another batch id, or replace the batch with --replace)",
+			b.ID, rec.describe(), len(b.Items), ErrBatchConflict)
+	}
+
+	// Replace: a new generation, numbered after every one known, with the new items.
+	gen := rec.Generation
+	if inStream {
+		gen = max(gen, latest.Generation)
+		done, err := p.generationDone(ctx, b.ID, latest.Generation)
 		if err != nil {
 			return nil, err
 		}
-		n, err := p.publishItems(ctx, b.ID, b.Items, nil)
-		return &Submission{Manifest: m, Published: n}, err
+		if !done {
+			return nil, fmt.Errorf("ingest: replace %q: %w (generation %d): wait for it to complete", b.ID, ErrBatchRunning, latest.Generation)
+		}
 	}
+	m.Generation, m.Base = gen+1, gen+1
+	now := m.CreatedAt
+	next := recordOf(m)
+	next.SubmittedAt, next.ReplacedAt = rec.SubmittedAt, &now
+	if err := reg.put(ctx, b.ID, next, rev); err != nil {
+		return nil, err
+	}
+	if err := p.publishManifest(ctx, m, last); err != nil {
+		return nil, err
+	}
+	p.log.Warn("batch replaced: the old items' results are dropped", "batch", b.ID, "generation", m.Generation,
+		"old_items", rec.Count, "new_items", m.Count)
+	n, err := p.publishItems(ctx, b.ID, m.Generation, b.Items, nil)
+	return &Submission{Manifest: m, Published: n, Replaced: true, Previous: prev}, err
+}
+
+// youngerThanRetention reports whether something published at t is still within the
+// batches stream's max age (so its manifest, had it been published, would be there).
+func (p *Publisher) youngerThanRetention(ctx context.Context, t time.Time) bool {
+	st, err := p.js.Stream(ctx, p.c.BatchesStream())
+	if err != nil {
+		return true
+	}
+	age := st.CachedInfo().Config.MaxAge
+	return age <= 0 || time.Since(t) < age
+}
+
+// generationDone reports whether generation gen of a batch, whose manifest the
+// batches stream holds, completed in the ordered log.
+func (p *Publisher) generationDone(ctx context.Context, batchID string, gen int) (bool, error) {
+	g, complete, _, err := batchlog.Latest(ctx, p.js, p.c, batchID)
+	if err != nil {
+		return false, fmt.Errorf("batch %s: %w", batchID, err)
+	}
+	return g > gen || (g == gen && complete), nil
 }
 
 // errManifestRace means another publisher added a manifest to the batch first.
@@ -181,8 +326,19 @@ func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.M
 	return m, raw.Sequence, err
 }
 
-// publishMissing publishes the items of an existing batch that the items stream lacks.
-func (p *Publisher) publishMissing(ctx context.Context, b Batch) (int, error) {
+// publishMissing publishes the items of an existing batch that the items stream lacks
+// (an earlier submit was interrupted): for generation 0, the seqs without a message;
+// for a replacement, the seqs whose latest message is of an older generation.
+func (p *Publisher) publishMissing(ctx context.Context, b Batch, latest flashpipe.Manifest) (int, error) {
+	if latest.Base > 0 {
+		base := latest
+		base.Generation = latest.Base
+		done, err := p.publishedAs(ctx, base)
+		if err != nil {
+			return 0, err
+		}
+		return p.publishItems(ctx, b.ID, latest.Base, b.Items, func(seq int) bool { return seq < len(done) && done[seq] })
+	}
 	st, err := p.js.Stream(ctx, p.c.ItemsStream())
 	if err != nil {
 		return 0, fmt.Errorf("items stream: %w", err)
@@ -195,18 +351,18 @@ func (p *Publisher) publishMissing(ctx context.Context, b Batch) (int, error) {
 		return 0, nil
 	}
 	have := info.State.Subjects
-	return p.publishItems(ctx, b.ID, b.Items, func(seq int) bool {
+	return p.publishItems(ctx, b.ID, 0, b.Items, func(seq int) bool {
 		return have[p.c.ItemSubject(b.ID, seq)] > 0
 	})
 }
 
-// publishItems publishes a batch's items of generation 0 (seq = index+1); skip, when
-// set, leaves out seqs already present.
-func (p *Publisher) publishItems(ctx context.Context, batchID string, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
+// publishItems publishes a batch's whole item list as generation gen (seq =
+// index+1); skip, when set, leaves out seqs already present.
+func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
 	wis := make([]flashpipe.WorkItem, 0, len(items))
 	for i, it := range items {
 		if skip == nil || !skip(i+1) {
-			wis = append(wis, flashpipe.WorkItem{BatchID: batchID, Seq: i + 1, Item: it})
+			wis = append(wis, flashpipe.WorkItem{BatchID: batchID, Seq: i + 1, Generation: gen, Item: it})
 		}
 	}
 	return p.publishWorkItems(ctx, wis)

@@ -60,6 +60,7 @@ func (p *Publisher) Retry(ctx context.Context, batchID string) (*Submission, err
 		}
 		return nil, err
 	}
+	p.noteGeneration(ctx, next)
 	items := make([]flashpipe.WorkItem, len(failed))
 	for i, r := range failed {
 		items[i] = flashpipe.WorkItem{BatchID: batchID, Seq: r.Seq, Generation: next.Generation, Item: r.Item}
@@ -165,6 +166,7 @@ func (p *Publisher) Reprocess(ctx context.Context, batchID string) (*Submission,
 		}
 		return nil, err
 	}
+	p.noteGeneration(ctx, next)
 	n, err := p.republish(ctx, next)
 	if err != nil {
 		return nil, fmt.Errorf("reprocess %s: %w (run reprocess again to finish publishing)", batchID, err)
@@ -185,8 +187,9 @@ func (p *Publisher) itemsOf(ctx context.Context, batchID string) (int, error) {
 	return len(info.State.Subjects), nil
 }
 
-// republish reads a batch's generation 0 items from the items stream and publishes
-// each as generation m.Generation, a thousand at a time, leaving out those already
+// republish reads a batch's items from the items stream, as published by its base
+// generation (0, or the latest replacement), and publishes each as generation
+// m.Generation, a thousand at a time, leaving out those already
 // published as that generation (an earlier, interrupted call): memory is one bit per
 // item, not the items.
 func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, error) {
@@ -227,7 +230,7 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 		if err != nil {
 			return published, err
 		}
-		if wi.Generation != 0 {
+		if wi.Generation != m.Base {
 			continue
 		}
 		seen++

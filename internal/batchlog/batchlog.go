@@ -111,14 +111,20 @@ func Follow(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m
 }
 
 // Results calls fn with the final result of every item of a complete batch, in
-// ascending Seq: generation 0's result, or a later generation's where a retry replaced
-// it. Memory is bounded by the number of replaced items, not the batch size.
+// ascending Seq: the base generation's result (generation 0's, or the latest
+// replacement's: see flashpipe.Manifest.Base), or a later generation's where a retry
+// replaced it. Memory is bounded by the number of replaced items, not the batch size.
 func Results(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string, fn func(flashpipe.Result) error) error {
 	subject := c.OrderedSubject(batchID)
-	// Pass 1, headers only: where each replacing result sits, and whether the latest
-	// generation completed.
-	replaced := map[int]uint64{}
+	// Pass 1, headers only: where each generation's results sit, where the latest
+	// manifest is, and whether the latest generation completed.
+	type at struct {
+		gen int
+		seq uint64
+	}
+	replaced := map[int]at{}
 	latestGen, completeGen := -1, -1
+	var latestManifest uint64
 	if err := scan(ctx, js, c, subject, true, func(msg jetstream.Msg, k contract.Keys) error {
 		md, err := msg.Metadata()
 		if err != nil {
@@ -126,10 +132,12 @@ func Results(ctx context.Context, js jetstream.JetStream, c *contract.Contract, 
 		}
 		switch k.Kind {
 		case flashpipe.EventManifest:
-			latestGen = max(latestGen, k.Generation)
+			if k.Generation > latestGen {
+				latestGen, latestManifest = k.Generation, md.Sequence.Stream
+			}
 		case flashpipe.EventResult:
 			if k.Generation > 0 {
-				replaced[k.Seq] = md.Sequence.Stream
+				replaced[k.Seq] = at{k.Generation, md.Sequence.Stream}
 			}
 		case flashpipe.EventComplete:
 			completeGen = max(completeGen, k.Generation)
@@ -148,14 +156,27 @@ func Results(ctx context.Context, js jetstream.JetStream, c *contract.Contract, 
 	if err != nil {
 		return err
 	}
-	// Pass 2: generation 0's results in order, each swapped for its replacement.
+	base := 0
+	if latestGen > 0 {
+		raw, err := ordered.GetMsg(ctx, latestManifest)
+		if err != nil {
+			return fmt.Errorf("read the latest manifest of %s: %w", batchID, err)
+		}
+		ev, err := contract.DecodeEvent(raw.Header, raw.Data)
+		if err != nil {
+			return err
+		}
+		base = ev.Manifest.Base
+	}
+	// Pass 2: the base generation's results in order, each swapped for its latest
+	// replacement by a later generation.
 	return scan(ctx, js, c, subject, false, func(msg jetstream.Msg, k contract.Keys) error {
-		if k.Kind != flashpipe.EventResult || k.Generation != 0 {
+		if k.Kind != flashpipe.EventResult || k.Generation != base {
 			return nil
 		}
 		h, data := msg.Headers(), msg.Data()
-		if at, ok := replaced[k.Seq]; ok {
-			raw, err := ordered.GetMsg(ctx, at)
+		if r, ok := replaced[k.Seq]; ok && r.gen > base {
+			raw, err := ordered.GetMsg(ctx, r.seq)
 			if err != nil {
 				return fmt.Errorf("read replacement of seq %d: %w", k.Seq, err)
 			}

@@ -188,11 +188,28 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates the streams that do not exist yet, with the contract's
-// configuration, and leaves existing ones as they are: a stream whose settings differ
-// from the configuration is reported on log (one warning naming each setting), never
-// changed (see Plan and Apply for the operator's command). Every service calls it at
-// start-up; clients call CheckStreams.
+// RegistryBucket names the key-value bucket of batch ids: one key per batch id ever
+// submitted, with the content hash, count, source and latest generation of the batch,
+// kept for ever (whatever the streams' retention), so that a batch id names one batch
+// for ever (see ingest).
+func (c *Contract) RegistryBucket() string { return c.Name("BATCH_IDS") }
+
+// RegistryConfig is the configuration of the batch id registry: no TTL.
+func (c *Contract) RegistryConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      c.RegistryBucket(),
+		Description: "flashpipe: every batch id submitted, with its content hash and latest generation (kept for ever)",
+		History:     1,
+		Storage:     c.StorageType(),
+		Replicas:    c.cfg.Replicas,
+	}
+}
+
+// EnsureStreams creates the streams and the batch id registry that do not exist yet,
+// with the contract's configuration, and leaves existing ones as they are: one whose
+// settings differ from the configuration is reported on log (one warning naming each
+// setting), never changed (see Plan and Apply for the operator's command). Every
+// service calls it at start-up; clients call CheckStreams.
 func (c *Contract) EnsureStreams(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
 	for _, sc := range c.StreamConfigs() {
 		_, diffs, err := EnsureStream(ctx, js, sc)
@@ -200,6 +217,9 @@ func (c *Contract) EnsureStreams(ctx context.Context, js jetstream.JetStream, lo
 			return fmt.Errorf("ensure stream: %w", err)
 		}
 		ReportDifferences(log, "stream", sc.Name, diffs)
+	}
+	if _, err := OpenKeyValue(ctx, js, c.RegistryConfig(), log); err != nil {
+		return fmt.Errorf("ensure batch id registry: %w", err)
 	}
 	return nil
 }
@@ -217,6 +237,14 @@ func (c *Contract) CheckStreams(ctx context.Context, js jetstream.JetStream) err
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", sc.Name, err)
 		}
+	}
+	_, err := js.KeyValue(ctx, c.RegistryBucket())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bucket %s %w: start the services (they create what is missing) or run `flashpipe streams apply`: %w",
+			c.RegistryBucket(), ErrMissing, err)
+	}
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", c.RegistryBucket(), err)
 	}
 	return nil
 }
