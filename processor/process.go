@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/backoff"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/stages"
@@ -109,8 +109,7 @@ func (e *requeueError) Unwrap() []error { return []error{errRequeue, e.err} }
 // requeueDelay grows with the deliveries so far: BackoffBase * 2^(d+2), capped at
 // RequeueBackoffMax, with jitter.
 func (p *Processor) requeueDelay(deliveries int) time.Duration {
-	d := min(p.cfg.BackoffBase<<min(deliveries+2, 20), p.cfg.RequeueBackoffMax)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Delay(deliveries+3, p.cfg.BackoffBase, p.cfg.RequeueBackoffMax)
 }
 
 func (p *Processor) fail(res *flashpipe.Result, stage string, err error, class flashpipe.ErrorClass) {
@@ -283,12 +282,10 @@ func countCall(u *flashpipe.Usage, stage int, resp *llm.Response) {
 }
 
 // backoff returns the wait before attempt+1: the source's Retry-After when given (capped
-// at BackoffMax), else exponential from BackoffBase with full jitter.
+// at BackoffMax), else exponential from BackoffBase with jitter.
 func (p *Processor) backoff(attempt int, retryAfter time.Duration) time.Duration {
 	if retryAfter > 0 {
 		return min(retryAfter, p.cfg.BackoffMax)
 	}
-	d := p.cfg.BackoffBase << min(attempt-1, 20)
-	d = min(d, p.cfg.BackoffMax)
-	return d/2 + rand.N(d/2+1)
+	return backoff.Delay(attempt, p.cfg.BackoffBase, p.cfg.BackoffMax)
 }

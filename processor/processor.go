@@ -28,6 +28,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/service"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -217,41 +218,25 @@ func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
 // hand (up to DrainTimeout) and returns. Items it could not finish are released for
 // redelivery.
 func (p *Processor) Run(ctx context.Context) (err error) {
-	if err := p.c.EnsureStreams(ctx, p.js, p.log); err != nil {
-		return err
+	cons, err := service.OpenConsumer(ctx, p.js, p.c, p.c.ItemsStream(), p.ConsumerConfig(), p.log)
+	if err != nil {
+		return fmt.Errorf("processor: %w", err)
 	}
 	if p.ledger, err = openLedger(ctx, p.js, p.c, p.log); err != nil {
 		return err
 	}
-	cons, err := p.js.CreateOrUpdateConsumer(ctx, p.c.ItemsStream(), p.ConsumerConfig())
-	if err != nil {
-		return fmt.Errorf("processor: create consumer: %w", err)
-	}
 	// Work outlives ctx by up to DrainTimeout so in-flight items can finish.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-
-	// Consume hands each message to the callback, which hands it to a free worker:
-	// the callback blocks while all are busy, so at most Workers messages wait in the
-	// client and none is dropped (a bounded channel iterator can overflow after a
-	// reconnect). Consume recovers from lost heartbeats and reconnects by itself.
-	msgs := make(chan jetstream.Msg)
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		select {
-		case msgs <- msg:
-		case <-work.Done():
-			_ = msg.Nak() // draining took too long: let another replica have it
-		}
-	}, jetstream.PullMaxMessages(p.cfg.Workers), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		p.log.Warn("consume items", "err", err)
-	}))
+	feed, err := service.Subscribe(cons, service.Config{Pull: p.cfg.Workers, What: "items", Logger: p.log})
 	if err != nil {
-		return fmt.Errorf("processor: consume: %w", err)
+		return fmt.Errorf("processor: %w", err)
 	}
+	defer feed.Stop()
 	p.log.Info("processor started", "workers", p.cfg.Workers, "concurrent_max", p.cfg.ConcurrentMax)
 	stopDrain := context.AfterFunc(ctx, func() {
-		cc.Drain()
-		time.AfterFunc(p.cfg.DrainTimeout, cancelWork)
+		feed.Drain()
+		time.AfterFunc(p.cfg.DrainTimeout, func() { feed.Stop(); cancelWork() })
 	})
 	defer stopDrain()
 
@@ -264,7 +249,7 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 				if p.gate.waitOpen(ctx) == nil {
 					_ = p.breaker.waitNotOpen(ctx)
 				}
-				msg, ok := <-msgs
+				msg, ok := <-feed.C
 				if !ok {
 					return
 				}
@@ -272,12 +257,10 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 			}
 		})
 	}
-	<-cc.Closed()
-	close(msgs)
 	wg.Wait()
 	p.log.Info("processor stopped")
 	if ctx.Err() == nil {
-		return errors.New("processor: the items consumer stopped (was it deleted?)")
+		return fmt.Errorf("processor: items: %w", service.ErrConsumerGone)
 	}
 	return nil
 }

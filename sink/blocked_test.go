@@ -39,13 +39,18 @@ func TestPermissionLostAndRegainedMidBatch(t *testing.T) {
 	srv := natstest.Server(t)
 	_, js := natstest.Connect(t, srv.ClientURL())
 	c := natstest.Contract(t, js)
-	snk, err := sink.New(js, c, st, sink.Config{ID: "sink-1", BackoffMax: 200 * time.Millisecond, BatchSize: 50, Linger: 5 * time.Millisecond})
+	b, err := beacon.New(ctx, js, c, beacon.Config{Service: "sink", Replica: "sink-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snk, err := sink.New(js, c, st, sink.Config{Beacon: b, BackoffMax: 200 * time.Millisecond, BatchSize: 50, Linger: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- snk.Run(sctx) }()
+	go b.Run(sctx)
 	t.Cleanup(func() { cancel(); <-done })
 
 	const id, n = "grants", 300
@@ -107,9 +112,9 @@ func TestPermissionLostAndRegainedMidBatch(t *testing.T) {
 		b, err := admin.Batch(ctx, id)
 		return err == nil && b.State == flashpipe.BatchComplete
 	}, "the batch did not complete after the grant came back")
-	b, _ := admin.Batch(ctx, id)
-	if b.Done != n || b.SetAside != 0 {
-		t.Fatalf("after the grant: %d done, %d set aside; want %d and 0", b.Done, b.SetAside, n)
+	final, _ := admin.Batch(ctx, id)
+	if final.Done != n || final.SetAside != 0 {
+		t.Fatalf("after the grant: %d done, %d set aside; want %d and 0", final.Done, final.SetAside, n)
 	}
 	prev := 0
 	if err := admin.Results(ctx, id, flashpipe.ResultFilter{}, func(r flashpipe.Result) error {

@@ -25,14 +25,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/backoff"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/service"
 	"github.com/flashpipe/flashpipe/internal/store"
 )
 
@@ -68,7 +70,10 @@ type Config struct {
 	BlockedLogEvery time.Duration
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
-	// ID names this replica in logs and in its beacon (default: none, no beacon).
+	// Beacon, when set, tells `flashpipe status` while the sink is blocked, and why.
+	// The caller runs it.
+	Beacon *beacon.Beacon
+	// ID names this replica in logs.
 	ID     string
 	Logger *slog.Logger
 }
@@ -123,27 +128,13 @@ func New(js jetstream.JetStream, c *contract.Contract, store flashpipe.Store, cf
 	if cfg.ID != "" {
 		log = log.With("replica", cfg.ID)
 	}
-	return &Sink{js: js, c: c, store: store, cfg: cfg, log: log}, nil
+	return &Sink{js: js, c: c, store: store, cfg: cfg, log: log, beacon: cfg.Beacon}, nil
 }
 
 // Run writes events until ctx is cancelled; the write in progress is finished and
 // acknowledged before Run returns.
 func (s *Sink) Run(ctx context.Context) error {
-	if err := s.c.EnsureStreams(ctx, s.js, s.log); err != nil {
-		return err
-	}
-	if s.cfg.ID != "" {
-		b, err := beacon.New(ctx, s.js, s.c, beacon.Config{Service: "sink", Replica: s.cfg.ID, Logger: s.log})
-		if err != nil {
-			return fmt.Errorf("sink: %w", err)
-		}
-		s.beacon = b
-		bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-		done := make(chan struct{})
-		go func() { defer close(done); b.Run(bctx) }()
-		defer func() { stop(); <-done }()
-	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.c.OrderedStream(), jetstream.ConsumerConfig{
+	cons, err := service.OpenConsumer(ctx, s.js, s.c, s.c.OrderedStream(), jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
 		Description:   "flashpipe sink: ordered events to the store",
 		FilterSubject: s.c.AllOrdered(),
@@ -152,58 +143,41 @@ func (s *Sink) Run(ctx context.Context) error {
 		MaxAckPending: 4 * s.cfg.BatchSize,
 		MaxDeliver:    -1,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	}, s.log)
 	if err != nil {
-		return fmt.Errorf("sink: create consumer: %w", err)
+		return fmt.Errorf("sink: %w", err)
 	}
 	return s.consume(ctx, cons)
 }
 
 // Replay applies every event of one batch from the ordered stream to the store, for
-// rebuilding a store (after a restore, or into an empty database). It returns the
-// number of events applied.
+// rebuilding a store (after a restore, or into an empty database), in groups of
+// BatchSize. It returns the number of events applied.
 func (s *Sink) Replay(ctx context.Context, batchID string) (int, error) {
 	if err := flashpipe.ValidateBatchID(batchID); err != nil {
 		return 0, err
 	}
-	oc, err := s.js.OrderedConsumer(ctx, s.c.OrderedStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{s.c.OrderedSubject(batchID)},
-	})
-	if err != nil {
-		return 0, fmt.Errorf("replay %s: %w", batchID, err)
-	}
-	info, err := oc.Info(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("replay %s: %w", batchID, err)
-	}
-	total := int(info.NumPending)
-	if total == 0 {
-		return 0, fmt.Errorf("replay %s: no events in the ordered stream: %w", batchID, flashpipe.ErrNotFound)
-	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(s.cfg.BatchSize), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return 0, fmt.Errorf("replay %s: %w", batchID, err)
-	}
-	defer it.Stop()
 	applied := 0
 	events := make([]flashpipe.Event, 0, s.cfg.BatchSize)
-	for applied < total {
-		events = events[:0]
-		for len(events) < s.cfg.BatchSize && applied+len(events) < total {
-			msg, err := it.Next(jetstream.NextContext(ctx))
-			if err != nil {
-				return applied, fmt.Errorf("replay %s: %w", batchID, err)
-			}
-			ev, err := contract.DecodeEvent(msg.Headers(), msg.Data())
-			if err != nil {
-				return applied, fmt.Errorf("replay %s: event %d: %w", batchID, applied+len(events)+1, err)
-			}
-			events = append(events, ev)
-		}
+	flush := func() error {
 		if err := s.apply(ctx, events); err != nil {
-			return applied, err
+			return err
 		}
 		applied += len(events)
+		events = events[:0]
+		return nil
+	}
+	_, err := batchlog.Events(ctx, s.js, s.c, batchID, func(ev flashpipe.Event) error {
+		if events = append(events, ev); len(events) == s.cfg.BatchSize {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return applied, fmt.Errorf("replay %s: %w", batchID, err)
 	}
 	return applied, nil
 }
@@ -217,25 +191,12 @@ type group struct {
 // consume reads and decodes the next group while the previous one is being written:
 // the two halves run in parallel, one group apart.
 func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
-	// Consume hands messages to a callback that passes them on to the reader, blocking
-	// while the reader is busy: nothing is dropped (a bounded channel iterator can
-	// overflow after a reconnect), and Consume recovers from lost heartbeats itself.
-	in := make(chan jetstream.Msg)
-	stopped := make(chan struct{})
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		select {
-		case in <- msg:
-		case <-stopped:
-		}
-	}, jetstream.PullMaxMessages(2*s.cfg.BatchSize), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		s.log.Warn("consume events", "err", err)
-	}))
+	feed, err := service.Subscribe(cons, service.Config{Pull: 2 * s.cfg.BatchSize, What: "events", Logger: s.log})
 	if err != nil {
-		return fmt.Errorf("sink: consume: %w", err)
+		return fmt.Errorf("sink: %w", err)
 	}
 	s.log.Info("sink started", "batch_size", s.cfg.BatchSize)
-	defer close(stopped)
-	defer cc.Stop()
+	defer feed.Stop()
 
 	groups := make(chan group, 1)
 	readCtx, stopRead := context.WithCancel(ctx)
@@ -243,7 +204,7 @@ func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
 	go func() {
 		defer close(groups)
 		for {
-			g, ok := s.read(readCtx, in)
+			g, ok := s.read(readCtx, feed.C)
 			if !ok {
 				return
 			}
@@ -272,15 +233,21 @@ func (s *Sink) consume(ctx context.Context, cons jetstream.Consumer) error {
 		}
 	}
 	s.log.Info("sink stopped")
+	if ctx.Err() == nil {
+		return fmt.Errorf("sink: events: %w", service.ErrConsumerGone)
+	}
 	return nil
 }
 
 // read collects the next group: it waits for one event, then takes what arrives within
-// Linger, up to BatchSize. ok is false once ctx ends.
+// Linger, up to BatchSize. ok is false once ctx ends or in is closed.
 func (s *Sink) read(ctx context.Context, in <-chan jetstream.Msg) (g group, ok bool) {
 	var msg jetstream.Msg
 	select {
-	case msg = <-in:
+	case msg, ok = <-in:
+		if !ok {
+			return g, false
+		}
 	case <-ctx.Done():
 		return g, false
 	}
@@ -296,7 +263,10 @@ func (s *Sink) read(ctx context.Context, in <-chan jetstream.Msg) (g group, ok b
 			return g, true
 		}
 		select {
-		case msg = <-in:
+		case msg, ok = <-in:
+			if !ok {
+				return g, true // write what we have
+			}
 		case <-linger.C:
 			return g, true
 		case <-ctx.Done():
@@ -380,8 +350,7 @@ func (s *Sink) write(ctx context.Context, do func(context.Context) error, n int)
 			}
 			return nil
 		}
-		d := min(s.cfg.BackoffBase<<min(attempt-1, 16), s.cfg.BackoffMax)
-		d = d/2 + rand.N(d/2+1)
+		d := backoff.Delay(attempt, s.cfg.BackoffBase, s.cfg.BackoffMax)
 		cause := cmp.Or(store.CauseOf(err), store.CauseOther)
 		switch {
 		case blockedSince.IsZero():

@@ -190,6 +190,25 @@ func Results(ctx context.Context, js jetstream.JetStream, c *contract.Contract, 
 	})
 }
 
+// Events calls fn with every event of a batch's ordered log that exists when it
+// starts, in log order, stopping at the first error fn returns; it returns how many
+// it read. A batch with no events is an error wrapping flashpipe.ErrNotFound.
+func Events(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string, fn func(flashpipe.Event) error) (int, error) {
+	n := 0
+	err := scan(ctx, js, c, c.OrderedSubject(batchID), false, func(msg jetstream.Msg, _ contract.Keys) error {
+		ev, err := contract.DecodeEvent(msg.Headers(), msg.Data())
+		if err != nil {
+			return fmt.Errorf("event %d of %s: %w", n+1, batchID, err)
+		}
+		n++
+		return fn(ev)
+	})
+	if err == nil && n == 0 {
+		err = fmt.Errorf("batch %q has no events in the ordered stream: %w", batchID, flashpipe.ErrNotFound)
+	}
+	return n, err
+}
+
 // scan reads every message on subject that exists when it starts, in order.
 func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, subject string, headersOnly bool, fn func(jetstream.Msg, contract.Keys) error) error {
 	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{
