@@ -174,6 +174,19 @@ func connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 	return nc, nil
 }
 
+// RedactURL returns urls (one URL or several, comma-separated) with the credentials
+// of each replaced by "REDACTED", for messages.
+func RedactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, u := range parts {
+		start, end := strings.Index(u, "://"), strings.LastIndex(u, "@")
+		if start >= 0 && end > start+3 {
+			parts[i] = u[:start+3] + "REDACTED" + u[end:]
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
 // redact removes the credentials of the URLs in urls from an error's text: url.Parse
 // errors quote the URL, password included, or a piece of it when a character of the
 // password confuses the parser.

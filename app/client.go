@@ -1,0 +1,308 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
+	"github.com/flashpipe/flashpipe/internal/beacon"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sink"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Store, when set, is where WaitStored, Status, Batches, Results and the dead
+	// letters read, and Submit checks a batch id against it too. Without it a client
+	// reads the ordered stream only (enough to submit, follow and write the output).
+	Store  flashpipe.Store
+	Logger *slog.Logger
+}
+
+// Client is the client side of batches: what every door (the CLI, the HTTP API, a
+// test) calls to submit a batch, follow it, read its results and status, retry it.
+// It never creates or changes streams. It is safe for concurrent use.
+type Client struct {
+	js    jetstream.JetStream
+	c     *contract.Contract
+	store flashpipe.Store
+	pub   *ingest.Publisher
+	log   *slog.Logger
+}
+
+// NewClient returns a client of the pipeline behind js.
+func NewClient(js jetstream.JetStream, c *contract.Contract, cfg ClientConfig) (*Client, error) {
+	if js == nil || c == nil {
+		return nil, errors.New("app: NewClient needs a JetStream and a contract")
+	}
+	log := orDiscard(cfg.Logger)
+	pub, err := ingest.New(js, c, ingest.Config{Store: cfg.Store, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &Client{js: js, c: c, store: cfg.Store, pub: pub, log: log.With("component", "client")}, nil
+}
+
+// Contract returns the client's contract.
+func (c *Client) Contract() *contract.Contract { return c.c }
+
+// Store returns the client's store (nil when it has none).
+func (c *Client) Store() flashpipe.Store { return c.store }
+
+// ErrNoStoreConfigured is returned by the methods that need a store when the client
+// has none.
+var ErrNoStoreConfigured = errors.New("no database configured")
+
+// Submit validates and publishes a batch (see ingest.Publisher.Submit): a batch id
+// names one batch for ever; the same items again publish nothing new.
+func (c *Client) Submit(ctx context.Context, b ingest.Batch) (*ingest.Submission, error) {
+	return c.pub.Submit(ctx, b)
+}
+
+// Retry starts a generation of a complete batch's failed items (ingest.Publisher.Retry).
+func (c *Client) Retry(ctx context.Context, batchID string) (*ingest.Submission, error) {
+	return c.pub.Retry(ctx, batchID)
+}
+
+// Reprocess runs a complete batch again from the items stream (ingest.Publisher.Reprocess).
+func (c *Client) Reprocess(ctx context.Context, batchID string) (*ingest.Submission, error) {
+	return c.pub.Reprocess(ctx, batchID)
+}
+
+// Manifest returns a batch's latest manifest, or an error wrapping
+// flashpipe.ErrNotFound.
+func (c *Client) Manifest(ctx context.Context, batchID string) (flashpipe.Manifest, error) {
+	return c.pub.Manifest(ctx, batchID)
+}
+
+// Progress is a batch's progress as its ordered log shows it, with what the results
+// read so far cost.
+type Progress struct {
+	batchlog.Progress
+	// InFlight is how many items the processors hold (of every batch).
+	InFlight int
+	Usage    flashpipe.Usage
+}
+
+// FollowOptions say what Follow does along the way.
+type FollowOptions struct {
+	// OnProgress is called after every event of the log (often: keep it cheap).
+	OnProgress func(Progress)
+	// OnResult receives the final result of every item, in ascending Seq: while the
+	// batch runs for a first generation, once it is complete for a later one (whose
+	// results replace earlier ones). Nil: headers only, which is cheaper.
+	OnResult func(flashpipe.Result) error
+}
+
+// Follow follows generation m of a batch to its completion in the ordered log (see
+// FollowOptions) and returns its summary. It needs NATS only.
+func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOptions) (*Summary, error) {
+	sum := &Summary{BatchID: m.BatchID, Items: m.Count}
+	var pr Progress
+	inflight := c.watchInFlight(ctx, opts.OnProgress != nil)
+	onProgress := func(p batchlog.Progress) {
+		if opts.OnProgress != nil {
+			pr.Progress, pr.InFlight = p, int(inflight.Load())
+			if p.Complete {
+				pr.InFlight = 0
+			}
+			opts.OnProgress(pr)
+		}
+	}
+	onResult := func(r flashpipe.Result) error {
+		sum.add(r)
+		pr.Usage = pr.Usage.Add(r.Usage)
+		if opts.OnResult != nil {
+			return opts.OnResult(r)
+		}
+		return nil
+	}
+	var err error
+	if m.Generation == 0 {
+		_, err = batchlog.Follow(ctx, c.js, c.c, m, onProgress, onResult)
+	} else if _, err = batchlog.Watch(ctx, c.js, c.c, m, onProgress); err == nil {
+		err = batchlog.Results(ctx, c.js, c.c, m.BatchID, onResult)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("batch %s: %w", m.BatchID, err)
+	}
+	return sum, nil
+}
+
+// inFlight holds the processors' items in flight, polled while a batch is followed.
+type inFlight struct{ n atomicInt }
+
+// watchInFlight polls how many items the processors hold (their consumer's ack
+// pending) until ctx ends; when poll is false it polls nothing.
+func (c *Client) watchInFlight(ctx context.Context, poll bool) *atomicInt {
+	n := new(atomicInt)
+	if !poll {
+		return n
+	}
+	go func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if v, err := c.InFlight(ctx); err == nil {
+				n.Store(int64(v))
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return n
+}
+
+// InFlight returns how many items the processors hold now, across all replicas.
+func (c *Client) InFlight(ctx context.Context) (int, error) {
+	cons, err := c.js.Consumer(ctx, c.c.ItemsStream(), processor.DefaultDurable)
+	if err != nil {
+		return 0, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumAckPending, nil
+}
+
+// WaitStored waits until the store holds generation gen (or a later one) of a batch
+// complete.
+func (c *Client) WaitStored(ctx context.Context, batchID string, gen int) (flashpipe.BatchStatus, error) {
+	if c.store == nil {
+		return flashpipe.BatchStatus{}, ErrNoStoreConfigured
+	}
+	for {
+		status, err := c.store.Batch(ctx, batchID)
+		if err == nil && status.State == flashpipe.BatchComplete && status.Manifest.Generation >= gen {
+			return status, nil
+		}
+		if err != nil && !errors.Is(err, flashpipe.ErrNotFound) {
+			return status, err
+		}
+		select {
+		case <-ctx.Done():
+			return status, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Results calls fn with the final result of every item of a batch in ascending Seq:
+// from the store when the client has one, else from the ordered log (complete
+// batches only).
+func (c *Client) Results(ctx context.Context, batchID string, filter flashpipe.ResultFilter, fn func(flashpipe.Result) error) error {
+	if c.store != nil {
+		return c.store.Results(ctx, batchID, filter, fn)
+	}
+	return batchlog.Results(ctx, c.js, c.c, batchID, func(r flashpipe.Result) error {
+		if filter.Status != "" && r.Status != filter.Status {
+			return nil
+		}
+		return fn(r)
+	})
+}
+
+// Replay rewrites the store rows of a batch from the ordered stream (see
+// sink.Sink.Replay) and returns the number of events applied.
+func (c *Client) Replay(ctx context.Context, batchID string) (int, error) {
+	if c.store == nil {
+		return 0, ErrNoStoreConfigured
+	}
+	snk, err := sink.New(c.js, c.c, c.store, sink.Config{Logger: c.log})
+	if err != nil {
+		return 0, err
+	}
+	return snk.Replay(ctx, batchID)
+}
+
+// OrderedBatches lists the ids of the batches with events in the ordered stream.
+func (c *Client) OrderedBatches(ctx context.Context) ([]string, error) {
+	st, err := c.js.Stream(ctx, c.c.OrderedStream())
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(c.c.AllOrdered()))
+	if err != nil {
+		return nil, err
+	}
+	prefix := c.c.OrderedSubject("")
+	ids := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		ids = append(ids, strings.TrimPrefix(subj, prefix))
+	}
+	sortStrings(ids)
+	return ids, nil
+}
+
+// Services lists the live service replicas and whether they are blocked.
+func (c *Client) Services(ctx context.Context) ([]beacon.State, error) {
+	return beacon.List(ctx, c.js, c.c)
+}
+
+// DeadLetters lists the events the store set aside, of one batch or (batchID empty)
+// of all.
+func (c *Client) DeadLetters(ctx context.Context, batchID string) ([]flashpipe.DeadLetter, error) {
+	if c.store == nil {
+		return nil, ErrNoStoreConfigured
+	}
+	return c.store.DeadLetters(ctx, batchID)
+}
+
+// ReplayDeadLetters writes the events set aside (of one batch, or of all) again, one
+// by one, and resolves those the store takes now. It returns how many were written
+// and how many the store still refuses (with the first refusal).
+func (c *Client) ReplayDeadLetters(ctx context.Context, batchID string) (written, refused int, err error) {
+	letters, err := c.DeadLetters(ctx, batchID)
+	if err != nil {
+		return 0, 0, err
+	}
+	var first error
+	for _, d := range letters {
+		if err := c.store.Apply(ctx, []flashpipe.Event{d.Event}); err != nil {
+			if !flashpipe.IsPermanent(err) {
+				return written, refused, err
+			}
+			refused++
+			if first == nil {
+				first = fmt.Errorf("dead letter %d (batch %s): %w", d.ID, d.Event.BatchID(), err)
+			}
+			continue
+		}
+		if err := c.store.Resolve(ctx, []int64{d.ID}); err != nil {
+			return written, refused, err
+		}
+		written++
+	}
+	return written, refused, first
+}
+
+var unsafeID = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// DefaultBatchID names a batch after its file (or "stdin") and items: submitting the
+// same file again is the same batch (no new work), a changed file is a new one.
+func DefaultBatchID(path string, items []flashpipe.Item) string {
+	stem := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+	stem = strings.Trim(unsafeID.ReplaceAllString(stem, "-"), "-_")
+	if len(stem) > 40 {
+		stem = stem[:40]
+	}
+	if stem == "" {
+		stem = "batch"
+	}
+	return stem + "-" + flashpipe.HashItems(items)[:10]
+}
