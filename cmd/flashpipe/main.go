@@ -20,6 +20,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
@@ -39,7 +40,7 @@ type CLI struct {
 	Sequencer   SequencerCmd   `cmd:"" help:"Run a sequencer replica: results back into batch order."`
 	Sink        SinkCmd        `cmd:"" help:"Run a sink replica: ordered results into the database."`
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
-	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
+	Export      ExportCmd      `cmd:"" help:"Write a stored batch as flashcards (TSV, Anki package, CSV, JSON Lines) or its failed-items report."`
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
 	Reprocess   ReprocessCmd   `cmd:"" help:"Run a complete batch again from the items stream (free through the cache)."`
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
@@ -76,12 +77,13 @@ func main() {
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars{
-			"api_base_url": llm.DefaultBaseURL,
-			"model":        stages.DefaultModel,
-			"temperature":  strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
-			"max_tokens1":  strconv.Itoa(stages.DefaultMaxTokens1),
-			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
-			"api_timeout":  llm.DefaultTimeout.String(),
+			"api_base_url":   llm.DefaultBaseURL,
+			"model":          stages.DefaultModel,
+			"temperature":    strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
+			"max_tokens1":    strconv.Itoa(stages.DefaultMaxTokens1),
+			"max_tokens2":    strconv.Itoa(stages.DefaultMaxTokens2),
+			"api_timeout":    llm.DefaultTimeout.String(),
+			"export_formats": export.Names(),
 		},
 	)
 	level := cli.LogLevel

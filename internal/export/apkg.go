@@ -30,8 +30,8 @@ import (
 //
 // How Anki's importer treats a package, and so why the writer does what it does:
 // notes are matched to the collection's by GUID (see guids); a matched note is
-// updated when the package's note is newer (its mod, which is when its item was
-// processed, or NoteTypeRevision if later) and its note type is the same (same id, same
+// updated when the package's note is newer (its mod, see noteMod) and its note type
+// is the same (same id, same
 // field and template names); its cards, and so their review history, stay. Decks are
 // matched by name.
 

@@ -66,6 +66,15 @@ func (o Options) validate() error {
 	return nil
 }
 
+// ValidateDeck reports whether name can name an Anki deck (Options.Deck): not empty,
+// no control characters, no empty component between "::".
+func ValidateDeck(name string) error {
+	if _, err := normalizeDeck(name); err != nil {
+		return fmt.Errorf("deck %q %w", name, err)
+	}
+	return nil
+}
+
 // DeckFor is the default deck of a batch: its source file's name without the
 // extension (so a changed file under the same name, which is a new batch, still
 // updates the same notes), or the batch id when the source is not a file name (no

@@ -270,9 +270,17 @@ type note struct {
 	mod    int64 // modification time, Unix seconds
 }
 
+// noteMod is the modification time of the notes of a result: when its item was
+// processed (or NoteTypeRevision if later), in Unix seconds as Anki keeps it, plus the
+// result's generation, so a retry or reprocess counts as newer even when it ran within
+// the same second as the result it replaces.
+func noteMod(r *flashpipe.Result) int64 {
+	return max(r.ProcessedAt.Unix(), NoteTypeRevision) + int64(r.Generation)
+}
+
 // notesOf returns the notes of an ok result, one per card.
 func notesOf(r *flashpipe.Result, g *guids) []note {
-	mod := max(r.ProcessedAt.Unix(), NoteTypeRevision)
+	mod := noteMod(r)
 	notes := make([]note, 0, len(r.Cards))
 	for i := range r.Cards {
 		src := &noteSource{r: r, c: &r.Cards[i]}
