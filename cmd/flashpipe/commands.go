@@ -78,7 +78,7 @@ type SubmitCmd struct {
 	Output string     `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
 	OutputFlags
 	Quiet bool `help:"No progress display."`
-	JSON   bool       `help:"With --wait: print the summary as one JSON object on stdout."`
+	JSON  bool `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
 // Run publishes the batch, and with --wait follows it to the end.
@@ -302,7 +302,7 @@ type generationFlags struct {
 	Output string `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
 	OutputFlags
 	Quiet bool `help:"No progress display."`
-	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+	JSON  bool `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
 // start publishes a new generation with op, says what it does, and with --wait follows

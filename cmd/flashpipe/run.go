@@ -67,7 +67,7 @@ func defaultBatchID(path string, items []flashpipe.Item) string {
 // RunCmd runs the whole pipeline in one process.
 type RunCmd struct {
 	InputFlags
-	Output  string `short:"o" help:"Where to write the flashcards (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
+	Output string `short:"o" help:"Where to write the flashcards (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
 	OutputFlags
 	DataDir string `help:"Where the embedded NATS server and SQLite database keep their state (reused by the next run)." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
 	JSON    bool   `help:"Print the summary as one JSON object on stdout."`

@@ -418,7 +418,7 @@ func TestAPKGReimportUpdatesInPlace(t *testing.T) {
 	}
 	v2[1].Cards[0].Front, v2[1].Cards[0].Back, v2[1].Analysis.Term = "a new front", "a new back", "단어2[new]"
 	v2[1].ProcessedAt, v2[1].Generation = later, 1
-	v2[4].Generation = 1 // reprocessed within the same second: still newer
+	v2[4].Generation = 1                                                                   // reprocessed within the same second: still newer
 	p2 := ankitest.Open(t, writeFile(t, "apkg", Options{Deck: "vocab", TempDir: tmp}, v2)) // deck names match case-insensitively
 	log = col.Import(p2)
 	if log.Added != 9 || log.Updated != 6 || log.Conflicting != 0 || log.Duplicate != 21 {
