@@ -76,9 +76,9 @@ type SubmitCmd struct {
 	Models ModelFlags `embed:""`
 	Wait   bool       `help:"Wait for the batch to complete, showing progress, and write the flashcards."`
 	Output string     `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
+	Quiet  bool       `help:"No progress display."`
+	JSON   bool       `help:"With --wait: print the summary as one JSON object on stdout."`
 	OutputFlags
-	Quiet bool `help:"No progress display."`
-	JSON  bool `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
 // Run publishes the batch, and with --wait follows it to the end.
@@ -187,7 +187,7 @@ func (l localStore) open(ctx context.Context, log *slog.Logger) (flashpipe.Store
 type ExportCmd struct {
 	Batch       string `help:"Batch id (required)."`
 	Output      string `short:"o" help:"Where to write it (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
-	Format      string `help:"Format: ${export_formats} (default: from the -o file name, else tsv; --list-formats describes them)." aliases:"output-format"`
+	Format      string `help:"Format: ${formats} (default: from the -o file name, else tsv; --list-formats describes them)." aliases:"output-format"`
 	ListFormats bool   `help:"List the export formats and exit."`
 	DeckFlags
 	Partial bool `help:"Export a batch that is not complete yet (what is stored so far)."`
@@ -300,9 +300,9 @@ type generationFlags struct {
 	NATSFlags
 	Wait   bool   `help:"Wait for it to complete, showing progress, and write the flashcards."`
 	Output string `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
+	Quiet  bool   `help:"No progress display."`
+	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
 	OutputFlags
-	Quiet bool `help:"No progress display."`
-	JSON  bool `help:"With --wait: print the summary as one JSON object on stdout."`
 }
 
 // start publishes a new generation with op, says what it does, and with --wait follows

@@ -77,13 +77,13 @@ func main() {
 		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars{
-			"api_base_url":   llm.DefaultBaseURL,
-			"model":          stages.DefaultModel,
-			"temperature":    strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
-			"max_tokens1":    strconv.Itoa(stages.DefaultMaxTokens1),
-			"max_tokens2":    strconv.Itoa(stages.DefaultMaxTokens2),
-			"api_timeout":    llm.DefaultTimeout.String(),
-			"export_formats": export.Names(),
+			"api_base_url": llm.DefaultBaseURL,
+			"model":        stages.DefaultModel,
+			"temperature":  strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
+			"max_tokens1":  strconv.Itoa(stages.DefaultMaxTokens1),
+			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
+			"api_timeout":  llm.DefaultTimeout.String(),
+			"formats":      export.Names(),
 		},
 	)
 	level := cli.LogLevel

@@ -20,7 +20,7 @@ type DeckFlags struct {
 
 // OutputFlags choose the format of the file a command writes with -o.
 type OutputFlags struct {
-	OutputFormat string `name:"output-format" help:"Format of the -o file: ${export_formats} (default: from its extension, .apkg, .txt (anki-tsv), .csv, .jsonl, .items.jsonl, .failed.csv, else tsv)." env:"FLASHPIPE_OUTPUT_FORMAT"`
+	OutputFormat string `name:"output-format" help:"Format of the -o file: ${formats} (default: from its extension, .apkg, .txt (anki-tsv), .csv, .jsonl, .items.jsonl, .failed.csv, else tsv)." env:"FLASHPIPE_OUTPUT_FORMAT"`
 	DeckFlags
 }
 

@@ -67,11 +67,11 @@ func defaultBatchID(path string, items []flashpipe.Item) string {
 // RunCmd runs the whole pipeline in one process.
 type RunCmd struct {
 	InputFlags
-	Output string `short:"o" help:"Where to write the flashcards (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
-	OutputFlags
+	Output  string `short:"o" help:"Where to write the flashcards (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
 	DataDir string `help:"Where the embedded NATS server and SQLite database keep their state (reused by the next run)." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
 	JSON    bool   `help:"Print the summary as one JSON object on stdout."`
 	Quiet   bool   `help:"No progress display."`
+	OutputFlags
 	StoreFlags
 	APIFlags
 	ProcessorFlags
