@@ -8,17 +8,13 @@ import (
 	"github.com/flashpipe/flashpipe"
 )
 
-// CardRecord is one line of the jsonl format: a card with the columns of the TSV.
+// CardRecord is one line of the jsonl format: a card with the columns of the TSV, in
+// their order.
 type CardRecord struct {
-	Position       int    `json:"position"`
-	Term           string `json:"term"`
-	TermNumber     int64  `json:"term_number"`
-	TabName        string `json:"tab_name"`
-	Primer         string `json:"primer"`
-	Front          string `json:"front"`
-	Back           string `json:"back"`
-	Tags           string `json:"tags"`
-	HonorificLevel string `json:"honorific_level"`
+	Position   int    `json:"position"`
+	Term       string `json:"term"`
+	TermNumber int64  `json:"term_number"`
+	flashpipe.Card
 }
 
 // jsonLines writes one JSON value per line. Memory: one item.
@@ -55,11 +51,7 @@ func (j *jsonLines) Write(r flashpipe.Result) error {
 	for i := range r.Cards {
 		j.cards++
 		src := noteSource{r: &r, c: &r.Cards[i]}
-		c := src.c
-		if err := j.enc.Encode(CardRecord{
-			Position: j.cards, Term: src.term(), TermNumber: r.Position, TabName: c.TabName, Primer: c.Primer,
-			Front: c.Front, Back: c.Back, Tags: c.Tags, HonorificLevel: c.HonorificLevel,
-		}); err != nil {
+		if err := j.enc.Encode(CardRecord{Position: j.cards, Term: src.term(), TermNumber: r.Position, Card: r.Cards[i]}); err != nil {
 			return err
 		}
 	}
