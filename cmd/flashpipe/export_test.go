@@ -169,6 +169,14 @@ func TestExportCommandFormatsAndOutputs(t *testing.T) {
 	if err := json.Unmarshal([]byte(runOK(t, dir, "run", file, "-o", "cards.tsv", "--json", "--quiet")), &sum); err != nil {
 		t.Fatal(err)
 	}
+	// run -o - writes the flashcards alone on stdout (the summary goes to stderr).
+	tsv, err := os.ReadFile(filepath.Join(dir, "cards.tsv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := runOK(t, dir, "run", file, "-o", "-", "--quiet"); out != string(tsv) {
+		t.Fatalf("run -o - printed something else than the TSV:\n%.300s", out)
+	}
 	list := runOK(t, dir, "export", "--list-formats")
 	for _, f := range export.Formats() {
 		if !strings.Contains(list, f.Name) || !strings.Contains(list, f.Ext) {

@@ -18,6 +18,7 @@ import (
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/outfile"
 )
 
 // InputFlags read a batch file.
@@ -289,11 +290,14 @@ func (s *summary) print(asJSON bool) error {
 	if s.FailedItems == nil {
 		s.FailedItems = []failedInfo{}
 	}
+	w := os.Stdout
+	if s.Output == outfile.Stdout {
+		w = os.Stderr // stdout carries the flashcards
+	}
 	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(w)
 		return enc.Encode(s)
 	}
-	w := os.Stdout
 	fmt.Fprintf(w, "batch %s complete: %d items, %d ok, %d failed, %d cards", s.BatchID, s.Items, s.OK, s.Failed, s.Cards)
 	if s.Output != "" {
 		fmt.Fprintf(w, " -> %s", s.Output)
