@@ -65,10 +65,11 @@ func writeExport(t exportTarget, m flashpipe.Manifest, feed func(write func(flas
 		return nil, err
 	}
 	tally := &export.Tally{Writer: w}
-	err = feed(tally.Write)
-	if cerr := w.Close(); err == nil {
-		err = cerr
+	if err := feed(tally.Write); err != nil {
+		export.Discard(w)
+		return nil, fmt.Errorf("write %s: %w", t.path, err)
 	}
+	err = w.Close()
 	if err == nil {
 		err = out.Commit()
 	}

@@ -249,6 +249,9 @@ func (a *apkg) zip() error {
 	return z.Close()
 }
 
+// discard releases the collection without building the package (see Discard).
+func (a *apkg) discard() { a.cleanup() }
+
 func (a *apkg) cleanup() {
 	if a.tx != nil {
 		_ = a.tx.Rollback()

@@ -22,6 +22,20 @@ type Writer interface {
 	Close() error
 }
 
+// Discard releases a writer whose output is thrown away, for a caller whose own feed
+// failed: it does not finish the output (a package is not built). Use it instead of
+// Close.
+func Discard(w Writer) {
+	if t, ok := w.(*Tally); ok {
+		w = t.Writer
+	}
+	if d, ok := w.(interface{ discard() }); ok {
+		d.discard()
+		return
+	}
+	_ = w.Close()
+}
+
 // Default option values.
 const (
 	// DefaultDeck names the Anki deck when neither Options.Deck nor a source is given.

@@ -507,6 +507,18 @@ func TestAPKGCleansUp(t *testing.T) {
 	if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
 		t.Fatalf("left behind: %v", entries)
 	}
+
+	// Discarded (the caller's feed failed): nothing written, nothing left behind.
+	var out bytes.Buffer
+	f, _ := Lookup("apkg")
+	if w, err = f.New(&out, Options{TempDir: tmp}); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Write(rs[0])
+	Discard(&Tally{Writer: w})
+	if entries, _ := os.ReadDir(tmp); len(entries) != 0 || out.Len() != 0 {
+		t.Fatalf("discarded: left behind %v, wrote %d bytes", entries, out.Len())
+	}
 }
 
 func TestDeckFor(t *testing.T) {
