@@ -14,9 +14,11 @@ import (
 // final result, in ascending Seq (as flashpipe.Store.Results and batchlog.Results give
 // them), then Close once, also after a failed Write: Close finishes the output
 // (flushes it, or for a package builds it) and releases what the writer holds, or,
-// after a failed Write, only releases and returns that error. A Writer is not safe for
-// concurrent use. Memory is bounded by one item, except where a format needs more
-// (noted on the format).
+// after a failed Write, only releases and returns that error. A caller that gives up
+// for its own reasons calls Discard instead. A Writer is not safe for concurrent use.
+// Memory is bounded by one item, except where a format needs more (noted on the
+// format). Where the bytes go (atomically, or written through) is the caller's
+// choice: see internal/outfile.
 type Writer interface {
 	Write(flashpipe.Result) error
 	Close() error
