@@ -13,9 +13,10 @@ import (
 // Writer writes a batch's results in one format. Call Write once per item with its
 // final result, in ascending Seq (as flashpipe.Store.Results and batchlog.Results give
 // them), then Close once, also after a failed Write: Close finishes the output
-// (flushes it, or for a package builds it) and releases what the writer holds, or,
-// after a failed Write, only releases and returns that error. A caller that gives up
-// for its own reasons calls Discard instead. A Writer is not safe for concurrent use.
+// (flushes it, or for a package builds it) and releases what the writer holds; after a
+// failed Write the output is incomplete and the caller throws it away (the package
+// writer then builds nothing and returns that error). A caller that gives up for its
+// own reasons calls Discard instead. A Writer is not safe for concurrent use.
 // Memory is bounded by one item, except where a format needs more (noted on the
 // format). Where the bytes go (atomically, or written through) is the caller's
 // choice: see internal/outfile.
