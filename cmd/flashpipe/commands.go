@@ -74,10 +74,11 @@ type SubmitCmd struct {
 	DryRun bool `help:"Estimate API calls, tokens and cost (cached answers are free) and publish nothing. Give it the processors' model and prompt settings."`
 	PriceFlags
 	Models ModelFlags `embed:""`
-	Wait   bool       `help:"Wait for the batch to complete, showing progress, and write the TSV."`
-	Output string     `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Wait   bool       `help:"Wait for the batch to complete, showing progress, and write the flashcards."`
+	Output string     `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
 	Quiet  bool       `help:"No progress display."`
 	JSON   bool       `help:"With --wait: print the summary as one JSON object on stdout."`
+	OutputFlags
 }
 
 // Run publishes the batch, and with --wait follows it to the end.
@@ -85,6 +86,11 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	parsed, id, err := s.load()
 	if err != nil {
 		return err
+	}
+	if s.Wait {
+		if err := s.target(s.Output).check(); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	nc, js, c, err := s.connect(ctx, "flashpipe-submit", log)
@@ -127,7 +133,7 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sum, err := followBatch(ctx, js, c, latest, s.Output, s.Quiet)
+	sum, err := followBatch(ctx, js, c, latest, s.target(s.Output), s.Quiet)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &exitError{code: 130, err: fmt.Errorf("interrupted; the batch %s goes on: submit again with --wait to follow it", id)}
@@ -180,16 +186,29 @@ func (l localStore) open(ctx context.Context, log *slog.Logger) (flashpipe.Store
 	return st, err
 }
 
-// ExportCmd writes a stored batch as TSV.
+// ExportCmd writes a stored batch in one of the export formats.
 type ExportCmd struct {
-	Batch   string `required:"" help:"Batch id."`
-	Output  string `short:"o" help:"Where to write the TSV (- for stdout)." default:"cards.tsv"`
-	Partial bool   `help:"Export a batch that is not complete yet (what is stored so far)."`
+	Batch       string `help:"Batch id (required)."`
+	Output      string `short:"o" help:"Where to write it (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
+	Format      string `help:"Format: ${formats} (default: from the -o file name, else tsv; --list-formats describes them)." aliases:"output-format"`
+	ListFormats bool   `help:"List the export formats and exit."`
+	DeckFlags
+	Partial bool `help:"Export a batch that is not complete yet (what is stored so far)."`
 	localStore
 }
 
 // Run exports the batch.
 func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if e.ListFormats {
+		return printFormats()
+	}
+	if e.Batch == "" {
+		return &exitError{code: 2, err: errors.New("export: give --batch ID (flashpipe status lists the batches)")}
+	}
+	target := exportTarget{path: e.Output, format: e.Format, deck: e.DeckFlags}
+	if err := target.check(); err != nil {
+		return err
+	}
 	store, err := e.open(ctx, log)
 	if err != nil {
 		return err
@@ -204,7 +223,7 @@ func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	sum := &summary{BatchID: e.Batch, Items: status.Manifest.Count, OK: status.OK, Failed: status.Failed}
 	sum.setUsage(status.Usage)
-	if err := writeTSV(ctx, store, e.Batch, e.Output, sum); err != nil {
+	if err := writeStored(ctx, store, status.Manifest, target, sum); err != nil {
 		return err
 	}
 	if e.Output == "-" {
@@ -282,16 +301,22 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 type generationFlags struct {
 	Batch string `required:"" help:"Batch id."`
 	NATSFlags
-	Wait   bool   `help:"Wait for it to complete, showing progress, and write the TSV."`
-	Output string `short:"o" help:"With --wait: where to write the flashcards TSV." default:"cards.tsv"`
+	Wait   bool   `help:"Wait for it to complete, showing progress, and write the flashcards."`
+	Output string `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
 	Quiet  bool   `help:"No progress display."`
 	JSON   bool   `help:"With --wait: print the summary as one JSON object on stdout."`
+	OutputFlags
 }
 
 // start publishes a new generation with op, says what it does, and with --wait follows
 // it to the end.
 func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name string,
 	op func(*ingest.Publisher, context.Context, string) (*ingest.Submission, error), describe func(*ingest.Submission) string) error {
+	if g.Wait {
+		if err := g.target(g.Output).check(); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	nc, js, c, err := g.connect(ctx, "flashpipe-"+name, log)
 	if err != nil {
@@ -310,7 +335,7 @@ func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name stri
 	if !g.Wait {
 		return nil
 	}
-	sum, err := followBatch(ctx, js, c, sub.Manifest, g.Output, g.Quiet)
+	sum, err := followBatch(ctx, js, c, sub.Manifest, g.target(g.Output), g.Quiet)
 	if err != nil {
 		return err
 	}

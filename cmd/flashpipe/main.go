@@ -20,6 +20,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
@@ -39,7 +40,7 @@ type CLI struct {
 	Sequencer   SequencerCmd   `cmd:"" help:"Run a sequencer replica: results back into batch order."`
 	Sink        SinkCmd        `cmd:"" help:"Run a sink replica: ordered results into the database."`
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
-	Export      ExportCmd      `cmd:"" help:"Write a stored batch as the flashcards TSV."`
+	Export      ExportCmd      `cmd:"" help:"Write a stored batch as flashcards (TSV, Anki package, CSV, JSON Lines) or its failed-items report."`
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
 	Reprocess   ReprocessCmd   `cmd:"" help:"Run a complete batch again from the items stream (free through the cache)."`
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
@@ -82,6 +83,7 @@ func main() {
 			"max_tokens1":  strconv.Itoa(stages.DefaultMaxTokens1),
 			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
 			"api_timeout":  llm.DefaultTimeout.String(),
+			"formats":      export.Names(),
 		},
 	)
 	level := cli.LogLevel

@@ -18,7 +18,7 @@ import (
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/outfile"
 )
 
 // InputFlags read a batch file.
@@ -68,10 +68,11 @@ func defaultBatchID(path string, items []flashpipe.Item) string {
 // RunCmd runs the whole pipeline in one process.
 type RunCmd struct {
 	InputFlags
-	Output  string `short:"o" help:"Where to write the flashcards TSV." default:"cards.tsv"`
+	Output  string `short:"o" help:"Where to write the flashcards (- for stdout; a device or FIFO is written through)." default:"cards.tsv"`
 	DataDir string `help:"Where the embedded NATS server and SQLite database keep their state (reused by the next run)." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
 	JSON    bool   `help:"Print the summary as one JSON object on stdout."`
 	Quiet   bool   `help:"No progress display."`
+	OutputFlags
 	StoreFlags
 	APIFlags
 	ProcessorFlags
@@ -87,6 +88,10 @@ type RunCmd struct {
 func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	parsed, id, err := r.load()
 	if err != nil {
+		return err
+	}
+	target := r.target(r.Output)
+	if err := target.check(); err != nil {
 		return err
 	}
 	c, err := r.contract()
@@ -106,7 +111,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Fprintf(os.Stderr, "flashpipe: batch %s, %d items from %s\n", id, len(parsed.Items), filepath.Base(r.File))
 	fmt.Fprintf(os.Stderr, "flashpipe: using %s\n", apiMode(st.Sim, st.APIURL))
 	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
-	sum, err := runBatch(ctx, st, ingest.Batch{ID: id, Source: filepath.Base(r.File), Items: parsed.Items}, r.Output, r.Quiet)
+	sum, err := runBatch(ctx, st, ingest.Batch{ID: id, Source: filepath.Base(r.File), Items: parsed.Items}, target, r.Quiet)
 	if err != nil {
 		return err
 	}
@@ -118,9 +123,9 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	return sum.print(r.JSON)
 }
 
-// runBatch submits a batch to a running stack, follows it to completion writing the
-// TSV, and waits until the store holds it too.
-func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, quiet bool) (*summary, error) {
+// runBatch submits a batch to a running stack, follows it to completion writing its
+// output, and waits until the store holds it too.
+func runBatch(ctx context.Context, st *stack, b ingest.Batch, output exportTarget, quiet bool) (*summary, error) {
 	pub, err := ingest.NewPublisher(st.JS, st.Contract, nil)
 	if err != nil {
 		return nil, err
@@ -177,46 +182,38 @@ func runBatch(ctx context.Context, st *stack, b ingest.Batch, output string, qui
 	return o.sum, nil
 }
 
-// followBatch shows a batch's progress until it completes and writes its TSV to
+// followBatch shows a batch's progress until it completes and writes its results to
 // output: streamed from the ordered log while the batch runs (one generation), or read
 // once it is complete (retry generations replace results).
-func followBatch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, latest flashpipe.Manifest, output string, quiet bool) (*summary, error) {
-	out, closeOut, err := createOutput(output)
-	if err != nil {
-		return nil, err
-	}
-	t := export.NewTSV(out)
+func followBatch(ctx context.Context, js jetstream.JetStream, c *contract.Contract, latest flashpipe.Manifest, output exportTarget, quiet bool) (*summary, error) {
 	var usage flashpipe.Usage
-	view := newProgress(ctx, js, c, latest.Expected(), quiet)
-	write := func(r flashpipe.Result) error {
-		usage = usage.Add(r.Usage)
-		view.addUsage(r.Usage.Cost, r.Usage.CacheHits)
-		return t.Write(r)
-	}
-	if latest.Generation == 0 {
-		_, err = batchlog.Follow(ctx, js, c, latest, view.update, write)
-	} else {
-		if _, err = batchlog.Watch(ctx, js, c, latest, view.update); err == nil {
-			err = batchlog.Results(ctx, js, c, latest.BatchID, write)
+	t, err := writeExport(output, latest, func(write func(flashpipe.Result) error) error {
+		view := newProgress(ctx, js, c, latest.Expected(), quiet)
+		defer view.finish()
+		counted := func(r flashpipe.Result) error {
+			usage = usage.Add(r.Usage)
+			view.addUsage(r.Usage.Cost, r.Usage.CacheHits)
+			return write(r)
 		}
-	}
-	view.finish()
-	if err == nil {
-		err = t.Close()
-	}
-	if cerr := closeOut(err == nil); err == nil {
-		err = cerr
-	}
+		if latest.Generation == 0 {
+			_, err := batchlog.Follow(ctx, js, c, latest, view.update, counted)
+			return err
+		}
+		if _, err := batchlog.Watch(ctx, js, c, latest, view.update); err != nil {
+			return err
+		}
+		return batchlog.Results(ctx, js, c, latest.BatchID, counted)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("batch %s: %w", latest.BatchID, err)
 	}
-	sum := &summary{BatchID: latest.BatchID, Items: latest.Count, Output: output, Cards: t.Cards()}
+	sum := &summary{BatchID: latest.BatchID, Items: latest.Count, Output: output.path, Cards: t.Cards}
 	sum.setUsage(usage)
-	for _, f := range t.Failed() {
+	for _, f := range t.Failed {
 		sum.FailedItems = append(sum.FailedItems, failedItem(f))
 	}
 	sum.Failed = len(sum.FailedItems)
-	sum.OK = t.Items() - sum.Failed
+	sum.OK = t.Items - sum.Failed
 	return sum, nil
 }
 
@@ -236,55 +233,6 @@ func waitStored(ctx context.Context, store flashpipe.Store, id string, gen int) 
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// writeTSV writes the stored batch as TSV to path ("-" for stdout) and records the
-// card count and failed items in sum.
-func writeTSV(ctx context.Context, store flashpipe.Store, id, path string, sum *summary) error {
-	out, closeOut, err := createOutput(path)
-	if err != nil {
-		return err
-	}
-	t := export.NewTSV(out)
-	err = store.Results(ctx, id, flashpipe.ResultFilter{}, t.Write)
-	if err == nil {
-		err = t.Close()
-	}
-	if cerr := closeOut(err == nil); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	sum.Output, sum.Cards = path, t.Cards()
-	for _, f := range t.Failed() {
-		sum.FailedItems = append(sum.FailedItems, failedItem(f))
-	}
-	return nil
-}
-
-// createOutput opens path for writing through a temporary file renamed into place on
-// success, so a failed export never leaves a half-written TSV.
-func createOutput(path string) (*os.File, func(ok bool) error, error) {
-	if path == "-" {
-		return os.Stdout, func(bool) error { return nil }, nil
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, nil, err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return nil, nil, err
-	}
-	return tmp, func(ok bool) error {
-		err := tmp.Close()
-		if ok && err == nil {
-			return os.Rename(tmp.Name(), path)
-		}
-		_ = os.Remove(tmp.Name())
-		return err
-	}, nil
 }
 
 // summary is what a finished batch reports.
@@ -342,11 +290,14 @@ func (s *summary) print(asJSON bool) error {
 	if s.FailedItems == nil {
 		s.FailedItems = []failedInfo{}
 	}
+	w := os.Stdout
+	if s.Output == outfile.Stdout {
+		w = os.Stderr // stdout carries the flashcards
+	}
 	if asJSON {
-		enc := json.NewEncoder(os.Stdout)
+		enc := json.NewEncoder(w)
 		return enc.Encode(s)
 	}
-	w := os.Stdout
 	fmt.Fprintf(w, "batch %s complete: %d items, %d ok, %d failed, %d cards", s.BatchID, s.Items, s.OK, s.Failed, s.Cards)
 	if s.Output != "" {
 		fmt.Fprintf(w, " -> %s", s.Output)

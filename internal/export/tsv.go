@@ -1,14 +1,17 @@
-// Package export writes a batch's results as the Anki-ready TSV of docs/domain: one
-// header line, then one line per card, items in ascending position, cards in their
-// order within the item. Failed items are left out of the TSV and collected so the
-// caller can report them.
+// Package export writes a batch's results to files in the formats learners and tools
+// use: the Anki-ready TSV of docs/domain (the default), an Anki package (.apkg) whose
+// notes update in place when a newer export is imported, Anki's text import format
+// with headers, CSV and JSON Lines of the cards, JSON Lines of the items with their
+// stage 1 analysis, and the failed-items report. Every format is a Writer made by a
+// Format of the registry (Formats, Lookup, Resolve), so the CLI and the HTTP API call
+// the same code; Writers take results in ascending Seq, as flashpipe.Store.Results and
+// batchlog give them, and stream (see each format for what it holds in memory).
 package export
 
 import (
 	"bufio"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 
 	"github.com/flashpipe/flashpipe"
@@ -44,6 +47,8 @@ func NewTSV(w io.Writer) *TSV {
 	return &TSV{w: bufio.NewWriterSize(w, 64<<10)}
 }
 
+func openTSV(w io.Writer, _ Options) (Writer, error) { return NewTSV(w), nil }
+
 // Write adds one item's cards, or records it as failed.
 func (t *TSV) Write(r flashpipe.Result) error {
 	if r.Seq <= t.last {
@@ -59,16 +64,10 @@ func (t *TSV) Write(r flashpipe.Result) error {
 		t.failed = append(t.failed, r)
 		return nil
 	}
-	term := r.Term
-	if r.Analysis != nil && r.Analysis.Term != "" {
-		term = r.Analysis.Term
-	}
-	termNumber := strconv.FormatInt(r.Position, 10)
-	for _, c := range r.Cards {
+	for i := range r.Cards {
 		t.cards++
-		fields := [...]string{strconv.Itoa(t.cards), term, termNumber, c.TabName, c.Primer, c.Front, c.Back, c.Tags, c.HonorificLevel}
-		for i, f := range fields {
-			if i > 0 {
+		for j, f := range cardColumns(t.cards, &r, &r.Cards[i]) {
+			if j > 0 {
 				_ = t.w.WriteByte('\t')
 			}
 			_, _ = escaper.WriteString(t.w, f)
