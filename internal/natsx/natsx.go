@@ -45,7 +45,7 @@ type EmbeddedConfig struct {
 	// their permissions, accounts, operator mode, TLS. The fields above override what
 	// it says about the same things.
 	ConfigFile string
-	Logger  *slog.Logger
+	Logger     *slog.Logger
 }
 
 // ClusterConfig joins an embedded server to a cluster of embedded servers.
