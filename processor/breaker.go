@@ -17,6 +17,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // errRelease marks an item given back because the circuit breaker is open: it is
@@ -126,7 +127,7 @@ func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contrac
 	if cfg.Storage == contract.StorageMemory {
 		storage = jetstream.MemoryStorage
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := natsx.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket: c.Name("RELEASES"), Description: "flashpipe: items released by an open circuit breaker",
 		History: 1, TTL: ledgerTTL, Storage: storage, Replicas: cfg.Replicas,
 	})

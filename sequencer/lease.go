@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // errLeaseHeld is returned when another replica holds a batch's lease.
@@ -30,7 +31,7 @@ func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contrac
 	if cfg.Storage == contract.StorageMemory {
 		storage = jetstream.MemoryStorage
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := natsx.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      c.Name("SEQUENCER_LEASES"),
 		Description: "flashpipe: which sequencer replica orders which batch",
 		History:     1,

@@ -28,6 +28,7 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // DefaultBucketSuffix names the bucket after the contract's prefix: FLASHPIPE_CACHE.
@@ -118,7 +119,7 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if cfg.Storage == contract.StorageMemory {
 		storage = jetstream.MemoryStorage
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := natsx.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket,
 		Description: "flashpipe: LLM answers by stage, model, prompt version and input",
 		History:     1,

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // Defaults for Config.
@@ -174,10 +176,12 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 }
 
 // EnsureStreams creates the four streams or updates them to the contract's
-// configuration. It is idempotent, so every service calls it at start-up.
+// configuration. It is idempotent, so every service calls it at start-up; it changes
+// nothing when the streams are already as configured, so a service's NATS user needs
+// no right to manage streams once an administrator created them (natsx.EnsureStream).
 func (c *Contract) EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
 	for _, sc := range c.StreamConfigs() {
-		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+		if _, err := natsx.EnsureStream(ctx, js, sc); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}
 	}

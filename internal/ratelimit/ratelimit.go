@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // Defaults for Config.
@@ -260,7 +261,7 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    c.Config().Replicas,
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, bcfg)
+	kv, err := natsx.EnsureKeyValue(ctx, js, bcfg)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", cfg.Bucket, err)
 	}

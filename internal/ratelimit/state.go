@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // errDisconnected is the error of a KV operation not tried because the connection is
@@ -494,7 +496,7 @@ func (l *Limiter) recover(old *watchers) *watchers {
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
 	defer cancel()
-	if _, err := l.js.CreateOrUpdateKeyValue(ctx, l.bucketCfg); err != nil {
+	if _, err := natsx.EnsureKeyValue(ctx, l.js, l.bucketCfg); err != nil {
 		l.st.errors.Add(1)
 		l.log.Debug("rate limit bucket still unreachable", "err", err)
 		return nil
