@@ -121,16 +121,26 @@ type ledger struct {
 
 const ledgerTTL = 7 * 24 * time.Hour
 
-func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract) (*ledger, error) {
+// LedgerBucketSuffix names the release ledger's KV bucket after the contract's
+// prefix: FLASHPIPE_RELEASES.
+const LedgerBucketSuffix = "RELEASES"
+
+// LedgerBucket is the configuration of the release ledger's KV bucket, for an
+// administrator who creates it ahead of the processors (docs/security.md).
+func LedgerBucket(c *contract.Contract) jetstream.KeyValueConfig {
 	cfg := c.Config()
 	storage := jetstream.FileStorage
 	if cfg.Storage == contract.StorageMemory {
 		storage = jetstream.MemoryStorage
 	}
-	kv, err := natsx.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
-		Bucket: c.Name("RELEASES"), Description: "flashpipe: items released by an open circuit breaker",
+	return jetstream.KeyValueConfig{
+		Bucket: c.Name(LedgerBucketSuffix), Description: "flashpipe: items released by an open circuit breaker",
 		History: 1, TTL: ledgerTTL, Storage: storage, Replicas: cfg.Replicas,
-	})
+	}
+}
+
+func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract) (*ledger, error) {
+	kv, err := natsx.EnsureKeyValue(ctx, js, LedgerBucket(c))
 	if err != nil {
 		return nil, fmt.Errorf("release ledger: %w", err)
 	}

@@ -1,6 +1,7 @@
 package sequencer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,20 +26,31 @@ type leases struct {
 	id  string
 }
 
-func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contract, ttl time.Duration, id string) (*leases, error) {
+// LeaseBucketSuffix names the lease KV bucket after the contract's prefix:
+// FLASHPIPE_SEQUENCER_LEASES.
+const LeaseBucketSuffix = "SEQUENCER_LEASES"
+
+// LeaseBucket is the configuration of the lease KV bucket for a lease TTL (zero:
+// DefaultLeaseTTL), for an administrator who creates it ahead of the sequencers
+// (docs/security.md).
+func LeaseBucket(c *contract.Contract, ttl time.Duration) jetstream.KeyValueConfig {
 	cfg := c.Config()
 	storage := jetstream.FileStorage
 	if cfg.Storage == contract.StorageMemory {
 		storage = jetstream.MemoryStorage
 	}
-	kv, err := natsx.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      c.Name("SEQUENCER_LEASES"),
+	return jetstream.KeyValueConfig{
+		Bucket:      c.Name(LeaseBucketSuffix),
 		Description: "flashpipe: which sequencer replica orders which batch",
 		History:     1,
-		TTL:         ttl,
+		TTL:         cmp.Or(ttl, DefaultLeaseTTL),
 		Storage:     storage,
 		Replicas:    cfg.Replicas,
-	})
+	}
+}
+
+func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contract, ttl time.Duration, id string) (*leases, error) {
+	kv, err := natsx.EnsureKeyValue(ctx, js, LeaseBucket(c, ttl))
 	if err != nil {
 		return nil, fmt.Errorf("sequencer leases: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -21,6 +22,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -70,7 +72,11 @@ func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
 	var cli CLI
+	// Every secret the flags and a NATS context hold goes into red while the flags are
+	// parsed (the AfterApply hooks), before any logger exists.
+	red := secret.New()
 	kctx := kong.Parse(&cli,
+		kong.Bind(red),
 		kong.Name("flashpipe"),
 		kong.Description("Vocabulary batches in, study flashcards out: in order, nothing lost, never paying twice."),
 		kong.UsageOnError(),
@@ -92,7 +98,7 @@ func main() {
 			level = "info"
 		}
 	}
-	logger := newLogger(level, cli.LogFormat)
+	logger := newLogger(os.Stderr, level, cli.LogFormat, red)
 	if _, set := os.LookupEnv("GOGC"); !set {
 		// The services' live heap is small and bounded; collecting less often saves
 		// CPU on the hot path at the price of a proportionally larger heap.
@@ -111,16 +117,19 @@ func main() {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	fmt.Fprintln(os.Stderr, "flashpipe:", err)
+	fmt.Fprintln(os.Stderr, "flashpipe:", red.Redact(err.Error()))
 	os.Exit(code)
 }
 
-func newLogger(level, format string) *slog.Logger {
+// newLogger returns the process's logger, writing to w; every record passes through
+// red, so no call site can log a secret.
+func newLogger(w io.Writer, level, format string, red *secret.Redactor) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(secret.NewHandler(h, red))
 }

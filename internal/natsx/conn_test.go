@@ -1,7 +1,6 @@
 package natsx_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,13 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/testutil/natsauth"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // Each way of authenticating connects with the right options, JetStream answers, and
@@ -131,23 +130,6 @@ func TestSecrets(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A token in the URL is not in the reconnect log line (nats.go's redacted URL hides a
 // password only).
 func TestReconnectLogHidesAToken(t *testing.T) {
@@ -172,7 +154,7 @@ func TestReconnectLogHidesAToken(t *testing.T) {
 		return srv
 	}
 	srv := start()
-	logs := &syncBuffer{}
+	logs := &natstest.SyncBuffer{}
 	nc, err := natsx.Connect(fmt.Sprintf("nats://%s@127.0.0.1:%d", token, port), "test",
 		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/natsx"
+	"github.com/flashpipe/flashpipe/internal/permissions"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/internal/secret"
+	"github.com/flashpipe/flashpipe/internal/stages"
+	"github.com/flashpipe/flashpipe/internal/store/postgres"
+	"github.com/flashpipe/flashpipe/internal/testutil/natsauth"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/sink"
+)
+
+// securePipeline is the whole pipeline with each part on a NATS connection of its
+// own, made the way the commands make theirs (NATSFlags.connect), logging through the
+// redacting handler the commands use into one buffer.
+type securePipeline struct {
+	t      *testing.T
+	p      *pipeline // for its service runner
+	flags  map[string]NATSFlags
+	red    *secret.Redactor
+	logs   *natstest.SyncBuffer
+	log    *slog.Logger
+	apiKey string
+	sim    *llmsim.Simulator
+	store  flashpipe.Store
+}
+
+// newSecurePipeline makes the parts' flags with flagsFor(role), the simulator with
+// sim (answering only apiKey) and a Postgres store of the test's own.
+func newSecurePipeline(t *testing.T, sim llmsim.Config, apiKey string, flagsFor func(role string) NATSFlags) *securePipeline {
+	t.Helper()
+	s := &securePipeline{t: t, p: &pipeline{t: t}, flags: map[string]NATSFlags{}, red: secret.New(apiKey), logs: &natstest.SyncBuffer{}, apiKey: apiKey}
+	for _, role := range []string{permissions.Admin, permissions.Processor, permissions.Sequencer, permissions.Sink, permissions.Submit, permissions.Reader} {
+		f := flagsFor(role)
+		if err := f.AfterApply(s.red); err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		s.flags[role] = f
+	}
+	s.log = newLogger(s.logs, "debug", "json", s.red)
+	var err error
+	sim.RequireKey = apiKey
+	if s.sim, err = llmsim.New(sim); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.sim.Close() })
+	if s.store, err = postgres.Open(context.Background(), pgtest.URL(t), postgres.Config{AutoMigrate: true, Logger: s.log}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.store.Close() })
+	return s
+}
+
+// connect connects as role, closed when the test ends.
+func (s *securePipeline) connect(role string) (jetstream.JetStream, *contract.Contract) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, js, c, err := s.flags[role].connect(ctx, "flashpipe-test-"+role, s.log.With("role", role))
+	if err != nil {
+		s.t.Fatalf("%s: %v", role, err)
+	}
+	s.t.Cleanup(nc.Close)
+	return js, c
+}
+
+// setUp creates the streams and the KV buckets as the admin, as an operator does once.
+// The rate limit bucket is left to the processor, which must be able to re-create it.
+func (s *securePipeline) setUp() {
+	s.t.Helper()
+	ctx := context.Background()
+	js, c := s.connect(permissions.Admin)
+	if err := c.EnsureStreams(ctx, js); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := cache.New(ctx, js, c, cache.Config{}); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, b := range []jetstream.KeyValueConfig{processor.LedgerBucket(c), sequencer.LeaseBucket(c, 0)} {
+		if _, err := natsx.EnsureKeyValue(ctx, js, b); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
+// startServices starts a processor (with the shared rate limit), a sequencer and a sink,
+// each as its own user; stop stops them all.
+func (s *securePipeline) startServices() (stop func()) {
+	s.t.Helper()
+	ctx := context.Background()
+	jsP, c := s.connect(permissions.Processor)
+	client, err := llm.New(llm.Config{BaseURL: s.sim.URL(), APIKey: s.apiKey, Logger: s.log})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	answers, err := cache.New(ctx, jsP, c, cache.Config{Logger: s.log})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	limiter, err := ratelimit.New(ctx, jsP, c, ratelimit.Config{RPM: 60000, Logger: s.log})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = limiter.Close() })
+	proc, err := processor.New(jsP, c, client, answers, processor.Config{
+		Stages: stages.DefaultConfig(), Limiter: limiter, Redactor: s.red, ID: "p1", Logger: s.log.With("service", "processor"),
+		MaxAttempts: 2,
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	jsQ, c := s.connect(permissions.Sequencer)
+	seq, err := sequencer.New(jsQ, c, sequencer.Config{ID: "s1", Logger: s.log.With("service", "sequencer")})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	jsS, c := s.connect(permissions.Sink)
+	snk, err := sink.New(jsS, c, s.store, sink.Config{Logger: s.log.With("service", "sink")})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	stops := []func(){s.p.service("processor", proc.Run), s.p.service("sequencer", seq.Run), s.p.service("sink", snk.Run)}
+	return func() {
+		for _, stop := range slices.Backward(stops) {
+			stop()
+		}
+	}
+}
+
+// submit publishes the batch as the submit user and follows it to the end as the
+// reader (batchlog, as submit --wait does), writing the TSV.
+func (s *securePipeline) submitAndFollow(id string, items []flashpipe.Item, within time.Duration) *summary {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	jsW, c := s.connect(permissions.Submit)
+	pub, err := ingest.NewPublisher(jsW, c, s.log)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: id, Source: "test", Items: items})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	jsR, c := s.connect(permissions.Reader)
+	sum, err := followBatch(ctx, jsR, c, sub.Manifest, filepath.Join(s.t.TempDir(), "cards.tsv"), true)
+	if err != nil {
+		s.t.Fatalf("follow batch %s: %v\nlogs:\n%s", id, err, s.logs)
+	}
+	return sum
+}
+
+// refusals returns the log lines of permissions NATS refused.
+func (s *securePipeline) refusals() []string {
+	var out []string
+	for _, l := range strings.Split(s.logs.String(), "\n") {
+		if strings.Contains(l, "permissions violation") || strings.Contains(l, "refused a permission") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// leastPrivilegeServer starts a server whose users have exactly their role's
+// permissions as conf renders them, and returns flags per role.
+func leastPrivilegeServer(t *testing.T, conf string) func(role string) NATSFlags {
+	t.Helper()
+	c, err := contract.New(contract.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Random passwords: a secret holding a word ("sequencer") would have that word
+	// redacted from every log line.
+	var users []string
+	passwords := map[string]string{}
+	for _, r := range permissions.Roles(c) {
+		passwords[r.Name] = nuid.Next()
+		users = append(users, fmt.Sprintf("{user: %s, password: %q, permissions: $%s}", r.Name, passwords[r.Name], permissions.Variable(c, r.Name)))
+	}
+	srv := natsauth.Start(t, conf+"\nauthorization { users = [\n"+strings.Join(users, "\n")+"\n] }\n")
+	return func(role string) NATSFlags {
+		return NATSFlags{NATSURL: srv.ClientURL(), NATSAuthFlags: NATSAuthFlags{User: role, Password: passwords[role]},
+			StreamFlags: defaultStreamFlags()}
+	}
+}
+
+func defaultStreamFlags() StreamFlags {
+	return StreamFlags{Prefix: contract.DefaultPrefix, StreamReplicas: 1, StreamStorage: contract.StorageFile,
+		StreamMaxAge: contract.DefaultMaxAge, DuplicateWindow: contract.DefaultDuplicateWindow}
+}
+
+// The whole pipeline runs a batch in order against a server that grants each service
+// exactly the permissions of deploy/nats/permissions.conf, and NATS refuses nothing.
+func TestLeastPrivilegePipeline(t *testing.T) {
+	t.Parallel()
+	conf, err := os.ReadFile(filepath.Join("..", "..", "deploy", "nats", "permissions.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), leastPrivilegeServer(t, string(conf)))
+	s.setUp()
+	stop := s.startServices()
+	items := loadItems(t, "../../examples/test_5_words.csv")
+	sum := s.submitAndFollow("least-privilege", items, 60*time.Second)
+	if sum.Items != len(items) || sum.OK != len(items) || sum.Cards != 3*len(items) {
+		t.Fatalf("summary %+v", sum)
+	}
+	st, err := waitStored(context.Background(), s.store, "least-privilege", 0)
+	if err != nil {
+		t.Fatalf("not stored: %v (%+v)", err, st)
+	}
+	var rows []flashpipe.Result
+	if err := s.store.Results(context.Background(), "least-privilege", flashpipe.ResultFilter{}, func(r flashpipe.Result) error {
+		rows = append(rows, r)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkStored(t, rows, items, 3)
+	stop()
+	if r := s.refusals(); len(r) > 0 {
+		t.Fatalf("NATS refused permissions the table does not grant:\n%s", strings.Join(r, "\n"))
+	}
+}
+
+// Take one permission away and the service that needs it fails visibly: the error log
+// names the subject, and the batch does not complete.
+func TestMissingPermissionFailsVisibly(t *testing.T) {
+	t.Parallel()
+	c, err := contract.New(contract.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := permissions.Roles(c)
+	for i, r := range roles {
+		if r.Name == permissions.Sequencer {
+			roles[i].Publish = slices.DeleteFunc(slices.Clone(r.Publish), func(rule permissions.Rule) bool { return rule.Subject == c.Prefix()+".ordered.>" })
+		}
+	}
+	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), leastPrivilegeServer(t, permissions.RenderRoles(c, roles)))
+	s.setUp()
+	s.startServices()
+	jsW, c := s.connect(permissions.Submit)
+	pub, err := ingest.NewPublisher(jsW, c, s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Submit(context.Background(), ingest.Batch{ID: "refused", Items: loadItems(t, "../../examples/test_5_words.csv")}); err != nil {
+		t.Fatal(err)
+	}
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		for _, l := range s.refusals() {
+			if strings.Contains(l, `"level":"ERROR"`) && strings.Contains(l, "flashpipe.ordered.refused") {
+				return true
+			}
+		}
+		return false
+	}, "no error log names the refused subject:\n%s", s.logs)
+	if st, err := s.store.Batch(context.Background(), "refused"); err == nil && st.State == flashpipe.BatchComplete {
+		t.Fatal("the batch completed without the sequencer's permission to append")
+	}
+}
