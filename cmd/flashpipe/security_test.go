@@ -244,6 +244,40 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStored(t, rows, items, 3)
+
+	// The other things the roles do: a dry run's estimate and a reprocess as the
+	// submit user (followed to the end by the reader), a replay as the sink user.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	jsW, c := s.connect(permissions.Submit)
+	answers, err := cache.New(ctx, jsW, c, cache.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	est, err := processor.EstimateBatch(ctx, answers, stages.DefaultConfig(), items, processor.Prices{})
+	if err != nil || !est.CacheUsed || est.Stage1Cached != len(items) || est.Stage2Cached != len(items) {
+		t.Fatalf("dry run: %+v, %v", est, err)
+	}
+	pub, err := ingest.NewPublisher(jsW, c, s.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := pub.Reprocess(ctx, "least-privilege")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsR, c := s.connect(permissions.Reader)
+	if sum, err := followBatch(ctx, jsR, c, sub.Manifest, filepath.Join(t.TempDir(), "again.tsv"), true); err != nil || sum.OK != len(items) {
+		t.Fatalf("reprocess: %+v, %v", sum, err)
+	}
+	jsS, c := s.connect(permissions.Sink)
+	replay, err := sink.New(jsS, c, s.store, sink.Config{Logger: s.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := replay.Replay(ctx, "least-privilege"); err != nil || n == 0 {
+		t.Fatalf("replay: %d events, %v", n, err)
+	}
 	stop()
 	if r := s.refusals(); len(r) > 0 {
 		t.Fatalf("NATS refused permissions the table does not grant:\n%s", strings.Join(r, "\n"))
