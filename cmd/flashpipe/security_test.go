@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
@@ -47,6 +48,7 @@ type securePipeline struct {
 	apiKey string
 	sim    *llmsim.Simulator
 	store  flashpipe.Store
+	pgURL  string
 }
 
 // newSecurePipeline makes the parts' flags with flagsFor(role), the simulator with
@@ -71,7 +73,8 @@ func newSecurePipeline(t *testing.T, sim llmsim.Config, apiKey string, flagsFor 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.sim.Close() })
-	if s.store, err = postgres.Open(context.Background(), pgtest.URL(t), postgres.Config{AutoMigrate: true, Logger: s.log}); err != nil {
+	s.pgURL = pgtest.URL(t)
+	if s.store, err = postgres.Open(context.Background(), s.pgURL, postgres.Config{AutoMigrate: true, Logger: s.log}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.store.Close() })
@@ -319,5 +322,142 @@ func TestMissingPermissionFailsVisibly(t *testing.T) {
 	}, "no error log names the refused subject:\n%s", s.logs)
 	if st, err := s.store.Batch(context.Background(), "refused"); err == nil && st.State == flashpipe.BatchComplete {
 		t.Fatal("the batch completed without the sequencer's permission to append")
+	}
+}
+
+// flagsOf maps connection options to the flags that give them.
+func flagsOf(o natsx.ConnOptions) NATSFlags {
+	return NATSFlags{NATSURL: o.URL, StreamFlags: defaultStreamFlags(), NATSAuthFlags: NATSAuthFlags{
+		Context: o.Context, Creds: o.Creds, NKey: o.NKey, User: o.User, Password: o.Password, Token: o.Token,
+		TLSCert: o.TLSCert, TLSKey: o.TLSKey, TLSCA: o.TLSCA, TLSFirst: o.TLSFirst, InboxPrefix: o.InboxPrefix,
+	}}
+}
+
+// Every way of authenticating connects the whole pipeline through the commands' own
+// flags: a batch goes through processor, sequencer and sink, submitted and followed.
+func TestEveryAuthMethodRunsThePipeline(t *testing.T) {
+	t.Parallel()
+	for _, m := range natsauth.All(t) {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), func(string) NATSFlags { return flagsOf(m.Good) })
+			s.setUp()
+			defer s.startServices()()
+			items := loadItems(t, "../../examples/test_5_words.csv")
+			if sum := s.submitAndFollow("auth-"+m.Name, items, 60*time.Second); sum.OK != len(items) || sum.Cards != 3*len(items) {
+				t.Fatalf("summary %+v", sum)
+			}
+		})
+	}
+}
+
+// A batch runs with an API that echoes fragments of the key in its errors, over NATS
+// with a token (in the URL for some services, as a flag for others); afterwards no
+// 8-byte piece of the key or of the token is in the logs, in any message of the four
+// streams, in any KV bucket or in any database row.
+func TestNoSecretFragmentAnywhereAfterKeyEchoes(t *testing.T) {
+	t.Parallel()
+	m := natsauth.Token(t)
+	inURL := strings.Replace(m.Good.URL, "://", "://"+m.Good.Token+"@", 1)
+	key := "sk-or-v1-" + nuid.Next() + nuid.Next()
+	s := newSecurePipeline(t, llmsim.Config{Seed: 5, Faults: llmsim.Faults{RateEchoKey: 0.3}}, key, func(role string) NATSFlags {
+		if role == permissions.Processor || role == permissions.Submit {
+			return flagsOf(natsx.ConnOptions{URL: inURL})
+		}
+		return flagsOf(m.Good)
+	})
+	s.setUp()
+	stop := s.startServices()
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:40]
+	sum := s.submitAndFollow("echo", items, 60*time.Second)
+	stop()
+	if sum.Failed == 0 || s.sim.Stats().Faults[llmsim.FaultEchoKey] == 0 {
+		t.Fatalf("the fault did not fail any item (summary %+v, faults %v)", sum, s.sim.Stats().Faults)
+	}
+	if !strings.Contains(s.logs.String(), secret.Mask) {
+		t.Fatal("nothing was redacted from the logs: the echo did not reach them")
+	}
+
+	scan := newFragmentScan(key, m.Good.Token)
+	scan.check(t, "logs", s.logs.String())
+	ctx := context.Background()
+	js, c := s.connect(permissions.Admin)
+	names := []string{c.BatchesStream(), c.ItemsStream(), c.ResultsStream(), c.OrderedStream()}
+	lister := js.StreamNames(ctx)
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, "KV_") {
+			names = append(names, name)
+		}
+	}
+	if len(names) < 8 {
+		t.Fatalf("streams and buckets %v: some are missing", names)
+	}
+	for _, name := range names {
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seq := uint64(1); seq <= st.CachedInfo().State.LastSeq; seq++ {
+			raw, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				continue // deleted or expired
+			}
+			scan.check(t, fmt.Sprintf("%s message %d", name, seq), raw.Subject+fmt.Sprint(raw.Header)+string(raw.Data))
+		}
+	}
+	conn, err := pgx.Connect(ctx, s.pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || !slices.Contains(tables, "items") {
+		t.Fatalf("tables %v, %v", tables, err)
+	}
+	reasons := 0
+	for _, table := range tables {
+		rows, err := conn.Query(ctx, `SELECT row_to_json(t)::text FROM `+pgx.Identifier{table}.Sanitize()+` t`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		texts, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, text := range texts {
+			scan.check(t, fmt.Sprintf("table %s row %d", table, i), text)
+			if table == "items" && strings.Contains(text, secret.Mask) {
+				reasons++
+			}
+		}
+	}
+	if reasons == 0 {
+		t.Fatal("no stored failure reason shows a redaction: the echo never reached the database")
+	}
+}
+
+// fragmentScan finds any MinFragment-byte piece of the secrets in a text.
+type fragmentScan struct{ pieces []string }
+
+func newFragmentScan(secrets ...string) *fragmentScan {
+	f := &fragmentScan{}
+	for _, s := range secrets {
+		for i := 0; i+secret.MinFragment <= len(s); i++ {
+			f.pieces = append(f.pieces, s[i:i+secret.MinFragment])
+		}
+	}
+	return f
+}
+
+func (f *fragmentScan) check(t *testing.T, where, text string) {
+	t.Helper()
+	for _, p := range f.pieces {
+		if i := strings.Index(text, p); i >= 0 {
+			t.Fatalf("%s holds %q of a secret: ...%s...", where, p, text[max(0, i-80):min(len(text), i+80)])
+		}
 	}
 }
