@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/secret"
 )
@@ -47,4 +49,29 @@ func (f *APIFlags) AfterApply(red *secret.Redactor) error {
 	red.Add(f.APIKey)
 	f.redactor = red
 	return nil
+}
+
+// AfterApply hands the Postgres password to the redactor.
+func (f *StoreFlags) AfterApply(red *secret.Redactor) error {
+	red.Add(postgresPassword(f.PostgresURL))
+	return nil
+}
+
+// AfterApply hands the Postgres password to the redactor.
+func (m *MigrateCmd) AfterApply(red *secret.Redactor) error {
+	red.Add(postgresPassword(m.PostgresURL))
+	return nil
+}
+
+// postgresPassword is the password of a Postgres URL or key=value connection string
+// ("" if none, or if it does not parse: the store's errors are scrubbed of it anyway).
+func postgresPassword(conn string) string {
+	if conn == "" {
+		return ""
+	}
+	cfg, err := pgconn.ParseConfig(conn)
+	if err != nil {
+		return ""
+	}
+	return cfg.Password
 }

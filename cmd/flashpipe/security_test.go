@@ -94,22 +94,15 @@ func (s *securePipeline) connect(role string) (jetstream.JetStream, *contract.Co
 	return js, c
 }
 
-// setUp creates the streams and the KV buckets as the admin, as an operator does once.
+// setUp creates the streams and the KV buckets as the admin, as an operator does once
+// with flashpipe nats-setup.
 // The rate limit bucket is left to the processor, which must be able to re-create it.
 func (s *securePipeline) setUp() {
 	s.t.Helper()
 	ctx := context.Background()
 	js, c := s.connect(permissions.Admin)
-	if err := c.EnsureStreams(ctx, js); err != nil {
+	if err := setUpNATS(ctx, js, c, 0, s.log); err != nil {
 		s.t.Fatal(err)
-	}
-	if _, err := cache.New(ctx, js, c, cache.Config{}); err != nil {
-		s.t.Fatal(err)
-	}
-	for _, b := range []jetstream.KeyValueConfig{processor.LedgerBucket(c), sequencer.LeaseBucket(c, 0)} {
-		if _, err := natsx.EnsureKeyValue(ctx, js, b); err != nil {
-			s.t.Fatal(err)
-		}
 	}
 }
 

@@ -221,8 +221,8 @@ func Render(c *contract.Contract) string { return RenderRoles(c, Roles(c)) }
 func RenderRoles(c *contract.Contract, roles []Role) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `# flashpipe: least-privilege NATS permissions for the subject prefix %q.
-# Generated from internal/permissions (permissions.Render); see docs/security.md.
-# For another prefix, replace %q in the subjects and stream names.
+# Generated from internal/permissions; see docs/security.md. For another prefix:
+#   flashpipe nats-setup --print-permissions --prefix %s
 #
 # One variable per role. Include this file at the top of the server configuration and
 # give each service a user of its own, for example:
