@@ -120,17 +120,21 @@ type ledger struct {
 
 const ledgerTTL = 7 * 24 * time.Hour
 
-// LedgerBucketConfig is the configuration of the release ledger's bucket.
-func LedgerBucketConfig(c *contract.Contract) jetstream.KeyValueConfig {
+// LedgerBucketSuffix names the release ledger's KV bucket after the contract's
+// prefix: FLASHPIPE_RELEASES.
+const LedgerBucketSuffix = "RELEASES"
+
+// LedgerBucket is the configuration of the release ledger's KV bucket.
+func LedgerBucket(c *contract.Contract) jetstream.KeyValueConfig {
 	cfg := c.Config()
 	return jetstream.KeyValueConfig{
-		Bucket: c.Name("RELEASES"), Description: "flashpipe: items released by an open circuit breaker",
+		Bucket: c.Name(LedgerBucketSuffix), Description: "flashpipe: items released by an open circuit breaker",
 		History: 1, TTL: ledgerTTL, Storage: c.StorageType(), Replicas: cfg.Replicas,
 	}
 }
 
 func openLedger(ctx context.Context, js jetstream.JetStream, c *contract.Contract, log *slog.Logger) (*ledger, error) {
-	kv, err := contract.OpenKeyValue(ctx, js, LedgerBucketConfig(c), log)
+	kv, err := contract.OpenKeyValue(ctx, js, LedgerBucket(c), log)
 	if err != nil {
 		return nil, fmt.Errorf("release ledger: %w", err)
 	}

@@ -124,9 +124,9 @@ func (p *Processor) fail(res *flashpipe.Result, stage string, err error, class f
 		next = flashpipe.NextCheckKey
 	}
 	res.Status = flashpipe.StatusFailed
-	res.Failure = &flashpipe.Failure{Stage: stage, Reason: err.Error(), Class: class, NextStep: next}
+	res.Failure = &flashpipe.Failure{Stage: stage, Reason: p.cfg.Redactor.Redact(err.Error()), Class: class, NextStep: next}
 	res.ProcessedAt = time.Now().UTC()
-	p.log.Warn("item failed", "batch", res.BatchID, "position", res.Position, "stage", stage, "class", class, "err", err)
+	p.log.Warn("item failed", "batch", res.BatchID, "position", res.Position, "stage", stage, "class", class, "err", res.Failure.Reason)
 }
 
 // stageSpec describes one stage of one item.

@@ -28,6 +28,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/service"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
@@ -115,6 +116,10 @@ type Config struct {
 	Limiter RateLimiter
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
+	// Redactor removes secrets (the API key, NATS tokens and passwords) and their
+	// fragments from failure reasons before they are published (nil: none; the LLM
+	// client already redacts its own key from its errors).
+	Redactor *secret.Redactor
 	// ID names this replica in logs and results.
 	ID     string
 	Logger *slog.Logger
@@ -362,7 +367,7 @@ func (p *Processor) poison(ctx context.Context, msg jetstream.Msg, cause error) 
 		BatchID: k.BatchID, Seq: k.Seq, Generation: k.Generation,
 		Item:   flashpipe.Item{Position: k.Position},
 		Status: flashpipe.StatusFailed,
-		Failure: &flashpipe.Failure{Stage: "input", Reason: "undecodable item message: " + cause.Error(),
+		Failure: &flashpipe.Failure{Stage: "input", Reason: p.cfg.Redactor.Redact("undecodable item message: " + cause.Error()),
 			Class: flashpipe.Permanent, NextStep: flashpipe.NextFixInput},
 		Attempts: 1, ProcessedAt: time.Now().UTC(),
 	}

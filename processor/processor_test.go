@@ -21,6 +21,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/race"
@@ -424,6 +425,33 @@ func TestAPIKeyNeverLogged(t *testing.T) {
 	natstest.Eventually(t, 10*time.Second, func() bool { return strings.Contains(r.logs.String(), "401") }, "no 401 logged")
 	if logs := r.logs.String(); strings.Contains(logs, testKey) || strings.Contains(logs, "TEST-SECRET") {
 		t.Fatalf("the API key appears in the logs:\n%s", logs)
+	}
+}
+
+// echoSecret fails every call with a permanent error that quotes part of a secret
+// the API client does not know (a NATS token, say), as a gateway in between might.
+type echoSecret struct{ fragment string }
+
+func (e echoSecret) Complete(context.Context, llm.Request) (*llm.Response, error) {
+	return nil, flashpipe.AsPermanent(fmt.Errorf("gateway refused credentials %q", e.fragment))
+}
+
+// A failure reason is redacted of the configured secrets before it is published or
+// logged.
+func TestFailureReasonsAreRedacted(t *testing.T) {
+	t.Parallel()
+	const token = "nats-token-0123456789abcdef"
+	r := newRig(t, llmsim.Config{})
+	r.start(processor.Config{Redactor: secret.New(token)}, echoSecret{fragment: token[3:17]})
+	r.submit("redact", words(2, "비밀"))
+	for _, res := range r.results("redact", 2, 30*time.Second) {
+		if res.Status != flashpipe.StatusFailed || strings.Contains(res.Failure.Reason, token[3:17]) ||
+			!strings.Contains(res.Failure.Reason, secret.Mask) {
+			t.Fatalf("published failure %+v", res.Failure)
+		}
+	}
+	if logs := r.logs.String(); strings.Contains(logs, token[3:17]) || !strings.Contains(logs, "item failed") {
+		t.Fatalf("the logs hold the fragment, or no failure:\n%s", logs)
 	}
 }
 

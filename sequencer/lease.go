@@ -1,6 +1,7 @@
 package sequencer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,22 +26,26 @@ type leases struct {
 	id  string
 }
 
-// LeaseBucketConfig is the configuration of the sequencer leases' bucket: entries
-// expire ttl after their last write.
-func LeaseBucketConfig(c *contract.Contract, ttl time.Duration) jetstream.KeyValueConfig {
+// LeaseBucketSuffix names the lease KV bucket after the contract's prefix:
+// FLASHPIPE_SEQUENCER_LEASES.
+const LeaseBucketSuffix = "SEQUENCER_LEASES"
+
+// LeaseBucket is the configuration of the lease KV bucket for a lease TTL (zero:
+// DefaultLeaseTTL): entries expire ttl after their last write.
+func LeaseBucket(c *contract.Contract, ttl time.Duration) jetstream.KeyValueConfig {
 	cfg := c.Config()
 	return jetstream.KeyValueConfig{
-		Bucket:      c.Name("SEQUENCER_LEASES"),
+		Bucket:      c.Name(LeaseBucketSuffix),
 		Description: "flashpipe: which sequencer replica orders which batch",
 		History:     1,
-		TTL:         ttl,
+		TTL:         cmp.Or(ttl, DefaultLeaseTTL),
 		Storage:     c.StorageType(),
 		Replicas:    cfg.Replicas,
 	}
 }
 
 func openLeases(ctx context.Context, js jetstream.JetStream, c *contract.Contract, ttl time.Duration, id string, log *slog.Logger) (*leases, error) {
-	kv, err := contract.OpenKeyValue(ctx, js, LeaseBucketConfig(c, ttl), log)
+	kv, err := contract.OpenKeyValue(ctx, js, LeaseBucket(c, ttl), log)
 	if err != nil {
 		return nil, fmt.Errorf("sequencer leases: %w", err)
 	}

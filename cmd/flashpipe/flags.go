@@ -24,6 +24,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
@@ -50,7 +51,8 @@ func (f StreamFlags) contract() (*contract.Contract, error) {
 
 // NATSFlags connect a service to a NATS server.
 type NATSFlags struct {
-	NATSURL string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"FLASHPIPE_NATS_URL,NATS_URL"`
+	NATSURL string `name:"nats-url" help:"NATS server URL(s), comma-separated (default: the context's, or nats://127.0.0.1:4222)." env:"FLASHPIPE_NATS_URL,NATS_URL"`
+	NATSAuthFlags
 	StreamFlags
 }
 
@@ -60,7 +62,7 @@ func (f NATSFlags) connect(ctx context.Context, name string, log *slog.Logger) (
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	nc, err := natsx.Connect(f.NATSURL, name, log)
+	nc, err := f.options(f.NATSURL).Connect(name, log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -86,6 +88,8 @@ type APIFlags struct {
 	AppURL     string        `help:"Attribution: HTTP-Referer sent to OpenRouter." env:"FLASHPIPE_APP_URL"`
 	AppTitle   string        `help:"Attribution: X-OpenRouter-Title sent to OpenRouter." default:"flashpipe" env:"FLASHPIPE_APP_TITLE"`
 	ModelFlags
+
+	redactor *secret.Redactor // set by AfterApply
 }
 
 // ModelFlags choose the models and prompts of the two stages: everything that goes

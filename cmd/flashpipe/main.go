@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -46,6 +48,7 @@ type CLI struct {
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
+	NATSSetup   NATSSetupCmd   `cmd:"" name:"nats-setup" help:"Create the streams and KV buckets as the NATS admin, or print the least-privilege permissions (docs/security.md)."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
 	Bench       BenchCmd       `cmd:"" help:"Measure end-to-end throughput on the embedded stack."`
 	Version     VersionCmd     `cmd:"" help:"Print the version."`
@@ -71,7 +74,11 @@ func (e *exitError) Unwrap() error { return e.err }
 
 func main() {
 	var cli CLI
+	// Every secret the flags and a NATS context hold goes into red while the flags are
+	// parsed (the AfterApply hooks), before any logger exists.
+	red := secret.New()
 	kctx := kong.Parse(&cli,
+		kong.Bind(red),
 		kong.Name("flashpipe"),
 		kong.Description("Vocabulary batches in, study flashcards out: in order, nothing lost, never paying twice."),
 		kong.UsageOnError(),
@@ -94,7 +101,7 @@ func main() {
 			level = "info"
 		}
 	}
-	logger := newLogger(level, cli.LogFormat)
+	logger := newLogger(os.Stderr, level, cli.LogFormat, red)
 	if _, set := os.LookupEnv("GOGC"); !set {
 		// The services' live heap is small and bounded; collecting less often saves
 		// CPU on the hot path at the price of a proportionally larger heap.
@@ -113,16 +120,19 @@ func main() {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	fmt.Fprintln(os.Stderr, "flashpipe:", err)
+	fmt.Fprintln(os.Stderr, "flashpipe:", red.Redact(err.Error()))
 	os.Exit(code)
 }
 
-func newLogger(level, format string) *slog.Logger {
+// newLogger returns the process's logger, writing to w; every record passes through
+// red, so no call site can log a secret.
+func newLogger(w io.Writer, level, format string, red *secret.Redactor) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(secret.NewHandler(h, red))
 }

@@ -58,6 +58,7 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	cfg := p.config(st, replicaID(), log)
+	cfg.Redactor = p.redactor
 	if reg != nil {
 		cfg.Metrics = processor.NewMetrics(reg)
 	}

@@ -128,6 +128,7 @@ func startStack(ctx context.Context, cfg stackConfig) (_ *stack, err error) {
 	var services []func(context.Context) error
 	for i := range max(cfg.Processors, 1) {
 		pcfg := cfg.Processor.config(stCfg, fmt.Sprintf("p%d", i+1), log)
+		pcfg.Redactor = cfg.API.redactor
 		if limiter != nil {
 			pcfg.Limiter = limiter
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/secret"
 )
 
 // Defaults for Config.
@@ -120,7 +121,7 @@ type Client struct {
 	completionsURL string
 	keyURL         string
 	baseHeader     http.Header
-	key            string
+	secrets        *secret.Redactor // the API key, and its fragments
 	timeout        time.Duration
 	http           *http.Client
 	log            *slog.Logger
@@ -167,7 +168,7 @@ func New(cfg Config) (*Client, error) {
 		completionsURL: base + "/chat/completions",
 		keyURL:         base + "/key",
 		baseHeader:     h,
-		key:            cfg.APIKey,
+		secrets:        secret.New(cfg.APIKey),
 		timeout:        cfg.Timeout,
 		http:           cfg.HTTPClient,
 		log:            cfg.Logger.With("component", "llm"),
@@ -378,32 +379,11 @@ func (c *Client) logAttempt(ctx context.Context, model string, status int, start
 	c.log.LogAttrs(ctx, slog.LevelDebug, "chat completion", attrs...)
 }
 
-// redact removes the API key from s. The key is never put into errors on purpose;
-// this guards against servers that echo it.
-func (c *Client) redact(s string) string {
-	if c.key == "" || !strings.Contains(s, c.key) {
-		return s
-	}
-	return strings.ReplaceAll(s, c.key, "[REDACTED]")
-}
+// redact removes the API key and every fragment of it (secret.MinFragment bytes or
+// more) from s. The key is never put into errors on purpose; this guards against
+// servers that echo it, whole or in part.
+func (c *Client) redact(s string) string { return c.secrets.Redact(s) }
 
-// scrub returns err, or an error with the same chain whose message has the key
-// removed if the message contains it.
-func (c *Client) scrub(err error) error {
-	if err == nil || c.key == "" {
-		return err
-	}
-	msg := err.Error()
-	if !strings.Contains(msg, c.key) {
-		return err
-	}
-	return &redactedError{msg: c.redact(msg), err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
+// scrub returns err, or an error with the same chain whose message has the key and
+// its fragments removed if the message contains any.
+func (c *Client) scrub(err error) error { return c.secrets.Error(err) }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/secret"
 )
 
 const testKey = "sk-or-v1-0123456789abcdefSECRETKEY"
@@ -590,6 +591,8 @@ func TestKeyNeverLeaks(t *testing.T) {
 		classCase{name: "echo in refusal", answer: answer{200, nil, `{"id":"g","choices":[{"finish_reason":"stop","message":{"content":"","refusal":"` + testKey + `"}}]}`}},
 		classCase{name: "echo in 200 error", answer: answer{200, nil, `{"error":{"code":502,"message":"` + testKey + `","metadata":{"error_type":"` + testKey + `"}}}`}},
 		classCase{name: "key split by the snippet", answer: answer{500, nil, strings.Repeat("x", 500) + testKey}},
+		classCase{name: "fragments echoed", answer: answer{400, nil, `{"error":{"code":400,"message":"Incorrect API key provided: ` +
+			testKey[:12] + `****` + testKey[len(testKey)-9:] + `","metadata":{"hint":"` + testKey[4:13] + `"}}}`}},
 	)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -607,8 +610,11 @@ func TestKeyNeverLeaks(t *testing.T) {
 				texts = append(texts, ae.Message, ae.Code, ae.Body, fmt.Sprint(ae.Metadata))
 			}
 			for _, s := range texts {
-				if strings.Contains(s, testKey) || strings.Contains(s, testKey[:len(testKey)/2+4]) && strings.Contains(s, "SECRET") {
-					t.Errorf("the API key leaked: %q", s)
+				for i := 0; i+secret.MinFragment <= len(testKey); i++ {
+					if strings.Contains(s, testKey[i:i+secret.MinFragment]) {
+						t.Errorf("a fragment of the API key leaked: %q", s)
+						break
+					}
 				}
 			}
 			if !strings.Contains(logs.String(), "chat completion") {

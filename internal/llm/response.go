@@ -309,8 +309,8 @@ func (c *Client) apiError(status int, h http.Header, body []byte, we wireError, 
 		Metadata: we.Metadata,
 		Body:     c.snippet(body),
 	}
-	if c.key != "" && bytes.Contains(body, []byte(c.key)) {
-		e.Metadata, _ = redactAny(e.Metadata, c.key).(map[string]any)
+	if b := string(body); c.redact(b) != b {
+		e.Metadata, _ = c.redactAny(e.Metadata).(map[string]any)
 	}
 	e.Code = c.redact(errorCode(we))
 	metaHeaders, _ := e.Metadata["headers"].(map[string]any)
@@ -361,21 +361,22 @@ func metaString(m map[string]any, key string) string {
 	return s
 }
 
-// redactAny returns v with key replaced in every string it contains.
-func redactAny(v any, key string) any {
+// redactAny returns v with the key and its fragments redacted from every string it
+// contains.
+func (c *Client) redactAny(v any) any {
 	switch x := v.(type) {
 	case string:
-		return strings.ReplaceAll(x, key, "[REDACTED]")
+		return c.redact(x)
 	case map[string]any:
 		m := make(map[string]any, len(x))
 		for k, vv := range x {
-			m[strings.ReplaceAll(k, key, "[REDACTED]")] = redactAny(vv, key)
+			m[c.redact(k)] = c.redactAny(vv)
 		}
 		return m
 	case []any:
 		s := make([]any, len(x))
 		for i, vv := range x {
-			s[i] = redactAny(vv, key)
+			s[i] = c.redactAny(vv)
 		}
 		return s
 	}

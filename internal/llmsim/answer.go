@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/llm/wire"
@@ -122,6 +123,9 @@ func (s *Simulator) chat(w http.ResponseWriter, r *http.Request) {
 		if !s.sleep(r.Context(), f.TimeoutDelay) {
 			return
 		}
+	case kEchoKey:
+		s.writeEchoKey(w, r)
+		return
 	}
 	s.answer(w, &req, in, inErr == nil, stage, kind, n, promptBytes, now)
 }
@@ -332,6 +336,18 @@ func (s *Simulator) writeFailTerm(w http.ResponseWriter, status int, term string
 		meta = map[string]any{"reasons": []string{"simulated"}, "flagged_input": term, "provider_name": ProviderName, "model_slug": "simulator"}
 	}
 	s.writeError(w, status, msg, meta, true)
+}
+
+// writeEchoKey answers 403 echoing fragments of the presented key, like a provider
+// that names the key it refuses.
+func (s *Simulator) writeEchoKey(w http.ResponseWriter, r *http.Request) {
+	key, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	head, tail, mid := key, key, key
+	if len(key) >= 24 {
+		head, tail, mid = key[:12], key[len(key)-10:], key[len(key)/2-4:len(key)/2+5]
+	}
+	s.writeError(w, http.StatusForbidden, "Key "+head+"..."+tail+" may not use this model",
+		map[string]any{"key_hint": mid, "provider_name": ProviderName}, true)
 }
 
 // writeError writes OpenRouter's error body {"error":{"code","message","metadata"}}.

@@ -102,6 +102,10 @@ type Faults struct {
 	RateEmpty float64
 	// RateInvalidAnswer answers JSON that misses a required field.
 	RateInvalidAnswer float64
+	// RateEchoKey answers 403 with an error that echoes fragments of the presented
+	// API key (its first 12 and last 10 characters, and 9 from the middle in the
+	// metadata), as providers do; the key must not end up in logs, streams or rows.
+	RateEchoKey float64
 	// TimeoutDelay is the stall of a timeout fault (DefaultTimeoutDelay).
 	TimeoutDelay time.Duration
 	// FailTerms maps a term to the HTTP status always answered for it (e.g. 400), for
@@ -121,6 +125,7 @@ const (
 	FaultErrorBody    = "error_body"
 	FaultEmpty        = "empty"
 	FaultInvalid      = "invalid_answer"
+	FaultEchoKey      = "echo_key"
 	FaultFailTerm     = "fail_term"
 )
 
@@ -136,16 +141,17 @@ const (
 	kErrorBody
 	kEmpty
 	kInvalid
+	kEchoKey
 	kFailTerm
 	numKinds
 )
 
 var kindNames = [numKinds]string{"", Fault5xx, Fault429, Fault402Transient, Fault402Credits, FaultTimeout,
-	FaultMalformed, FaultFenced, FaultErrorBody, FaultEmpty, FaultInvalid, FaultFailTerm}
+	FaultMalformed, FaultFenced, FaultErrorBody, FaultEmpty, FaultInvalid, FaultEchoKey, FaultFailTerm}
 
 func (f *Faults) validate() error {
 	rates := []float64{f.Rate5xx, f.Rate429, f.Rate402Transient, f.Rate402Credits, f.RateTimeout,
-		f.RateMalformed, f.RateFenced, f.RateErrorBody, f.RateEmpty, f.RateInvalidAnswer}
+		f.RateMalformed, f.RateFenced, f.RateErrorBody, f.RateEmpty, f.RateInvalidAnswer, f.RateEchoKey}
 	sum := 0.0
 	for i, r := range rates {
 		if r < 0 || r > 1 || math.IsNaN(r) {
@@ -170,7 +176,7 @@ func (f *Faults) validate() error {
 // pick draws the fault for a request from u in [0, 1).
 func (f *Faults) pick(u float64) int {
 	for i, r := range [...]float64{f.Rate5xx, f.Rate429, f.Rate402Transient, f.Rate402Credits, f.RateTimeout,
-		f.RateMalformed, f.RateFenced, f.RateErrorBody, f.RateEmpty, f.RateInvalidAnswer} {
+		f.RateMalformed, f.RateFenced, f.RateErrorBody, f.RateEmpty, f.RateInvalidAnswer, f.RateEchoKey} {
 		if u < r {
 			return i + 1
 		}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -693,5 +695,41 @@ func TestStage2FromLongAnalysisStaysInRange(t *testing.T) {
 		if n := len(strings.Fields(card.Back)); n < 80 || n > 150 {
 			t.Errorf("%s back has %d words", card.TabName, n)
 		}
+	}
+}
+
+// The echo fault names fragments of the presented key in its error body, as
+// providers do; the client redacts every one of them from its error.
+func TestEchoKeyFault(t *testing.T) {
+	t.Parallel()
+	const key = "sk-or-v1-echo0123456789abcdefghijKLMN"
+	sim, c := start(t, llmsim.Config{Faults: llmsim.Faults{RateEchoKey: 1}}, llm.Config{APIKey: key})
+	req, _ := http.NewRequest(http.MethodPost, sim.URL()+"/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"x"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), key[:12]) ||
+		!strings.Contains(string(body), key[len(key)-10:]) || strings.Contains(string(body), key) {
+		t.Fatalf("echo fault answered %d %s, want a 403 with fragments of the key", resp.StatusCode, body)
+	}
+	_, err = c.Complete(context.Background(), stages.Stage1Request(cfg, nouns))
+	wantClass(t, err, flashpipe.Permanent)
+	var ae *llm.APIError
+	if !errors.As(err, &ae) {
+		t.Fatalf("err %v is no APIError", err)
+	}
+	for _, text := range []string{err.Error(), ae.Body, fmt.Sprint(ae.Metadata)} {
+		for i := 0; i+secret.MinFragment <= len(key); i++ {
+			if strings.Contains(text, key[i:i+secret.MinFragment]) {
+				t.Fatalf("the client kept %q of the key: %s", key[i:i+secret.MinFragment], text)
+			}
+		}
+	}
+	if st := sim.Stats(); st.Faults[llmsim.FaultEchoKey] != 2 {
+		t.Errorf("fault stats %v", st.Faults)
 	}
 }

@@ -41,7 +41,11 @@ type EmbeddedConfig struct {
 	SyncAlways   bool
 	// Cluster, when set, joins the server to a cluster.
 	Cluster *ClusterConfig
-	Logger  *slog.Logger
+	// ConfigFile, when set, is a nats-server configuration file read first: users and
+	// their permissions, accounts, operator mode, TLS. The fields above override what
+	// it says about the same things.
+	ConfigFile string
+	Logger     *slog.Logger
 }
 
 // ClusterConfig joins an embedded server to a cluster of embedded servers.
@@ -71,17 +75,22 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if err := os.MkdirAll(cfg.StoreDir, 0o755); err != nil {
 		return nil, fmt.Errorf("natsx: create store dir: %w", err)
 	}
-	opts := &server.Options{
-		ServerName:   cfg.ServerName,
-		Host:         cfg.Host,
-		Port:         cfg.Port,
-		JetStream:    true,
-		StoreDir:     cfg.StoreDir,
-		SyncInterval: cfg.SyncInterval,
-		SyncAlways:   cfg.SyncAlways,
-		NoSigs:       true,
-		MaxPayload:   8 << 20,
+	opts := &server.Options{}
+	if cfg.ConfigFile != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(cfg.ConfigFile); err != nil {
+			return nil, fmt.Errorf("natsx: EmbeddedConfig.ConfigFile: %w", err)
+		}
 	}
+	opts.ServerName = cfg.ServerName
+	opts.Host = cfg.Host
+	opts.Port = cfg.Port
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.SyncInterval = cfg.SyncInterval
+	opts.SyncAlways = cfg.SyncAlways
+	opts.NoSigs = true
+	opts.MaxPayload = 8 << 20
 	switch {
 	case cfg.Port == 0:
 		opts.Port = server.RANDOM_PORT
@@ -138,6 +147,9 @@ func (e *Embedded) ConnectInProcess(name string, logger *slog.Logger) (*nats.Con
 
 // Connect connects to the NATS server at url with flashpipe's defaults: a client name,
 // reconnecting forever, and connection events logged.
+//
+// Connect takes credentials in the URL or in extra options only; ConnOptions.Connect
+// takes them the way natscli does.
 func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	return connect(url, name, logger, extra...)
 }
@@ -157,11 +169,17 @@ func connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 				log.Warn("disconnected from NATS", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to NATS", "url", c.ConnectedUrlRedacted()) }),
+		// ConnectedUrlRedacted hides a password but not a token (nats://TOKEN@host).
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("reconnected to NATS", "url", redactURL(c.ConnectedUrl())) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
 				subj = s.Subject
+			}
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				log.Error("NATS refused a permission this service needs: grant it to the service's user (docs/security.md)",
+					"subject", subj, "err", err)
+				return
 			}
 			log.Warn("NATS async error", "subject", subj, "err", err)
 		}),

@@ -4,10 +4,12 @@
 package natstest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -141,4 +143,25 @@ func OrderedKeys(t testing.TB, js jetstream.JetStream, c *contract.Contract, bat
 		out = append(out, k)
 	}
 	return out
+}
+
+// SyncBuffer is a buffer safe for concurrent writers, for the logs of services under
+// test.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

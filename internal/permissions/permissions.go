@@ -1,0 +1,272 @@
+// Package permissions is the least-privilege NATS permission set of each flashpipe
+// role: which subjects it may publish to and subscribe to, JetStream API, KV and
+// acknowledgement subjects included, derived from what each service does. Render
+// writes it as nats-server configuration; deploy/nats/permissions.conf is its
+// rendering for the default prefix and docs/security.md explains it. A test runs the
+// whole pipeline against a server that grants exactly these permissions, each
+// service as its own user, so the table, the file and the code cannot drift apart.
+//
+// Streams are created and changed by the admin role only; every other role may read
+// their configuration ($JS.API.STREAM.INFO) but not change it. KV buckets likewise,
+// with one exception: the processors may create the rate limit bucket, which lives in
+// memory and is gone after a server restart.
+package permissions
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/flashpipe/flashpipe/internal/beacon"
+	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/sink"
+)
+
+// Rule allows one subject (wildcards allowed) and says why.
+type Rule struct {
+	Subject string
+	Why     string
+}
+
+// Role is what one kind of client may do.
+type Role struct {
+	// Name is the role's name: admin, processor, sequencer, sink, submit, reader.
+	Name string
+	// Description says who takes the role.
+	Description string
+	// Publish and Subscribe are the subjects allowed; everything else is denied.
+	Publish, Subscribe []Rule
+}
+
+// Role names.
+const (
+	Admin     = "admin"
+	Processor = "processor"
+	Sequencer = "sequencer"
+	Sink      = "sink"
+	Submit    = "submit"
+	Reader    = "reader"
+)
+
+// Variable is the configuration variable Render defines for a role, e.g.
+// FLASHPIPE_PROCESSOR.
+func Variable(c *contract.Contract, role string) string {
+	return c.Name(strings.ToUpper(role))
+}
+
+// Roles returns every role's permissions for the contract c (its prefix and stream
+// names), with the default durable consumer names.
+func Roles(c *contract.Contract) []Role {
+	p := c.Prefix()
+	kv := func(suffix string) string { return c.Name(suffix) }
+	cacheB, limitB, ledgerB, leaseB := kv(cache.DefaultBucketSuffix), kv(ratelimit.DefaultBucketSuffix),
+		kv(processor.LedgerBucketSuffix), kv(sequencer.LeaseBucketSuffix)
+	servicesB, registryB := kv(beacon.BucketSuffix), c.RegistryBucket()
+
+	inbox := []Rule{{"_INBOX.>", "replies to its requests: JetStream API answers, publish acknowledgements, messages pulled from consumers"}}
+	start := []Rule{{"$JS.API.INFO", "check that JetStream answers"}}
+	for _, s := range []string{c.BatchesStream(), c.ItemsStream(), c.ResultsStream(), c.OrderedStream()} {
+		start = append(start, Rule{"$JS.API.STREAM.INFO." + s, "check the stream's configuration at start-up"})
+	}
+	start = append(start, Rule{"$JS.API.STREAM.INFO.KV_" + registryB, "check that the batch id registry exists at start-up"})
+	alive := bucket(servicesB, "say it is alive, and whether it is blocked and why (its beacon)", false)
+
+	return []Role{
+		{
+			Name:        Admin,
+			Description: "creates and updates the streams, KV buckets and consumers; clears the cache (flashpipe cache); never used by a service",
+			Publish: []Rule{
+				{"$JS.API.>", "the whole JetStream API"},
+				{"$KV.>", "write and delete KV entries (cache clear)"},
+				{"$JS.ACK.>", "acknowledge messages of any consumer"},
+				{"$JS.FC.>", "flow control of KV watches"},
+			},
+			Subscribe: inbox,
+		},
+		{
+			Name:        Processor,
+			Description: "`flashpipe processor`: items through the two LLM stages",
+			Publish: concat(start,
+				durable(c.ItemsStream(), processor.DefaultDurable, "the items"),
+				[]Rule{{p + ".results.>", "publish results"}},
+				bucket(cacheB, "read and write cached answers", false),
+				bucket(ledgerB, "count items released by the circuit breaker", false),
+				bucket(limitB, "share the API rate limit", true),
+				[]Rule{{"$JS.API.STREAM.CREATE.KV_" + limitB, "re-create the rate limit bucket, kept in memory, after a server restart"}},
+				alive,
+			),
+			Subscribe: inbox,
+		},
+		{
+			Name:        Sequencer,
+			Description: "`flashpipe sequencer`: results back into batch order",
+			Publish: concat(start,
+				durable(c.BatchesStream(), sequencer.DefaultDurable, "the manifests"),
+				ordered(c.ResultsStream(), p+".results.>", "read a batch's results"),
+				direct(c.ResultsStream(), "read one result by its subject"),
+				direct(c.OrderedStream(), "read a batch's last ordered event (its cursor)"),
+				[]Rule{{p + ".ordered.>", "append ordered events"}},
+				bucket(leaseB, "take, renew and release batch leases", false),
+				alive,
+			),
+			Subscribe: inbox,
+		},
+		{
+			Name:        Sink,
+			Description: "`flashpipe sink` and `flashpipe replay`: ordered events into the database",
+			Publish: concat(start,
+				durable(c.OrderedStream(), sink.DefaultDurable, "the ordered events"),
+				ordered(c.OrderedStream(), p+".ordered.>", "replay a batch's ordered log"),
+				alive,
+			),
+			Subscribe: inbox,
+		},
+		{
+			Name:        Submit,
+			Description: "`flashpipe submit`, `retry` and `reprocess` (ingest), with --wait and --dry-run",
+			Publish: concat(start,
+				[]Rule{
+					{p + ".batches.>", "publish manifests"},
+					{p + ".items.>", "publish items"},
+				},
+				direct(c.BatchesStream(), "read a batch's latest manifest"),
+				direct(c.ItemsStream(), "read published items (resubmission, retry)"),
+				ordered(c.ItemsStream(), p+".items.>", "read a batch's items (retry, reprocess)"),
+				follow(c),
+				bucket(cacheB, "look answers up for a dry run's estimate", false)[:2],
+				bucket(registryB, "record every batch id, and check a submitted one against it", false),
+			),
+			Subscribe: inbox,
+		},
+		{
+			Name:        Reader,
+			Description: "follows batches without changing anything (a dashboard, a batch's TSV while it runs); status and export read the database and need no NATS user",
+			Publish:     concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)")),
+			Subscribe:   inbox,
+		},
+	}
+}
+
+func concat(lists ...[]Rule) []Rule {
+	var out []Rule
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// durable is what a service needs of its durable pull consumer on stream: create or
+// update it (with or without a filter subject), pull and acknowledge.
+func durable(stream, name, what string) []Rule {
+	return []Rule{
+		{"$JS.API.CONSUMER.CREATE." + stream + "." + name, "create or update its durable consumer of " + what},
+		{"$JS.API.CONSUMER.CREATE." + stream + "." + name + ".>", "the same, with the filter subject in the request subject"},
+		{"$JS.API.CONSUMER.INFO." + stream + "." + name, "read its consumer's state"},
+		{"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + name, "pull " + what},
+		{"$JS.ACK." + stream + "." + name + ".>", "acknowledge " + what},
+	}
+}
+
+// ordered is what an ordered consumer on stream, filtered under filter, needs: it
+// creates ephemeral consumers with generated names (and re-creates them after a gap),
+// pulls from them and deletes them.
+func ordered(stream, filter, why string) []Rule {
+	return []Rule{
+		{"$JS.API.CONSUMER.CREATE." + stream + ".*." + filter, why + ": ephemeral ordered consumers, filtered"},
+		{"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*", why + ": pull from them"},
+		{"$JS.API.CONSUMER.INFO." + stream + ".*", why + ": read how far they are"},
+		{"$JS.API.CONSUMER.DELETE." + stream + ".*", why + ": delete them when done"},
+	}
+}
+
+// direct is reading single messages of stream by sequence or last by subject.
+func direct(stream, why string) []Rule {
+	return []Rule{
+		{"$JS.API.DIRECT.GET." + stream, why + " (by sequence)"},
+		{"$JS.API.DIRECT.GET." + stream + ".>", why + " (last by subject)"},
+	}
+}
+
+// bucket is what a KV user of bucket needs: its configuration, reading keys, writing
+// them, and with watch, watching keys (an ephemeral push consumer with flow control).
+// Its first two rules are the read-only part.
+func bucket(name, why string, watch bool) []Rule {
+	s := "KV_" + name
+	rules := []Rule{
+		{"$JS.API.STREAM.INFO." + s, why + ": the bucket's configuration"},
+		{"$JS.API.DIRECT.GET." + s + ".>", why + ": read keys"},
+		{"$KV." + name + ".>", why + ": write keys"},
+	}
+	if watch {
+		rules = append(rules,
+			Rule{"$JS.API.CONSUMER.CREATE." + s + ".>", why + ": watch keys"},
+			Rule{"$JS.API.CONSUMER.DELETE." + s + ".*", why + ": stop watching"},
+			Rule{"$JS.FC." + s + ".>", why + ": flow control of the watch"},
+		)
+	}
+	return rules
+}
+
+// watchOnly is reading a bucket's keys by watching it, without writing.
+func watchOnly(name, why string) []Rule {
+	rules := bucket(name, why, true)
+	return append(rules[:2:2], rules[3:]...)
+}
+
+// follow is reading a batch's ordered log as it grows (submit --wait, batchlog) and
+// the processors' backlog for the progress display.
+func follow(c *contract.Contract) []Rule {
+	return concat(
+		ordered(c.OrderedStream(), c.Prefix()+".ordered.>", "follow a batch's ordered log"),
+		direct(c.OrderedStream(), "read a batch's ordered events"),
+		[]Rule{{"$JS.API.CONSUMER.INFO." + c.ItemsStream() + "." + processor.DefaultDurable, "show the processors' backlog"}},
+	)
+}
+
+// Render writes the roles as nats-server configuration: one variable per role
+// (FLASHPIPE_PROCESSOR, ...) holding its permissions, to include in a server
+// configuration and give to users (see docs/security.md).
+func Render(c *contract.Contract) string { return RenderRoles(c, Roles(c)) }
+
+// RenderRoles is Render for the given roles (a test takes one permission away).
+func RenderRoles(c *contract.Contract, roles []Role) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `# flashpipe: least-privilege NATS permissions for the subject prefix %q.
+# Generated from internal/permissions; see docs/security.md. For another prefix:
+#   flashpipe streams permissions --prefix %s
+#
+# One variable per role. Include this file at the top of the server configuration and
+# give each service a user of its own, for example:
+#
+#   include "permissions.conf"
+#   authorization {
+#     users = [
+#       {user: processor, password: $PROCESSOR_PASSWORD, permissions: $%s}
+#       {user: sequencer, password: $SEQUENCER_PASSWORD, permissions: $%s}
+#       ...
+#     ]
+#   }
+`, c.Prefix(), c.Prefix(), Variable(c, Processor), Variable(c, Sequencer))
+	for _, r := range roles {
+		fmt.Fprintf(&b, "\n# %s: %s\n%s = {\n", r.Name, r.Description, Variable(c, r.Name))
+		section(&b, "publish", r.Publish)
+		section(&b, "subscribe", r.Subscribe)
+		b.WriteString("}\n")
+	}
+	return b.String()
+}
+
+func section(b *strings.Builder, name string, rules []Rule) {
+	fmt.Fprintf(b, "  %s: {\n    allow: [\n", name)
+	width := 0
+	for _, r := range rules {
+		width = max(width, len(r.Subject))
+	}
+	for _, r := range rules {
+		fmt.Fprintf(b, "      %-*s # %s\n", width+3, fmt.Sprintf("%q,", r.Subject), r.Why)
+	}
+	b.WriteString("    ]\n  }\n")
+}
