@@ -99,8 +99,9 @@ type BatchStatus struct {
 	Failed int   `json:"failed"`
 	Usage  Usage `json:"usage"`
 	// SubmittedAt is when the batch was first submitted (Manifest.CreatedAt is the
-	// latest generation's), StartedAt when its first result was stored, CompletedAt
-	// when the latest generation completed.
+	// latest generation's), StartedAt when its first stored result was processed (the
+	// earliest ProcessedAt: never after CompletedAt, which the sequencer stamps after
+	// every result it counts), CompletedAt when the latest generation completed.
 	SubmittedAt time.Time  `json:"submitted_at"`
 	StartedAt   *time.Time `json:"started_at,omitempty"`
 	CompletedAt *time.Time `json:"completed_at,omitempty"`

@@ -121,8 +121,11 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 		}
 	}
 	onResult := func(r flashpipe.Result) error {
-		sum.add(r)
-		pr.Usage = pr.Usage.Add(r.Usage)
+		ours := r.Generation >= m.Generation
+		sum.add(r, ours)
+		if ours {
+			pr.Usage = pr.Usage.Add(r.Usage)
+		}
 		if opts.OnResult != nil {
 			return opts.OnResult(r)
 		}
@@ -186,8 +189,14 @@ func (c *Client) WaitStored(ctx context.Context, batchID string, gen int) (flash
 	if c.store == nil {
 		return flashpipe.BatchStatus{}, ErrNoStoreConfigured
 	}
+	return WaitStored(ctx, c.store, batchID, gen)
+}
+
+// WaitStored waits until st holds generation gen (or a later one) of a batch
+// complete, polling it.
+func WaitStored(ctx context.Context, st flashpipe.Store, batchID string, gen int) (flashpipe.BatchStatus, error) {
 	for {
-		status, err := c.store.Batch(ctx, batchID)
+		status, err := st.Batch(ctx, batchID)
 		if err == nil && status.State == flashpipe.BatchComplete && status.Manifest.Generation >= gen {
 			return status, nil
 		}
@@ -249,9 +258,40 @@ func (c *Client) OrderedBatches(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
+// ServiceState is what a live service replica says of itself (see internal/beacon).
+type ServiceState = beacon.State
+
 // Services lists the live service replicas and whether they are blocked.
-func (c *Client) Services(ctx context.Context) ([]beacon.State, error) {
+func (c *Client) Services(ctx context.Context) ([]ServiceState, error) {
 	return beacon.List(ctx, c.js, c.c)
+}
+
+// BatchReport is a stored batch's status with its failed items.
+type BatchReport struct {
+	flashpipe.BatchStatus
+	FailedItems []FailedItem `json:"failed_items"`
+}
+
+// Report reads a batch's status and failed items from st.
+func Report(ctx context.Context, st flashpipe.Store, batchID string) (*BatchReport, error) {
+	b, err := st.Batch(ctx, batchID)
+	if err != nil {
+		return nil, err
+	}
+	r := &BatchReport{BatchStatus: b, FailedItems: []FailedItem{}}
+	err = st.Results(ctx, batchID, flashpipe.ResultFilter{Status: flashpipe.StatusFailed}, func(res flashpipe.Result) error {
+		r.FailedItems = append(r.FailedItems, FailedItemOf(res))
+		return nil
+	})
+	return r, err
+}
+
+// Report reads a batch's status and failed items from the client's store.
+func (c *Client) Report(ctx context.Context, batchID string) (*BatchReport, error) {
+	if c.store == nil {
+		return nil, ErrNoStoreConfigured
+	}
+	return Report(ctx, c.store, batchID)
 }
 
 // DeadLetters lists the events the store set aside, of one batch or (batchID empty)
@@ -263,17 +303,26 @@ func (c *Client) DeadLetters(ctx context.Context, batchID string) ([]flashpipe.D
 	return c.store.DeadLetters(ctx, batchID)
 }
 
-// ReplayDeadLetters writes the events set aside (of one batch, or of all) again, one
-// by one, and resolves those the store takes now. It returns how many were written
-// and how many the store still refuses (with the first refusal).
+// ReplayDeadLetters writes the events set aside in the client's store again (see the
+// function ReplayDeadLetters).
 func (c *Client) ReplayDeadLetters(ctx context.Context, batchID string) (written, refused int, err error) {
-	letters, err := c.DeadLetters(ctx, batchID)
+	if c.store == nil {
+		return 0, 0, ErrNoStoreConfigured
+	}
+	return ReplayDeadLetters(ctx, c.store, batchID)
+}
+
+// ReplayDeadLetters writes the events set aside in st (of one batch, or of all) again,
+// one by one, and resolves those it takes now. It returns how many were written and
+// how many it still refuses (with the first refusal).
+func ReplayDeadLetters(ctx context.Context, st flashpipe.Store, batchID string) (written, refused int, err error) {
+	letters, err := st.DeadLetters(ctx, batchID)
 	if err != nil {
 		return 0, 0, err
 	}
 	var first error
 	for _, d := range letters {
-		if err := c.store.Apply(ctx, []flashpipe.Event{d.Event}); err != nil {
+		if err := st.Apply(ctx, []flashpipe.Event{d.Event}); err != nil {
 			if !flashpipe.IsPermanent(err) {
 				return written, refused, err
 			}
@@ -283,7 +332,7 @@ func (c *Client) ReplayDeadLetters(ctx context.Context, batchID string) (written
 			}
 			continue
 		}
-		if err := c.store.Resolve(ctx, []int64{d.ID}); err != nil {
+		if err := st.Resolve(ctx, []int64{d.ID}); err != nil {
 			return written, refused, err
 		}
 		written++

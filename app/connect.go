@@ -34,12 +34,10 @@ const (
 
 // NATSConfig says how to reach NATS.
 type NATSConfig struct {
-	// URL is one server URL or several, comma-separated.
-	URL string
+	// Conn is the server URL(s), credentials and TLS, as natscli names them.
+	Conn natsx.ConnOptions
 	// Name names the connection on the server (its monitoring pages).
 	Name string
-	// Options are extra connection options (credentials, TLS).
-	Options []nats.Option
 	// Wait makes Connect wait, with backoff and a log line per attempt, until NATS
 	// and JetStream answer, however long that takes: what a service does, so it can be
 	// started before NATS. Without it Connect gives up after ConnectTimeout, as a user
@@ -58,9 +56,14 @@ func ConnectNATS(ctx context.Context, cfg NATSConfig, log *slog.Logger) (*nats.C
 		ctx, cancel = context.WithTimeout(ctx, cmp.Or(cfg.ConnectTimeout, DefaultConnectTimeout))
 		defer cancel()
 	}
+	conn, err := cfg.Conn.Resolve()
+	if err != nil {
+		return nil, nil, err
+	}
+	url := natsx.RedactURL(conn.URL)
 	var nc *nats.Conn
-	err := retry(ctx, log, "NATS at "+natsx.RedactURL(cfg.URL), cfg.Wait, func() (err error) {
-		nc, err = natsx.Connect(cfg.URL, cfg.Name, log, cfg.Options...)
+	err = retry(ctx, log, "NATS at "+url, cfg.Wait, func() (err error) {
+		nc, err = conn.Connect(cfg.Name, log)
 		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrNkeysNotSupported) {
 			return flashpipe.AsPermanent(err) // wrong credentials: waiting will not help
 		}
@@ -74,7 +77,7 @@ func ConnectNATS(ctx context.Context, cfg NATSConfig, log *slog.Logger) (*nats.C
 		nc.Close()
 		return nil, nil, err
 	}
-	if err := retry(ctx, log, "JetStream at "+natsx.RedactURL(cfg.URL), cfg.Wait, func() error {
+	if err := retry(ctx, log, "JetStream at "+url, cfg.Wait, func() error {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		_, err := js.AccountInfo(actx)

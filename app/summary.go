@@ -58,8 +58,10 @@ func FailedItemOf(r flashpipe.Result) FailedItem {
 	return fi
 }
 
-// add counts one item's final result.
-func (s *Summary) add(r flashpipe.Result) {
+// add counts one item's final result; its usage counts only when paid counts it (the
+// result is of the generation the summary is about: a retry's summary counts the
+// retry's calls, not the whole batch's).
+func (s *Summary) add(r flashpipe.Result, paid bool) {
 	if r.Status == flashpipe.StatusOK {
 		s.OK++
 		s.Cards += len(r.Cards)
@@ -67,7 +69,9 @@ func (s *Summary) add(r flashpipe.Result) {
 		s.Failed++
 		s.FailedItems = append(s.FailedItems, FailedItemOf(r))
 	}
-	s.SetUsage(s.usage().Add(r.Usage))
+	if paid {
+		s.SetUsage(s.usage().Add(r.Usage))
+	}
 }
 
 func (s *Summary) usage() flashpipe.Usage {

@@ -11,8 +11,9 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
-	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // BenchCmd measures end-to-end throughput on the embedded stack with the simulator.
@@ -95,26 +96,25 @@ func (b *BenchCmd) once(ctx context.Context, name string, n, concurrent int, lat
 		return benchRun{}, err
 	}
 	defer os.RemoveAll(dir)
-	c, err := contract.New(contract.Config{})
+	var api APIFlags
+	api.Stage1Model, api.Stage2Model, api.StructuredOutputs = benchModel, benchModel, true
+	pc, err := api.processorConfig(ProcessorFlags{ConcurrentMax: concurrent, RetryMaxAttempts: 3, AckWait: time.Minute, MaxDeliveries: 10},
+		RateLimitFlags{RateLimitRPM: -1})
 	if err != nil {
 		return benchRun{}, err
 	}
-	var api APIFlags
-	api.Stage1Model, api.Stage2Model, api.StructuredOutputs = benchModel, benchModel, true
-	st, err := startStack(ctx, stackConfig{
-		DataDir: dir, NATSPort: -1, Contract: c, Store: StoreFlags{PostgresURL: b.PostgresURL},
-		API: api, Sim: SimFlags{SimLatency: latency}.config(log),
-		Processor:  ProcessorFlags{ConcurrentMax: concurrent, RetryMaxAttempts: 3, AckWait: time.Minute, MaxDeliveries: 10},
-		Processors: 1, Logger: log,
+	st, err := app.StartStack(ctx, app.StackConfig{
+		DataDir: dir, NATS: natsx.EmbeddedConfig{Port: -1}, Store: app.StoreConfig{PostgresURL: b.PostgresURL},
+		Processor: pc, Sim: SimFlags{SimLatency: latency}.config(log), Logger: log,
 	})
 	if err != nil {
 		return benchRun{}, err
 	}
-	defer st.stop()
+	defer st.Stop()
 	items := syntheticItems(n)
 	id := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	start := time.Now()
-	if _, err := runBatch(ctx, st, ingest.Batch{ID: id, Source: "bench", Items: items}, exportTarget{path: os.DevNull}, true); err != nil {
+	if _, err := st.RunBatch(ctx, app.BatchRun{Batch: ingest.Batch{ID: id, Source: "bench", Items: items}}); err != nil {
 		return benchRun{}, err
 	}
 	el := time.Since(start).Seconds()

@@ -147,9 +147,18 @@ func TestSubmitRejectsBadFileAndPublishesNothing(t *testing.T) {
 		t.Fatalf("items stream: %v, want it never created", err)
 	}
 
+	// A client creates no stream: submitting to a server without them says how to
+	// create them.
+	_, stderr, code = flashpipeCmd(t, dir, "submit", bad, "--nats-url", srv.ClientURL(), "--prefix", prefix, "--skip-bad-rows")
+	if code != 1 || !strings.Contains(stderr, "flashpipe streams apply") {
+		t.Fatalf("submit before the streams exist: exit %d, stderr:\n%s", code, stderr)
+	}
+	streamsApply(t, dir, srv.ClientURL(), prefix)
+
 	// The same file with --skip-bad-rows publishes only the good row, and says which
 	// rows it skipped.
-	out, stderr, code := flashpipeCmd(t, dir, "submit", bad, "--nats-url", srv.ClientURL(), "--prefix", prefix, "--skip-bad-rows", "--batch", "skipped")
+	var out string
+	out, stderr, code = flashpipeCmd(t, dir, "submit", bad, "--nats-url", srv.ClientURL(), "--prefix", prefix, "--skip-bad-rows", "--batch", "skipped")
 	if code != 0 || strings.TrimSpace(out) != "skipped" || !strings.Contains(stderr, "skipped line 3") {
 		t.Fatalf("exit %d, stdout %q, stderr:\n%s", code, out, stderr)
 	}
@@ -175,6 +184,7 @@ func TestDryRunAndCacheCommands(t *testing.T) {
 	prefix := natstest.UniquePrefix(t)
 	dir := t.TempDir()
 	file := abs(t, "../../examples/test_5_words.csv")
+	streamsApply(t, dir, srv.ClientURL(), prefix)
 	out, stderr, code := flashpipeCmd(t, dir, "submit", file, "--dry-run", "--json", "--nats-url", srv.ClientURL(), "--prefix", prefix)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr)
@@ -193,7 +203,7 @@ func TestDryRunAndCacheCommands(t *testing.T) {
 	if est.Items != 5 || est.Stage1Calls != 5 || est.Stage2Calls != 5 || est.Stage1Cached != 0 || est.CostUSD <= 0 || !est.CacheUsed {
 		t.Fatalf("estimate %+v", est)
 	}
-	if _, err := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS"); !errors.Is(err, jetstream.ErrStreamNotFound) {
+	if st, err := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS"); err != nil || st.CachedInfo().State.Msgs != 0 {
 		t.Fatalf("the dry run published (items stream: %v)", err)
 	}
 
@@ -260,5 +270,14 @@ func TestServicesServeMetrics(t *testing.T) {
 			body = string(b)
 			return strings.Contains(body, metric)
 		}, "%s: no %s at %s/metrics", args[0], metric, addr)
+	}
+}
+
+// streamsApply creates the streams and buckets of prefix as an operator does.
+func streamsApply(t *testing.T, dir, url, prefix string) {
+	t.Helper()
+	out, stderr, code := flashpipeCmd(t, dir, "streams", "apply", "--yes", "--nats-url", url, "--prefix", prefix)
+	if code != 0 || !strings.Contains(out, "create stream "+strings.ToUpper(prefix)+"_ITEMS") {
+		t.Fatalf("streams apply: exit %d, stdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
 }

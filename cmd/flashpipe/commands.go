@@ -8,64 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
-	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/sink"
 )
-
-// DevCmd keeps the embedded stack running.
-type DevCmd struct {
-	DataDir  string `help:"Where the embedded NATS server and SQLite database keep their state." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
-	NATSPort int    `name:"nats-port" help:"Port of the embedded NATS server (0: a free port)." default:"0" env:"FLASHPIPE_NATS_PORT"`
-	StoreFlags
-	APIFlags
-	ProcessorFlags
-	RateLimitFlags
-	SequencerFlags
-	SinkFlags
-	SimFlags
-	StreamFlags
-	SyncFlags
-}
-
-// Run starts the stack and waits for an interrupt.
-func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
-	c, err := d.contract()
-	if err != nil {
-		return err
-	}
-	port := d.NATSPort // 0: a free port, never the 4222 of a NATS already running
-	st, err := startStack(ctx, stackConfig{
-		DataDir: d.DataDir, NATSPort: port, Sync: d.SyncFlags, Contract: c, Store: d.StoreFlags, API: d.APIFlags,
-		Sim: d.SimFlags.config(log), Processor: d.ProcessorFlags, RateLimit: d.RateLimitFlags, Processors: 1,
-		Sequencer: d.SequencerFlags, Sink: d.SinkFlags, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	defer st.stop()
-	fmt.Printf("NATS:  %s\n", st.NATS.ClientURL())
-	fmt.Printf("API:   %s\n", apiMode(st.Sim, st.APIURL))
-	fmt.Printf("Store: %s\n", st.StoreName)
-	fmt.Printf("\nSubmit with:  flashpipe submit FILE --nats-url %s --wait -o cards.tsv\n", st.NATS.ClientURL())
-	fmt.Println("Stop with Ctrl-C.")
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-st.Err():
-		return err
-	}
-}
 
 // SubmitCmd validates and publishes a batch.
 type SubmitCmd struct {
@@ -73,11 +24,12 @@ type SubmitCmd struct {
 	NATSFlags
 	DryRun bool `help:"Estimate API calls, tokens and cost (cached answers are free) and publish nothing. Give it the processors' model and prompt settings."`
 	PriceFlags
-	Models ModelFlags `embed:""`
-	Wait   bool       `help:"Wait for the batch to complete, showing progress, and write the flashcards."`
-	Output string     `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
-	Quiet  bool       `help:"No progress display."`
-	JSON   bool       `help:"With --wait: print the summary as one JSON object on stdout."`
+	Models  ModelFlags `embed:""`
+	Replace bool       `help:"If the batch id is already used by other items, replace that batch (a new generation; its old rows are dropped, never mixed with the new ones) instead of refusing."`
+	Wait    bool       `help:"Wait for the batch to complete, showing progress, and write the flashcards."`
+	Output  string     `short:"o" help:"With --wait: where to write the flashcards (- for stdout)." default:"cards.tsv"`
+	Quiet   bool       `help:"No progress display."`
+	JSON    bool       `help:"With --wait: print the summary as one JSON object on stdout."`
 	OutputFlags
 }
 
@@ -87,8 +39,9 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	out := s.output(s.Output)
 	if s.Wait {
-		if err := s.target(s.Output).check(); err != nil {
+		if err := checkOutput(out); err != nil {
 			return err
 		}
 	}
@@ -112,38 +65,51 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 		}
 		return s.dryRun(ctx, answers, parsed.Items)
 	}
-	pub, err := ingest.NewPublisher(js, c, log)
+	client, err := app.NewClient(js, c, app.ClientConfig{Logger: log})
 	if err != nil {
 		return err
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: id, Source: filepath.Base(s.File), Items: parsed.Items})
+	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: filepath.Base(s.File), Items: parsed.Items, Replace: s.Replace})
 	if err != nil {
 		return err
 	}
-	if sub.Resubmitted {
-		fmt.Fprintf(os.Stderr, "batch %s was already submitted: %d missing items published, nothing else to do\n", id, sub.Published)
-	} else {
-		fmt.Fprintf(os.Stderr, "batch %s submitted: %d items\n", id, sub.Published)
-	}
+	fmt.Fprintln(os.Stderr, describeSubmission(id, sub))
 	if !s.Wait {
 		fmt.Println(id)
 		return nil
 	}
-	latest, err := pub.Manifest(ctx, id)
-	if err != nil {
-		return err
+	if sub.Expired {
+		return nil // nothing runs: the rows are in the database
 	}
-	sum, err := followBatch(ctx, js, c, latest, s.target(s.Output), s.Quiet)
+	view := newProgress(sub.Manifest.Expected(), s.Quiet)
+	sum, err := client.FollowTo(ctx, sub.Manifest, &out, view.update)
+	view.finish()
 	if err != nil {
-		if ctx.Err() != nil {
-			return &exitError{code: 130, err: fmt.Errorf("interrupted; the batch %s goes on: submit again with --wait to follow it", id)}
-		}
-		return err
+		return interrupted(ctx, err, fmt.Sprintf("interrupted; the batch %s goes on: submit again with --wait to follow it", id))
 	}
 	sum.Resubmitted = sub.Resubmitted
-	sum.Elapsed = time.Since(start).Seconds()
-	sum.ItemsPerSecond = float64(sum.Items) / max(sum.Elapsed, 1e-9)
-	return sum.print(s.JSON)
+	sum.Timed(time.Since(start), sub.Manifest.Expected())
+	return printSummary(sum, s.JSON)
+}
+
+// describeSubmission says what a submit did.
+func describeSubmission(id string, sub *ingest.Submission) string {
+	switch {
+	case sub.Expired:
+		return fmt.Sprintf("batch %s was already submitted (%s); its messages have expired from the streams and its rows are in the database: nothing to publish (flashpipe export --batch %s)",
+			id, sub.Manifest.CreatedAt.Local().Format(time.DateTime), id)
+	case sub.Replaced:
+		old := ""
+		if sub.Previous != nil {
+			old = fmt.Sprintf(" (it held %d items from %q)", sub.Previous.Count, sub.Previous.Source)
+		}
+		return fmt.Sprintf("batch %s replaced%s: generation %d runs %d new items; the old rows are dropped", id, old, sub.Manifest.Generation, sub.Published)
+	case sub.Resubmitted && sub.Published > 0:
+		return fmt.Sprintf("batch %s was already submitted; %d items an interrupted submit had left out are now published", id, sub.Published)
+	case sub.Resubmitted:
+		return fmt.Sprintf("batch %s was already submitted: nothing to publish", id)
+	}
+	return fmt.Sprintf("batch %s submitted: %d items", id, sub.Published)
 }
 
 // dryRun prints the estimate of a batch; nothing is published.
@@ -175,14 +141,15 @@ type localStore struct {
 }
 
 func (l localStore) open(ctx context.Context, log *slog.Logger) (flashpipe.Store, error) {
-	if l.PostgresURL == "" && l.SQLite == "" {
+	cfg := l.storeConfig("")
+	if cfg.PostgresURL == "" && cfg.SQLitePath == "" {
 		path := filepath.Join(l.DataDir, "flashpipe.db")
 		if _, err := os.Stat(path); err != nil {
 			return nil, fmt.Errorf("no database: %s does not exist; give --postgres-url, --sqlite or --data-dir", path)
 		}
-		l.SQLite = path
+		cfg.SQLitePath = path
 	}
-	st, _, err := l.StoreFlags.open(ctx, "", false, log)
+	st, _, err := app.OpenStore(ctx, cfg, log)
 	return st, err
 }
 
@@ -205,8 +172,8 @@ func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if e.Batch == "" {
 		return &exitError{code: 2, err: errors.New("export: give --batch ID (flashpipe status lists the batches)")}
 	}
-	target := exportTarget{path: e.Output, format: e.Format, deck: e.DeckFlags}
-	if err := target.check(); err != nil {
+	out := app.Output{Path: e.Output, Format: e.Format, Deck: e.Deck, SubdecksPerTab: e.SubdecksPerTab}
+	if err := checkOutput(out); err != nil {
 		return err
 	}
 	store, err := e.open(ctx, log)
@@ -219,25 +186,28 @@ func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	if status.State != flashpipe.BatchComplete && !e.Partial {
-		return fmt.Errorf("batch %s is not complete (%d of %d items stored): wait, or use --partial", e.Batch, status.Done, status.Manifest.Count)
+		return fmt.Errorf("batch %s is %s (%d of %d items stored): wait, or use --partial", e.Batch, status.State, status.Done, status.Manifest.Count)
 	}
 	sum := &summary{BatchID: e.Batch, Items: status.Manifest.Count, OK: status.OK, Failed: status.Failed}
-	sum.setUsage(status.Usage)
-	if err := writeStored(ctx, store, status.Manifest, target, sum); err != nil {
+	sum.SetUsage(status.Usage)
+	if err := writeStored(ctx, store, status.Manifest, out, sum); err != nil {
 		return err
 	}
 	if e.Output == "-" {
 		return nil
 	}
-	return sum.print(false)
+	return printSummary(sum, false)
 }
 
-// StatusCmd shows batches.
+// StatusCmd shows batches and, when NATS is named, the services.
 type StatusCmd struct {
 	ID    string `arg:"" optional:"" help:"Batch id (omit to list recent batches)."`
 	Limit int    `help:"How many batches to list." default:"20"`
 	JSON  bool   `help:"Print JSON."`
 	localStore
+	NATSURL string `name:"nats-url" help:"Also show the live services (and a sink blocked by its database) from this NATS server." env:"FLASHPIPE_NATS_URL,NATS_URL"`
+	NATSAuthFlags
+	Prefix string `help:"Subject prefix." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
 }
 
 // Run prints the status.
@@ -247,6 +217,7 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
+	services := s.services(ctx, log)
 	if s.ID == "" {
 		list, err := store.Batches(ctx, s.Limit)
 		if err != nil {
@@ -261,39 +232,84 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t$%.4f\t%s\n", b.Manifest.BatchID, b.State, b.Manifest.Count, b.Done, b.OK, b.Failed,
 				b.Usage.Cost, b.SubmittedAt.Local().Format(time.DateTime))
 		}
-		return tw.Flush()
-	}
-	b, err := store.Batch(ctx, s.ID)
-	if err != nil {
-		return err
-	}
-	var failed []failedInfo
-	err = store.Results(ctx, s.ID, flashpipe.ResultFilter{Status: flashpipe.StatusFailed}, func(r flashpipe.Result) error {
-		failed = append(failed, failedItem(r))
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		printServices(services)
 		return nil
-	})
+	}
+	report, err := app.Report(ctx, store, s.ID)
 	if err != nil {
 		return err
 	}
 	if s.JSON {
-		return json.NewEncoder(os.Stdout).Encode(struct {
-			flashpipe.BatchStatus
-			FailedItems []failedInfo `json:"failed_items"`
-		}{b, failed})
+		return json.NewEncoder(os.Stdout).Encode(report)
 	}
+	b := report.BatchStatus
 	fmt.Printf("batch %s: %s, generation %d\n", s.ID, b.State, b.Manifest.Generation)
 	fmt.Printf("  items: %d, done %d, ok %d, failed %d\n", b.Manifest.Count, b.Done, b.OK, b.Failed)
 	fmt.Printf("  API calls: stage 1 %d, stage 2 %d; cache hits %d, misses %d; tokens %d prompt, %d completion; cost $%.4f\n",
 		b.Usage.Stage1Calls, b.Usage.Stage2Calls, b.Usage.CacheHits, b.Usage.CacheMisses, b.Usage.PromptTokens, b.Usage.CompletionTokens, b.Usage.Cost)
 	fmt.Printf("  submitted %s", b.SubmittedAt.Local().Format(time.DateTime))
+	if b.StartedAt != nil {
+		fmt.Printf(", started %s", b.StartedAt.Local().Format(time.DateTime))
+	}
 	if b.CompletedAt != nil {
 		fmt.Printf(", completed %s (%s)", b.CompletedAt.Local().Format(time.DateTime), b.CompletedAt.Sub(b.SubmittedAt).Round(time.Millisecond))
 	}
 	fmt.Println()
-	for _, f := range failed {
+	if b.SetAside > 0 {
+		fmt.Printf("  blocked: %d events the database refused are set aside (latest: %s)\n    next: fix the cause, then flashpipe deadletters replay --batch %s\n", b.SetAside, b.Problem, s.ID)
+	}
+	for _, f := range report.FailedItems {
 		fmt.Printf("  failed: position %d %q at %s after %d attempts: %s\n    next: %s\n", f.Position, f.Term, f.Stage, f.Attempts, f.Reason, f.NextStep)
 	}
+	printServices(services)
 	return nil
+}
+
+// services lists the live services when NATS is named; it says why it cannot when
+// NATS does not answer, and never fails the command.
+func (s *StatusCmd) services(ctx context.Context, log *slog.Logger) []app.ServiceState {
+	if s.NATSURL == "" && s.Context == "" {
+		return nil
+	}
+	nf := NATSFlags{NATSURL: s.NATSURL, NATSAuthFlags: s.NATSAuthFlags, StreamFlags: StreamFlags{Prefix: s.Prefix}}
+	cfg := nf.natsConfig("flashpipe-status", false)
+	cfg.ConnectTimeout = 3 * time.Second
+	nc, js, c, err := nf.dial(ctx, cfg, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flashpipe: services not shown: %v\n", err)
+		return nil
+	}
+	defer nc.Close()
+	client, err := app.NewClient(js, c, app.ClientConfig{Logger: log})
+	if err != nil {
+		return nil
+	}
+	states, err := client.Services(ctx)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flashpipe: services not shown: %v\n", err)
+	}
+	if states == nil {
+		states = []app.ServiceState{}
+	}
+	return states
+}
+
+// printServices prints the live services, the blocked ones with why.
+func printServices(states []app.ServiceState) {
+	if states == nil {
+		return
+	}
+	fmt.Printf("services: %d live\n", len(states))
+	for _, st := range states {
+		line := fmt.Sprintf("  %s %s: running since %s", st.Service, st.Replica, st.Started.Local().Format(time.DateTime))
+		if st.Blocked {
+			line = fmt.Sprintf("  %s %s: BLOCKED since %s: %s: %s", st.Service, st.Replica, st.Since.Local().Format(time.DateTime), st.Cause, st.Reason)
+		}
+		fmt.Println(line)
+	}
 }
 
 // generationFlags are the flags of the commands that start a new generation of a
@@ -311,9 +327,10 @@ type generationFlags struct {
 // start publishes a new generation with op, says what it does, and with --wait follows
 // it to the end.
 func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name string,
-	op func(*ingest.Publisher, context.Context, string) (*ingest.Submission, error), describe func(*ingest.Submission) string) error {
+	op func(*app.Client, context.Context, string) (*ingest.Submission, error), describe func(*ingest.Submission) string) error {
+	out := g.output(g.Output)
 	if g.Wait {
-		if err := g.target(g.Output).check(); err != nil {
+		if err := checkOutput(out); err != nil {
 			return err
 		}
 	}
@@ -323,11 +340,11 @@ func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name stri
 		return err
 	}
 	defer nc.Close()
-	pub, err := ingest.NewPublisher(js, c, log)
+	client, err := app.NewClient(js, c, app.ClientConfig{Logger: log})
 	if err != nil {
 		return err
 	}
-	sub, err := op(pub, ctx, g.Batch)
+	sub, err := op(client, ctx, g.Batch)
 	if err != nil {
 		return err
 	}
@@ -335,12 +352,14 @@ func (g *generationFlags) start(ctx context.Context, log *slog.Logger, name stri
 	if !g.Wait {
 		return nil
 	}
-	sum, err := followBatch(ctx, js, c, sub.Manifest, g.target(g.Output), g.Quiet)
+	view := newProgress(sub.Manifest.Expected(), g.Quiet)
+	sum, err := client.FollowTo(ctx, sub.Manifest, &out, view.update)
+	view.finish()
 	if err != nil {
-		return err
+		return interrupted(ctx, err, fmt.Sprintf("interrupted; generation %d of %s goes on", sub.Manifest.Generation, g.Batch))
 	}
-	sum.Elapsed = time.Since(start).Seconds()
-	return sum.print(g.JSON)
+	sum.Timed(time.Since(start), sub.Manifest.Expected())
+	return printSummary(sum, g.JSON)
 }
 
 // RetryCmd re-runs a batch's failed items.
@@ -348,11 +367,21 @@ type RetryCmd struct{ generationFlags }
 
 // Run publishes the retry generation and, with --wait, follows it.
 func (r *RetryCmd) Run(ctx context.Context, log *slog.Logger) error {
-	return r.start(ctx, log, "retry", (*ingest.Publisher).Retry, func(sub *ingest.Submission) string {
+	return r.start(ctx, log, "retry", (*app.Client).Retry, func(sub *ingest.Submission) string {
 		if sub.Resubmitted {
 			return fmt.Sprintf("retry generation %d was already under way; %d missing items published", sub.Manifest.Generation, sub.Published)
 		}
 		return fmt.Sprintf("generation %d re-runs %d failed items", sub.Manifest.Generation, len(sub.Manifest.Seqs))
+	})
+}
+
+// ReprocessCmd runs a batch again from the items stream.
+type ReprocessCmd struct{ generationFlags }
+
+// Run publishes the reprocess generation and, with --wait, follows it.
+func (r *ReprocessCmd) Run(ctx context.Context, log *slog.Logger) error {
+	return r.start(ctx, log, "reprocess", (*app.Client).Reprocess, func(sub *ingest.Submission) string {
+		return fmt.Sprintf("generation %d runs all %d items again (cached answers are free)", sub.Manifest.Generation, sub.Manifest.Count)
 	})
 }
 
@@ -372,7 +401,9 @@ func (r *ReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if r.PostgresURL == "" && r.SQLite == "" {
 		return errors.New("no database: give --postgres-url or --sqlite")
 	}
-	store, name, err := r.open(ctx, "", true, log)
+	cfg := r.storeConfig("")
+	cfg.AutoMigrate = true
+	store, name, err := app.OpenStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -382,18 +413,18 @@ func (r *ReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	ids := r.Batch
-	if r.All {
-		if ids, err = orderedBatches(ctx, js, c); err != nil {
-			return err
-		}
-	}
-	snk, err := sink.New(js, c, store, sink.Config{Logger: log})
+	client, err := app.NewClient(js, c, app.ClientConfig{Store: store, Logger: log})
 	if err != nil {
 		return err
 	}
+	ids := r.Batch
+	if r.All {
+		if ids, err = client.OrderedBatches(ctx); err != nil {
+			return err
+		}
+	}
 	for _, id := range ids {
-		n, err := snk.Replay(ctx, id)
+		n, err := client.Replay(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -402,31 +433,66 @@ func (r *ReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
-// orderedBatches lists the batches with events in the ordered stream.
-func orderedBatches(ctx context.Context, js jetstream.JetStream, c *contract.Contract) ([]string, error) {
-	st, err := js.Stream(ctx, c.OrderedStream())
-	if err != nil {
-		return nil, err
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(c.AllOrdered()))
-	if err != nil {
-		return nil, err
-	}
-	prefix := c.OrderedSubject("")
-	ids := make([]string, 0, len(info.State.Subjects))
-	for subj := range info.State.Subjects {
-		ids = append(ids, strings.TrimPrefix(subj, prefix))
-	}
-	sort.Strings(ids)
-	return ids, nil
+// DeadLettersCmd lists or replays the events the database refused.
+type DeadLettersCmd struct {
+	List   DeadLettersListCmd   `cmd:"" default:"withargs" help:"List the events set aside, with their reasons."`
+	Replay DeadLettersReplayCmd `cmd:"" help:"Write the events set aside again (after fixing their cause); those the database takes are removed."`
 }
 
-// ReprocessCmd runs a batch again from the items stream.
-type ReprocessCmd struct{ generationFlags }
+// DeadLettersListCmd lists dead letters.
+type DeadLettersListCmd struct {
+	Batch string `help:"Only this batch's."`
+	JSON  bool   `help:"Print JSON."`
+	localStore
+}
 
-// Run publishes the reprocess generation and, with --wait, follows it.
-func (r *ReprocessCmd) Run(ctx context.Context, log *slog.Logger) error {
-	return r.start(ctx, log, "reprocess", (*ingest.Publisher).Reprocess, func(sub *ingest.Submission) string {
-		return fmt.Sprintf("generation %d runs all %d items again (cached answers are free)", sub.Manifest.Generation, sub.Manifest.Count)
-	})
+// Run lists them.
+func (d *DeadLettersListCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := d.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	letters, err := store.DeadLetters(ctx, d.Batch)
+	if err != nil {
+		return err
+	}
+	if d.JSON {
+		if letters == nil {
+			letters = []flashpipe.DeadLetter{}
+		}
+		return json.NewEncoder(os.Stdout).Encode(letters)
+	}
+	if len(letters) == 0 {
+		fmt.Println("no events set aside")
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tBATCH\tKIND\tSEQ\tSET ASIDE\tREASON")
+	for _, l := range letters {
+		seq := ""
+		if l.Event.Result != nil {
+			seq = fmt.Sprint(l.Event.Result.Seq)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Event.BatchID(), l.Event.Kind, seq, l.At.Local().Format(time.DateTime), l.Reason)
+	}
+	return tw.Flush()
+}
+
+// DeadLettersReplayCmd replays dead letters.
+type DeadLettersReplayCmd struct {
+	Batch string `help:"Only this batch's."`
+	localStore
+}
+
+// Run replays them.
+func (d *DeadLettersReplayCmd) Run(ctx context.Context, log *slog.Logger) error {
+	store, err := d.open(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	written, refused, err := app.ReplayDeadLetters(ctx, store, d.Batch)
+	fmt.Printf("%d events written, %d still refused\n", written, refused)
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
@@ -190,7 +191,7 @@ func TestPermanentFailuresThenRetryFixesThem(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err = waitStored(ctx, p.store, "fix", 1)
+	st, err = app.WaitStored(ctx, p.store, "fix", 1)
 	if err != nil || st.OK != 120 || st.Failed != 0 {
 		t.Fatalf("after retry: %+v, %v", st, err)
 	}
@@ -278,7 +279,7 @@ func TestReplayAndReprocess(t *testing.T) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	if st, err = waitStored(wctx, p.store, "again", 1); err != nil || st.OK != len(items) {
+	if st, err = app.WaitStored(wctx, p.store, "again", 1); err != nil || st.OK != len(items) {
 		t.Fatalf("after reprocess: %+v, %v", st, err)
 	}
 	if made := p.sim.Stats().Requests - calls; made != 0 {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/testutil/ankitest"
@@ -257,7 +258,7 @@ func TestFailedReportAndRetryIntoPackage(t *testing.T) {
 	exportTo := func(name, format string) string {
 		t.Helper()
 		path := filepath.Join(dir, name)
-		if err := writeStored(context.Background(), p.store, st.Manifest, exportTarget{path: path, format: format, deck: DeckFlags{Deck: "Korean"}}, &summary{}); err != nil {
+		if err := writeStored(context.Background(), p.store, st.Manifest, app.Output{Path: path, Format: format, Deck: "Korean"}, &summary{}); err != nil {
 			t.Fatal(err)
 		}
 		return path
@@ -283,7 +284,7 @@ func TestFailedReportAndRetryIntoPackage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if st, err = waitStored(ctx, p.store, "fails", 1); err != nil || st.Failed != 0 {
+	if st, err = app.WaitStored(ctx, p.store, "fails", 1); err != nil || st.Failed != 0 {
 		t.Fatalf("after retry %+v, %v", st, err)
 	}
 	log := col.Import(ankitest.Open(t, exportTo("v2.apkg", "apkg")))

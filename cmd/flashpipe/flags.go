@@ -1,14 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
@@ -26,14 +25,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
-	"github.com/flashpipe/flashpipe/internal/store/postgres"
-	"github.com/flashpipe/flashpipe/internal/store/sqlite"
 	"github.com/flashpipe/flashpipe/processor"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
 
-// StreamFlags shape the streams (every service creates or updates them at start-up).
+// StreamFlags shape the streams: a service creates those that are missing with these
+// settings, and reports (never changes) existing ones that differ; `flashpipe streams
+// apply` changes them. Clients use only the prefix.
 type StreamFlags struct {
 	Prefix          string        `help:"Subject prefix; stream names derive from it." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
 	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"1" env:"FLASHPIPE_STREAM_REPLICAS"`
@@ -42,12 +41,14 @@ type StreamFlags struct {
 	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
 }
 
-func (f StreamFlags) contract() (*contract.Contract, error) {
-	return contract.New(contract.Config{
+func (f StreamFlags) contractConfig() contract.Config {
+	return contract.Config{
 		Prefix: f.Prefix, Replicas: f.StreamReplicas, Storage: f.StreamStorage,
 		MaxAge: f.StreamMaxAge, DuplicateWindow: f.DuplicateWindow,
-	})
+	}
 }
+
+func (f StreamFlags) contract() (*contract.Contract, error) { return contract.New(f.contractConfig()) }
 
 // NATSFlags connect a service to a NATS server.
 type NATSFlags struct {
@@ -56,28 +57,39 @@ type NATSFlags struct {
 	StreamFlags
 }
 
-// connect connects to NATS and returns the connection, JetStream and the contract.
+// natsConfig is the connection to NATS as app takes it; wait makes it wait for NATS
+// (a service), else it gives up after app.DefaultConnectTimeout (a user command).
+func (f NATSFlags) natsConfig(name string, wait bool) app.NATSConfig {
+	return app.NATSConfig{Conn: f.options(f.NATSURL), Name: name, Wait: wait}
+}
+
+// connect connects a user command to NATS (giving up after a while) and returns the
+// connection, JetStream and the contract.
 func (f NATSFlags) connect(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, *contract.Contract, error) {
+	return f.dial(ctx, f.natsConfig(name, false), log)
+}
+
+func (f NATSFlags) dial(ctx context.Context, cfg app.NATSConfig, log *slog.Logger) (*nats.Conn, jetstream.JetStream, *contract.Contract, error) {
 	c, err := f.contract()
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	nc, err := f.options(f.NATSURL).Connect(name, log)
+	nc, js, err := app.ConnectNATS(ctx, cfg, log)
 	if err != nil {
-		return nil, nil, nil, err
-	}
-	js, err := natsx.JetStream(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, nil, err
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := natsx.WaitJetStream(wctx, js); err != nil {
-		nc.Close()
 		return nil, nil, nil, err
 	}
 	return nc, js, c, nil
+}
+
+// ServiceFlags are the start-up behaviour of a service.
+type ServiceFlags struct {
+	FailFast bool `help:"Exit at once when NATS or the database cannot be reached at start-up, instead of waiting for them (for scripts)." env:"FLASHPIPE_FAIL_FAST"`
+}
+
+// connectService connects a service to NATS: it waits, with backoff and a log line per
+// attempt, until NATS answers, unless --fail-fast.
+func (f NATSFlags) connectService(ctx context.Context, name string, sf ServiceFlags, log *slog.Logger) (*nats.Conn, jetstream.JetStream, *contract.Contract, error) {
+	return f.dial(ctx, f.natsConfig(name, !sf.FailFast), log)
 }
 
 // APIFlags configure the LLM API client and the two stages.
@@ -128,11 +140,20 @@ func (f ModelFlags) stagesConfig() (stages.Config, error) {
 	return cfg, nil
 }
 
-func (f APIFlags) client(baseURL string, log *slog.Logger) (*llm.Client, error) {
-	return llm.New(llm.Config{
-		BaseURL: baseURL, APIKey: f.APIKey, Timeout: f.APITimeout,
-		Referer: f.AppURL, Title: f.AppTitle, Logger: log,
-	})
+func (f APIFlags) llmConfig() llm.Config {
+	return llm.Config{BaseURL: f.APIBaseURL, APIKey: f.APIKey, Timeout: f.APITimeout, Referer: f.AppURL, Title: f.AppTitle}
+}
+
+// processorConfig maps the API, processor and rate limit flags to app's processor
+// configuration. A rate limit RPM of -1 stays -1 ("the default": see app.StackConfig).
+func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.ProcessorConfig, error) {
+	st, err := f.stagesConfig()
+	if err != nil {
+		return app.ProcessorConfig{}, err
+	}
+	pc := p.config()
+	pc.Redactor = f.redactor
+	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config()}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -146,11 +167,11 @@ type ProcessorFlags struct {
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"30s" env:"CIRCUIT_BREAKER_TIMEOUT"`
 }
 
-func (f ProcessorFlags) config(st stages.Config, id string, log *slog.Logger) processor.Config {
+func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout, Stages: st, ID: id, Logger: log,
+		BreakerTimeout: f.BreakerTimeout,
 	}
 }
 
@@ -165,27 +186,22 @@ type RateLimitFlags struct {
 	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/this many (set it to at least the number of processor replicas)." default:"4" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
 }
 
-// DefaultRateLimitRPM is the limit against a real API when none is configured.
-const DefaultRateLimitRPM = 600
-
-// limiter returns the shared limiter (nil when there is no limit). auto is the RPM
-// used when none was configured.
-func (f RateLimitFlags) limiter(ctx context.Context, js jetstream.JetStream, c *contract.Contract, auto int, log *slog.Logger) (*ratelimit.Limiter, error) {
-	rpm := f.RateLimitRPM
-	if rpm < 0 {
-		rpm = auto
-	}
-	if rpm == 0 && f.RateLimitTPM == 0 {
-		return nil, nil
-	}
-	return ratelimit.New(ctx, js, c, ratelimit.Config{RPM: rpm, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM,
-		AssumedReplicas: f.RateLimitAssumedReplicas, Logger: log})
+// config maps the flags to the limiter's configuration (RPM -1: the default).
+func (f RateLimitFlags) config() ratelimit.Config {
+	return ratelimit.Config{RPM: f.RateLimitRPM, Buffer: f.RateLimitBuffer, TPM: f.RateLimitTPM,
+		AssumedReplicas: f.RateLimitAssumedReplicas}
 }
 
 // SyncFlags set how often the embedded NATS server fsyncs (docs/durability.md).
 type SyncFlags struct {
 	NATSSyncInterval time.Duration `name:"nats-sync-interval" help:"Embedded NATS: fsync JetStream files this often (0: the server's default, 2m)." env:"FLASHPIPE_NATS_SYNC_INTERVAL"`
 	NATSSyncAlways   bool          `name:"nats-sync-always" help:"Embedded NATS: fsync every write (survives power loss; much slower)." env:"FLASHPIPE_NATS_SYNC_ALWAYS"`
+}
+
+// embedded configures the embedded NATS server on port (0: a free port, negative: in
+// process only).
+func (f SyncFlags) embedded(port int) natsx.EmbeddedConfig {
+	return natsx.EmbeddedConfig{Port: port, SyncInterval: f.NATSSyncInterval, SyncAlways: f.NATSSyncAlways}
 }
 
 // MetricsFlags expose Prometheus metrics.
@@ -221,8 +237,8 @@ type SequencerFlags struct {
 	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches of a crashed sequencer." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 }
 
-func (f SequencerFlags) config(id string, log *slog.Logger) sequencer.Config {
-	return sequencer.Config{Window: f.SequencerWindow, MaxBatches: f.SequencerMaxBatches, LeaseTTL: f.SequencerLeaseTTL, ID: id, Logger: log}
+func (f SequencerFlags) config() sequencer.Config {
+	return sequencer.Config{Window: f.SequencerWindow, MaxBatches: f.SequencerMaxBatches, LeaseTTL: f.SequencerLeaseTTL}
 }
 
 // StoreFlags choose the database.
@@ -231,25 +247,10 @@ type StoreFlags struct {
 	SQLite      string `name:"sqlite" help:"SQLite database file (used when no Postgres URL is given)." env:"FLASHPIPE_SQLITE"`
 }
 
-// open opens the store: Postgres when a URL is given, else SQLite at the given path or
-// fallback. autoMigrate applies Postgres migrations (SQLite always migrates).
-func (f StoreFlags) open(ctx context.Context, fallback string, autoMigrate bool, log *slog.Logger) (flashpipe.Store, string, error) {
-	if f.PostgresURL != "" {
-		st, err := postgres.Open(ctx, f.PostgresURL, postgres.Config{AutoMigrate: autoMigrate, Logger: log})
-		return st, "postgres", err
-	}
-	path := f.SQLite
-	if path == "" {
-		path = fallback
-	}
-	if path == "" {
-		return nil, "", fmt.Errorf("no database: give --postgres-url or --sqlite")
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, "", err
-	}
-	st, err := sqlite.Open(ctx, sqlite.Config{Path: path, Logger: log})
-	return st, "sqlite " + path, err
+// storeConfig maps the flags to app's store configuration; sqliteFallback is the
+// SQLite file used when neither flag is given ("" for none).
+func (f StoreFlags) storeConfig(sqliteFallback string) app.StoreConfig {
+	return app.StoreConfig{PostgresURL: f.PostgresURL, SQLitePath: cmp.Or(f.SQLite, sqliteFallback)}
 }
 
 // SinkFlags configure sink replicas.
@@ -258,8 +259,8 @@ type SinkFlags struct {
 	SinkAckWait   time.Duration `help:"Redelivery timeout of events a sink read but did not commit (after a sink crash)." default:"30s" env:"FLASHPIPE_SINK_ACK_WAIT"`
 }
 
-func (f SinkFlags) config(log *slog.Logger) sink.Config {
-	return sink.Config{BatchSize: f.SinkBatchSize, AckWait: f.SinkAckWait, Logger: log}
+func (f SinkFlags) config() sink.Config {
+	return sink.Config{BatchSize: f.SinkBatchSize, AckWait: f.SinkAckWait}
 }
 
 // PriceFlags price the tokens for estimates.

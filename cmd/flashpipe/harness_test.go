@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -173,7 +174,7 @@ func (p *pipeline) waitStored(id string, within time.Duration) flashpipe.BatchSt
 	p.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	st, err := waitStored(ctx, p.store, id, 0)
+	st, err := app.WaitStored(ctx, p.store, id, 0)
 	if err != nil {
 		p.t.Fatalf("batch %s not stored complete within %s: %v (status %+v)", id, within, err, st)
 	}

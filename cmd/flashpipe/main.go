@@ -48,7 +48,8 @@ type CLI struct {
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
-	NATSSetup   NATSSetupCmd   `cmd:"" name:"nats-setup" help:"Create the streams and KV buckets as the NATS admin, or print the least-privilege permissions (docs/security.md)."`
+	DeadLetters DeadLettersCmd `cmd:"" name:"deadletters" help:"List, or replay once fixed, the events the database refused (set aside with their reasons)."`
+	Streams     StreamsCmd     `cmd:"" help:"Show or change the streams and KV buckets (the operator's command), or print the NATS permissions of each role."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
 	Bench       BenchCmd       `cmd:"" help:"Measure end-to-end throughput on the embedded stack."`
 	Version     VersionCmd     `cmd:"" help:"Print the version."`

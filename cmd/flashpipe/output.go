@@ -1,15 +1,15 @@
 package main
 
 import (
-	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/internal/export"
-	"github.com/flashpipe/flashpipe/internal/outfile"
 )
 
 // DeckFlags name the Anki deck of the apkg and anki-tsv formats.
@@ -24,73 +24,36 @@ type OutputFlags struct {
 	DeckFlags
 }
 
-// exportTarget is where and how a command writes a batch's results.
-type exportTarget struct {
-	path, format string
-	deck         DeckFlags
+// output is where and how a command writes a batch's results.
+func (o OutputFlags) output(path string) app.Output {
+	return app.Output{Path: path, Format: o.OutputFormat, Deck: o.Deck, SubdecksPerTab: o.SubdecksPerTab}
 }
 
-func (o OutputFlags) target(path string) exportTarget {
-	return exportTarget{path: path, format: o.OutputFormat, deck: o.DeckFlags}
-}
-
-// check refuses a bad format or deck before anything is published or paid for.
-func (t exportTarget) check() error {
-	if _, err := export.Resolve(t.format, t.path); err != nil {
+// checkOutput refuses a bad format or deck before anything is published or paid for,
+// with exit code 2.
+func checkOutput(out app.Output) error {
+	err := out.Check()
+	switch {
+	case errors.Is(err, app.ErrBadDeck):
+		return &exitError{code: 2, err: fmt.Errorf("--deck: %w", errors.Unwrap(err))}
+	case err != nil:
 		return &exitError{code: 2, err: err}
-	}
-	if t.deck.Deck != "" {
-		if err := export.ValidateDeck(t.deck.Deck); err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("--deck: %w", err)}
-		}
 	}
 	return nil
 }
 
-// writeExport writes a batch's results to the target: feed calls write with each
-// result in ascending Seq. The output appears only complete (see internal/outfile);
-// the tally counts what was written.
-func writeExport(t exportTarget, m flashpipe.Manifest, feed func(write func(flashpipe.Result) error) error) (*export.Tally, error) {
-	format, err := export.Resolve(t.format, t.path)
-	if err != nil {
-		return nil, err
-	}
-	out, err := outfile.Create(t.path)
-	if err != nil {
-		return nil, err
-	}
-	defer out.Abort()
-	w, err := format.New(out, export.Options{Deck: cmp.Or(t.deck.Deck, export.DeckFor(m)), SubdecksPerTab: t.deck.SubdecksPerTab})
-	if err != nil {
-		return nil, err
-	}
-	tally := &export.Tally{Writer: w}
-	if err := feed(tally.Write); err != nil {
-		export.Discard(w)
-		return nil, fmt.Errorf("write %s: %w", t.path, err)
-	}
-	err = w.Close()
-	if err == nil {
-		err = out.Commit()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("write %s: %w", t.path, err)
-	}
-	return tally, nil
-}
-
-// writeStored writes a stored batch to the target and records the card count and
-// failed items in sum.
-func writeStored(ctx context.Context, store flashpipe.Store, m flashpipe.Manifest, t exportTarget, sum *summary) error {
-	tally, err := writeExport(t, m, func(write func(flashpipe.Result) error) error {
+// writeStored writes a stored batch to out and records the card count and failed
+// items in sum.
+func writeStored(ctx context.Context, store flashpipe.Store, m flashpipe.Manifest, out app.Output, sum *summary) error {
+	tally, err := out.Write(m, func(write func(flashpipe.Result) error) error {
 		return store.Results(ctx, m.BatchID, flashpipe.ResultFilter{}, write)
 	})
 	if err != nil {
 		return err
 	}
-	sum.Output, sum.Cards = t.path, tally.Cards
+	sum.Output, sum.Cards = out.Path, tally.Cards
 	for _, f := range tally.Failed {
-		sum.FailedItems = append(sum.FailedItems, failedItem(f))
+		sum.FailedItems = append(sum.FailedItems, app.FailedItemOf(f))
 	}
 	return nil
 }

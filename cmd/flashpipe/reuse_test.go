@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
@@ -52,7 +53,7 @@ func TestReusedIDAfterShortRetentionNeverMixes(t *testing.T) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := waitStored(wctx, p.store, "lesson", sub.Manifest.Generation)
+	st, err := app.WaitStored(wctx, p.store, "lesson", sub.Manifest.Generation)
 	if err != nil {
 		t.Fatalf("the replacement was not stored: %v (%+v)", err, st)
 	}

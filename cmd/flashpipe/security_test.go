@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -101,7 +102,11 @@ func (s *securePipeline) setUp() {
 	s.t.Helper()
 	ctx := context.Background()
 	js, c := s.connect(permissions.Admin)
-	if err := setUpNATS(ctx, js, c, 0, s.log); err != nil {
+	changes, err := app.PlanResources(ctx, js, c, app.ResourceConfig{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := contract.Apply(ctx, js, changes); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -166,7 +171,7 @@ func (s *securePipeline) submitAndFollow(id string, items []flashpipe.Item, with
 		s.t.Fatal(err)
 	}
 	jsR, c := s.connect(permissions.Reader)
-	sum, err := followBatch(ctx, jsR, c, sub.Manifest, exportTarget{path: filepath.Join(s.t.TempDir(), "cards.tsv")}, true)
+	sum, err := followTo(ctx, jsR, c, sub.Manifest, filepath.Join(s.t.TempDir(), "cards.tsv"))
 	if err != nil {
 		s.t.Fatalf("follow batch %s: %v\nlogs:\n%s", id, err, s.logs)
 	}
@@ -228,7 +233,7 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 	if sum.Items != len(items) || sum.OK != len(items) || sum.Cards != 3*len(items) {
 		t.Fatalf("summary %+v", sum)
 	}
-	st, err := waitStored(context.Background(), s.store, "least-privilege", 0)
+	st, err := app.WaitStored(context.Background(), s.store, "least-privilege", 0)
 	if err != nil {
 		t.Fatalf("not stored: %v (%+v)", err, st)
 	}
@@ -263,7 +268,7 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 		t.Fatal(err)
 	}
 	jsR, c := s.connect(permissions.Reader)
-	if sum, err := followBatch(ctx, jsR, c, sub.Manifest, exportTarget{path: filepath.Join(t.TempDir(), "again.tsv")}, true); err != nil || sum.OK != len(items) {
+	if sum, err := followTo(ctx, jsR, c, sub.Manifest, filepath.Join(t.TempDir(), "again.tsv")); err != nil || sum.OK != len(items) {
 		t.Fatalf("reprocess: %+v, %v", sum, err)
 	}
 	jsS, c := s.connect(permissions.Sink)
@@ -453,4 +458,13 @@ func (f *fragmentScan) check(t *testing.T, where, text string) {
 			t.Fatalf("%s holds %q of a secret: ...%s...", where, p, text[max(0, i-80):min(len(text), i+80)])
 		}
 	}
+}
+
+// followTo follows a batch to completion as submit --wait does, writing its TSV to path.
+func followTo(ctx context.Context, js jetstream.JetStream, c *contract.Contract, m flashpipe.Manifest, path string) (*summary, error) {
+	client, err := app.NewClient(js, c, app.ClientConfig{})
+	if err != nil {
+		return nil, err
+	}
+	return client.FollowTo(ctx, m, &app.Output{Path: path}, nil)
 }

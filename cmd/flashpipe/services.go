@@ -5,22 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 
-	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
 )
-
-// replicaID names this process in logs: host and pid.
-func replicaID() string {
-	host, _ := os.Hostname()
-	return fmt.Sprintf("%s-%d", host, os.Getpid())
-}
 
 // ProcessorCmd runs one processor replica.
 type ProcessorCmd struct {
@@ -29,52 +19,35 @@ type ProcessorCmd struct {
 	ProcessorFlags
 	RateLimitFlags
 	MetricsFlags
+	ServiceFlags
 }
 
-// Run runs the processor until interrupted.
+// Run runs the processor until interrupted, then drains its items in flight.
 func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if p.APIKey == "" && p.APIBaseURL == llm.DefaultBaseURL {
 		return errors.New("no API key: set OPENROUTER_API_KEY (or FLASHPIPE_API_KEY), or point --api-base-url at an API that needs none, such as `flashpipe simulate-api`")
 	}
-	nc, js, c, err := p.connect(ctx, "flashpipe-processor", log)
+	cfg, err := p.processorConfig(p.ProcessorFlags, p.RateLimitFlags)
+	if err != nil {
+		return err
+	}
+	if cfg.RateLimit.RPM < 0 {
+		cfg.RateLimit.RPM = app.DefaultRateLimitRPM
+	}
+	nc, js, c, err := p.connectService(ctx, "flashpipe-processor", p.ServiceFlags, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	client, err := p.client(p.APIBaseURL, log)
-	if err != nil {
-		return err
-	}
-	st, err := p.stagesConfig()
-	if err != nil {
-		return err
-	}
-	answers, err := cache.New(ctx, js, c, cache.Config{Logger: log})
-	if err != nil {
-		return err
-	}
 	reg, err := p.serve(ctx, log)
 	if err != nil {
 		return err
 	}
-	cfg := p.config(st, replicaID(), log)
-	cfg.Redactor = p.redactor
-	if reg != nil {
-		cfg.Metrics = processor.NewMetrics(reg)
-	}
-	limiter, err := p.limiter(ctx, js, c, DefaultRateLimitRPM, log)
+	svc, err := app.NewProcessor(ctx, app.Deps{JS: js, Contract: c, Metrics: reg, Logger: log}, cfg)
 	if err != nil {
 		return err
 	}
-	if limiter != nil {
-		defer limiter.Close()
-		cfg.Limiter = limiter
-	}
-	proc, err := processor.New(js, c, client, answers, cfg)
-	if err != nil {
-		return err
-	}
-	return proc.Run(ctx)
+	return svc.Run(ctx)
 }
 
 // SequencerCmd runs one sequencer replica.
@@ -82,11 +55,12 @@ type SequencerCmd struct {
 	NATSFlags
 	SequencerFlags
 	MetricsFlags
+	ServiceFlags
 }
 
-// Run runs the sequencer until interrupted.
+// Run runs the sequencer until interrupted, then hands its batches back.
 func (s *SequencerCmd) Run(ctx context.Context, log *slog.Logger) error {
-	nc, js, c, err := s.connect(ctx, "flashpipe-sequencer", log)
+	nc, js, c, err := s.connectService(ctx, "flashpipe-sequencer", s.ServiceFlags, log)
 	if err != nil {
 		return err
 	}
@@ -95,15 +69,11 @@ func (s *SequencerCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg := s.config(replicaID(), log)
-	if reg != nil {
-		cfg.Metrics = sequencer.NewMetrics(reg)
-	}
-	seq, err := sequencer.New(js, c, cfg)
+	svc, err := app.NewSequencer(ctx, app.Deps{JS: js, Contract: c, Metrics: reg, Logger: log}, s.config())
 	if err != nil {
 		return err
 	}
-	return seq.Run(ctx)
+	return svc.Run(ctx)
 }
 
 // SinkCmd runs one sink replica.
@@ -112,21 +82,24 @@ type SinkCmd struct {
 	StoreFlags
 	SinkFlags
 	MetricsFlags
-	AutoMigrate bool `help:"Apply database migrations at start-up (otherwise run flashpipe migrate first)." env:"FLASHPIPE_AUTO_MIGRATE"`
+	ServiceFlags
+	AutoMigrate bool `help:"Apply database migrations at start-up (otherwise run flashpipe migrate first; the sink waits for it)." env:"FLASHPIPE_AUTO_MIGRATE"`
 }
 
-// Run runs the sink until interrupted.
+// Run runs the sink until interrupted; the write in progress is committed first.
 func (s *SinkCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if s.PostgresURL == "" && s.SQLite == "" {
 		return errors.New("no database: give --postgres-url (FLASHPIPE_POSTGRES_URL) or --sqlite")
 	}
-	store, name, err := s.open(ctx, "", s.AutoMigrate, log)
+	cfg := s.storeConfig("")
+	cfg.AutoMigrate, cfg.Wait = s.AutoMigrate, !s.FailFast
+	store, name, err := app.OpenStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	log.Info("sink store", "store", name)
-	nc, js, c, err := s.connect(ctx, "flashpipe-sink", log)
+	nc, js, c, err := s.connectService(ctx, "flashpipe-sink", s.ServiceFlags, log)
 	if err != nil {
 		return err
 	}
@@ -135,15 +108,11 @@ func (s *SinkCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cfg := s.config(log)
-	if reg != nil {
-		cfg.Metrics = sink.NewMetrics(reg)
-	}
-	snk, err := sink.New(js, c, store, cfg)
+	svc, err := app.NewSink(ctx, app.Deps{JS: js, Contract: c, Metrics: reg, Logger: log}, store, s.config())
 	if err != nil {
 		return err
 	}
-	return snk.Run(ctx)
+	return svc.Run(ctx)
 }
 
 // MigrateCmd applies the Postgres migrations.

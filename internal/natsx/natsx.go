@@ -197,10 +197,7 @@ func connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 func RedactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, u := range parts {
-		start, end := strings.Index(u, "://"), strings.LastIndex(u, "@")
-		if start >= 0 && end > start+3 {
-			parts[i] = u[:start+3] + "REDACTED" + u[end:]
-		}
+		parts[i] = redactURL(strings.TrimSpace(u))
 	}
 	return strings.Join(parts, ",")
 }

@@ -498,7 +498,7 @@ func jsonText(b []byte) *string {
 // beyond the counts, and Batches is one statement however many batches it lists. A
 // row without a manifest (a completion stored first) is no batch yet.
 const sqlBatchStatus = `
-SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, b.started_at,
+SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, a.first_processed,
 	b.completed_generation, b.emitted, b.completed_at,
 	a.done, a.ok, a.failed, a.counted, a.stage1_calls, a.stage2_calls, a.cache_hits, a.cache_misses,
 	a.prompt_tokens, a.completion_tokens, a.cost,
@@ -516,7 +516,8 @@ CROSS JOIN LATERAL (
 		coalesce(sum(i.cache_misses), 0)::bigint AS cache_misses,
 		coalesce(sum(i.prompt_tokens), 0)::bigint AS prompt_tokens,
 		coalesce(sum(i.completion_tokens), 0)::bigint AS completion_tokens,
-		coalesce(sum(i.cost), 0)::float8 AS cost
+		coalesce(sum(i.cost), 0)::float8 AS cost,
+		min(i.processed_at) AS first_processed
 	FROM items i WHERE i.batch_id = b.batch_id
 ) a
 WHERE b.manifest IS NOT NULL`

@@ -502,7 +502,7 @@ func nullText(b []byte) any {
 // computes them all, so deriving the state costs nothing beyond the counts, and
 // Batches is one statement however many batches it lists.
 const sqlBatchStatus = `
-SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, b.started_at,
+SELECT b.batch_id, b.manifest, b.generation, b.submitted_at, min(i.processed_at),
 	b.completed_generation, b.emitted, b.completed_at,
 	count(i.batch_id), coalesce(sum(i.status = 'ok'), 0), coalesce(sum(i.status = 'failed'), 0),
 	coalesce(sum(i.generation >= b.completed_generation), 0),

@@ -115,3 +115,6 @@ func CompleteEvent(batchID string, gen, emitted int, at time.Time) flashpipe.Eve
 		BatchID: batchID, Generation: gen, Emitted: emitted, CompletedAt: at,
 	}}
 }
+
+// UTCMicroOf is t as the stores return it: UTC, to the microsecond.
+func UTCMicroOf(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
