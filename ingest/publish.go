@@ -210,15 +210,19 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 		// the record and the manifest (the record is younger than the stream keeps
 		// messages), or the messages have expired (nothing to publish: the rows are in
 		// the database).
-		if rev > 0 && p.youngerThanRetention(ctx, rec.SubmittedAt) {
-			m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, rec.SubmittedAt
+		published := rec.SubmittedAt
+		if rec.ReplacedAt != nil {
+			published = *rec.ReplacedAt
+		}
+		if rev > 0 && p.youngerThanRetention(ctx, p.c.BatchesStream(), published) {
+			m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, published
 			if err := p.publishManifest(ctx, m, 0); err != nil {
 				return nil, err
 			}
 			n, err := p.publishItems(ctx, b.ID, m.Base, b.Items, nil)
 			return &Submission{Manifest: m, Published: n}, err
 		}
-		m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, rec.SubmittedAt
+		m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, published
 		return &Submission{Manifest: m, Resubmitted: true, Expired: true, Previous: prev}, nil
 
 	case !b.Replace:
@@ -230,7 +234,7 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 	gen := rec.Generation
 	if inStream {
 		gen = max(gen, latest.Generation)
-		done, err := p.generationDone(ctx, b.ID, latest.Generation)
+		done, err := p.generationDone(ctx, latest)
 		if err != nil {
 			return nil, err
 		}
@@ -254,10 +258,10 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 	return &Submission{Manifest: m, Published: n, Replaced: true, Previous: prev}, err
 }
 
-// youngerThanRetention reports whether something published at t is still within the
-// batches stream's max age (so its manifest, had it been published, would be there).
-func (p *Publisher) youngerThanRetention(ctx context.Context, t time.Time) bool {
-	st, err := p.js.Stream(ctx, p.c.BatchesStream())
+// youngerThanRetention reports whether something published at t on stream is still
+// within the stream's max age (so it would be there, had it been published).
+func (p *Publisher) youngerThanRetention(ctx context.Context, stream string, t time.Time) bool {
+	st, err := p.js.Stream(ctx, stream)
 	if err != nil {
 		return true
 	}
@@ -265,14 +269,19 @@ func (p *Publisher) youngerThanRetention(ctx context.Context, t time.Time) bool 
 	return age <= 0 || time.Since(t) < age
 }
 
-// generationDone reports whether generation gen of a batch, whose manifest the
-// batches stream holds, completed in the ordered log.
-func (p *Publisher) generationDone(ctx context.Context, batchID string, gen int) (bool, error) {
-	g, complete, _, err := batchlog.Latest(ctx, p.js, p.c, batchID)
+// generationDone reports whether the latest generation of a batch, whose manifest
+// the batches stream holds, is over: completed in the ordered log, or expired from it
+// (the log holds nothing of the batch and the manifest is older than the stream keeps
+// messages).
+func (p *Publisher) generationDone(ctx context.Context, latest flashpipe.Manifest) (bool, error) {
+	g, complete, ok, err := batchlog.Latest(ctx, p.js, p.c, latest.BatchID)
 	if err != nil {
-		return false, fmt.Errorf("batch %s: %w", batchID, err)
+		return false, fmt.Errorf("batch %s: %w", latest.BatchID, err)
 	}
-	return g > gen || (g == gen && complete), nil
+	if !ok {
+		return !p.youngerThanRetention(ctx, p.c.OrderedStream(), latest.CreatedAt), nil
+	}
+	return g > latest.Generation || (g == latest.Generation && complete), nil
 }
 
 // errManifestRace means another publisher added a manifest to the batch first.

@@ -8,16 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flashpipe/flashpipe/ingest"
-	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/stages"
-	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
@@ -85,47 +80,19 @@ func TestClusterSurvivesANodeLoss(t *testing.T) {
 	if err := natsx.WaitJetStream(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	c := natstest.ContractWith(t, js, contract.Config{Replicas: 3})
-
-	sim, err := llmsim.New(llmsim.Config{LatencyJitter: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simURL, err := sim.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sim.Close() })
-	api, _ := llm.New(llm.Config{BaseURL: simURL, APIKey: "k"})
-	store, err := postgres.Open(context.Background(), pgtest.URL(t), postgres.Config{AutoMigrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = store.Close() })
-	p := &pipeline{t: t, js: js, c: c, sim: sim, api: api, store: store, stages: stages.DefaultConfig()}
-	if p.cache, err = cache.New(ctx, js, c, cache.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	if p.pub, err = ingest.NewPublisher(js, c, nil); err != nil {
-		t.Fatal(err)
-	}
+	p := newPipelineWith(t, apptest.Config{URL: url, Contract: contract.Config{Replicas: 3},
+		Sim: llmsim.Config{LatencyJitter: 10 * time.Millisecond}})
 	// Each service on its own connection to the whole cluster.
-	conn := func() *pipeline {
-		_, sjs := natstest.Connect(t, url)
-		q := *p
-		q.js = sjs
-		return &q
-	}
-	conn().startProcessor(processor.Config{ConcurrentMax: 20, AckWait: 5 * time.Second})
-	conn().startSequencer(sequencer.Config{LeaseTTL: 3 * time.Second, PollInterval: 200 * time.Millisecond})
+	p.startProcessor(processor.Config{ConcurrentMax: 20, AckWait: 5 * time.Second})
+	p.startSequencer(sequencer.Config{LeaseTTL: 3 * time.Second, PollInterval: 200 * time.Millisecond})
 	// Deliveries in flight from a node that dies are redelivered after the ack wait:
 	// keep it short so the test measures recovery, not the default wait.
-	conn().startSink(sink.Config{AckWait: 5 * time.Second})
+	p.startSink(sink.Config{AckWait: 5 * time.Second})
 
 	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:300]
 	p.submit("cluster", items)
 	natstest.Eventually(t, time.Minute, func() bool {
-		st, err := store.Batch(context.Background(), "cluster")
+		st, err := p.store.Batch(context.Background(), "cluster")
 		return err == nil && st.Done >= 60
 	}, "no progress before the node loss")
 	nodes[0].Shutdown()
@@ -136,7 +103,7 @@ func TestClusterSurvivesANodeLoss(t *testing.T) {
 	}
 	checkStored(t, p.results("cluster"), items, 3)
 	checkOrdered(t, p.orderedKeys("cluster"), items)
-	if s := sim.Stats(); s.Stage1Calls > int64(len(items))+20 || s.Stage2Calls > int64(len(items))+20 {
+	if s := p.sim.Stats(); s.Stage1Calls > int64(len(items))+20 || s.Stage2Calls > int64(len(items))+20 {
 		t.Fatalf("%d stage 1 and %d stage 2 calls for %d items: answers were paid twice", s.Stage1Calls, s.Stage2Calls, len(items))
 	}
 }

@@ -211,7 +211,7 @@ type MetricsFlags struct {
 
 // serve starts the metrics endpoint when configured and returns the registry (nil:
 // metrics off).
-func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger) (*prometheus.Registry, error) {
+func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger) (prometheus.Registerer, error) {
 	if f.MetricsAddr == "" {
 		return nil, nil
 	}

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,14 +12,10 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/ingest"
-	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
-	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/stages"
-	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
@@ -46,153 +40,54 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// pipeline is the four services wired by hand against an embedded NATS server, the
-// API simulator and a Postgres schema of the test's own, so a test can stop and
-// restart any one of them.
+// pipeline is the whole-pipeline fixture of the application layer (apptest), with
+// the short names these tests use.
 type pipeline struct {
-	t      *testing.T
-	srv    *natsx.Embedded
-	js     jetstream.JetStream
-	c      *contract.Contract
-	sim    *llmsim.Simulator
-	api    *llm.Client
-	store  flashpipe.Store
-	cache  *cache.Cache
-	pub    *ingest.Publisher
-	stages stages.Config
+	*apptest.Pipeline
+	t     *testing.T
+	js    jetstream.JetStream
+	c     *contract.Contract
+	sim   *llmsim.Simulator
+	store flashpipe.Store
+	pub   *app.Client
 }
 
 func newPipeline(t *testing.T, sim llmsim.Config) *pipeline {
 	t.Helper()
-	return newPipelineWith(t, sim, contract.Config{})
+	return newPipelineWith(t, apptest.Config{Sim: sim})
 }
 
-// newPipelineWith is newPipeline with streams of the given configuration.
-func newPipelineWith(t *testing.T, sim llmsim.Config, streams contract.Config) *pipeline {
+// newPipelineWith is newPipeline with the fixture's whole configuration.
+func newPipelineWith(t *testing.T, cfg apptest.Config) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t}
-	p.srv = natstest.Server(t)
-	_, p.js = natstest.Connect(t, p.srv.ClientURL())
-	p.c = natstest.ContractWith(t, p.js, streams)
-	var err error
-	if p.sim, err = llmsim.New(sim); err != nil {
-		t.Fatal(err)
-	}
-	url, err := p.sim.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.sim.Close() })
-	if p.api, err = llm.New(llm.Config{BaseURL: url, APIKey: "test-key"}); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	st, err := postgres.Open(ctx, pgtest.URL(t), postgres.Config{AutoMigrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	p.store = st
-	if p.pub, err = ingest.NewPublisher(p.js, p.c, nil); err != nil {
-		t.Fatal(err)
-	}
-	p.stages = stages.DefaultConfig()
-	if p.cache, err = cache.New(ctx, p.js, p.c, cache.Config{}); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// service runs one service until its stop function is called (or the test ends).
-func (p *pipeline) service(name string, run func(context.Context) error) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					p.t.Errorf("%s: %v", name, err)
-				}
-			case <-time.After(time.Minute):
-				p.t.Errorf("%s did not stop", name)
-			}
-		})
-	}
-	p.t.Cleanup(stop)
-	return stop
+	p := apptest.New(t, cfg)
+	return &pipeline{Pipeline: p, t: t, js: p.JS, c: p.Contract, sim: p.Sim, store: p.Store, pub: p.Client}
 }
 
 func (p *pipeline) startProcessor(cfg processor.Config) func() {
 	p.t.Helper()
-	cfg.Stages = p.stages
-	proc, err := processor.New(p.js, p.c, p.api, p.cache, cfg)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return p.service("processor", proc.Run)
+	return p.StartProcessor(p.ProcessorConfig(cfg))
 }
 
-func (p *pipeline) startSequencer(cfg sequencer.Config) func() {
-	p.t.Helper()
-	seq, err := sequencer.New(p.js, p.c, cfg)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return p.service("sequencer", seq.Run)
-}
+func (p *pipeline) startSequencer(cfg sequencer.Config) func() { return p.StartSequencer(cfg) }
 
-func (p *pipeline) startSink(cfg sink.Config) func() {
-	p.t.Helper()
-	snk, err := sink.New(p.js, p.c, p.store, cfg)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return p.service("sink", snk.Run)
-}
+func (p *pipeline) startSink(cfg sink.Config) func() { return p.StartSink(cfg) }
 
-func (p *pipeline) startAll() {
-	p.startProcessor(processor.Config{})
-	p.startSequencer(sequencer.Config{})
-	p.startSink(sink.Config{})
-}
+func (p *pipeline) startAll() { p.StartAll() }
 
 func (p *pipeline) submit(id string, items []flashpipe.Item) *ingest.Submission {
 	p.t.Helper()
-	sub, err := p.pub.Submit(context.Background(), ingest.Batch{ID: id, Source: "test", Items: items})
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return sub
+	return p.Submit(id, items)
 }
 
 // waitStored waits until the store holds the batch complete.
 func (p *pipeline) waitStored(id string, within time.Duration) flashpipe.BatchStatus {
 	p.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	st, err := app.WaitStored(ctx, p.store, id, 0)
-	if err != nil {
-		p.t.Fatalf("batch %s not stored complete within %s: %v (status %+v)", id, within, err, st)
-	}
-	return st
+	return p.WaitStored(id, 0, within)
 }
 
 // results reads the stored results of a batch.
-func (p *pipeline) results(id string) []flashpipe.Result {
-	p.t.Helper()
-	var out []flashpipe.Result
-	if err := p.store.Results(context.Background(), id, flashpipe.ResultFilter{}, func(r flashpipe.Result) error {
-		out = append(out, r)
-		return nil
-	}); err != nil {
-		p.t.Fatal(err)
-	}
-	return out
-}
+func (p *pipeline) results(id string) []flashpipe.Result { return p.Results(id) }
 
 // orderedKeys reads the headers of every event on a batch's ordered subject.
 func (p *pipeline) orderedKeys(id string) []contract.Keys {

@@ -10,10 +10,10 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
-	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
@@ -23,7 +23,7 @@ import (
 // agrees with what the submitter saw.
 func TestReusedIDAfterShortRetentionNeverMixes(t *testing.T) {
 	t.Parallel()
-	p := newPipelineWith(t, llmsim.Config{}, contract.Config{MaxAge: 2 * time.Second, DuplicateWindow: time.Second})
+	p := newPipelineWith(t, apptest.Config{Contract: contract.Config{MaxAge: 2 * time.Second, DuplicateWindow: time.Second}})
 	p.startAll()
 	ctx := context.Background()
 	words := func(prefix string, positions ...int64) []flashpipe.Item {

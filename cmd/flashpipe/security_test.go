@@ -17,6 +17,7 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -41,7 +42,6 @@ import (
 // redacting handler the commands use into one buffer.
 type securePipeline struct {
 	t      *testing.T
-	p      *pipeline // for its service runner
 	flags  map[string]NATSFlags
 	red    *secret.Redactor
 	logs   *natstest.SyncBuffer
@@ -56,7 +56,7 @@ type securePipeline struct {
 // sim (answering only apiKey) and a Postgres store of the test's own.
 func newSecurePipeline(t *testing.T, sim llmsim.Config, apiKey string, flagsFor func(role string) NATSFlags) *securePipeline {
 	t.Helper()
-	s := &securePipeline{t: t, p: &pipeline{t: t}, flags: map[string]NATSFlags{}, red: secret.New(apiKey), logs: &natstest.SyncBuffer{}, apiKey: apiKey}
+	s := &securePipeline{t: t, flags: map[string]NATSFlags{}, red: secret.New(apiKey), logs: &natstest.SyncBuffer{}, apiKey: apiKey}
 	for _, role := range []string{permissions.Admin, permissions.Processor, permissions.Sequencer, permissions.Sink, permissions.Submit, permissions.Reader} {
 		f := flagsFor(role)
 		if err := f.AfterApply(s.red); err != nil {
@@ -117,37 +117,24 @@ func (s *securePipeline) startServices() (stop func()) {
 	s.t.Helper()
 	ctx := context.Background()
 	jsP, c := s.connect(permissions.Processor)
-	client, err := llm.New(llm.Config{BaseURL: s.sim.URL(), APIKey: s.apiKey, Logger: s.log})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	answers, err := cache.New(ctx, jsP, c, cache.Config{Logger: s.log})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	limiter, err := ratelimit.New(ctx, jsP, c, ratelimit.Config{RPM: 60000, Logger: s.log})
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() { _ = limiter.Close() })
-	proc, err := processor.New(jsP, c, client, answers, processor.Config{
-		Stages: stages.DefaultConfig(), Limiter: limiter, Redactor: s.red, ID: "p1", Logger: s.log.With("service", "processor"),
-		MaxAttempts: 2,
+	proc, err := app.NewProcessor(ctx, app.Deps{JS: jsP, Contract: c, Replica: "p1", Logger: s.log.With("service", "processor")}, app.ProcessorConfig{
+		API: llm.Config{BaseURL: s.sim.URL(), APIKey: s.apiKey}, Stages: stages.DefaultConfig(),
+		Processor: processor.Config{Redactor: s.red, MaxAttempts: 2}, RateLimit: ratelimit.Config{RPM: 60000},
 	})
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	jsQ, c := s.connect(permissions.Sequencer)
-	seq, err := sequencer.New(jsQ, c, sequencer.Config{ID: "s1", Logger: s.log.With("service", "sequencer")})
+	seq, err := app.NewSequencer(ctx, app.Deps{JS: jsQ, Contract: c, Replica: "s1", Logger: s.log.With("service", "sequencer")}, sequencer.Config{})
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	jsS, c := s.connect(permissions.Sink)
-	snk, err := sink.New(jsS, c, s.store, sink.Config{Logger: s.log.With("service", "sink")})
+	snk, err := app.NewSink(ctx, app.Deps{JS: jsS, Contract: c, Logger: s.log.With("service", "sink")}, s.store, sink.Config{})
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	stops := []func(){s.p.service("processor", proc.Run), s.p.service("sequencer", seq.Run), s.p.service("sink", snk.Run)}
+	stops := []func(){apptest.Run(s.t, proc), apptest.Run(s.t, seq), apptest.Run(s.t, snk)}
 	return func() {
 		for _, stop := range slices.Backward(stops) {
 			stop()
