@@ -57,6 +57,8 @@ type Pipeline struct {
 	Sim      *llmsim.Simulator
 	APIURL   string
 	Store    flashpipe.Store
+	// PostgresURL is the store's database (its own schema), "" with SQLite.
+	PostgresURL string
 	// Client is the client side of batches, with the store.
 	Client *app.Client
 	// Stages are the processors' stages (the defaults).
@@ -86,7 +88,8 @@ func New(t testing.TB, cfg Config) *Pipeline {
 	if cfg.SQLite {
 		p.Store, err = sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "flashpipe.db")})
 	} else {
-		p.Store, err = postgres.Open(ctx, pgtest.URL(t), postgres.Config{AutoMigrate: true})
+		p.PostgresURL = pgtest.URL(t)
+		p.Store, err = postgres.Open(ctx, p.PostgresURL, postgres.Config{AutoMigrate: true})
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -281,3 +281,42 @@ func streamsApply(t *testing.T, dir, url, prefix string) {
 		t.Fatalf("streams apply: exit %d, stdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
 }
+
+// The operator set a 25 s retention; a client with the default flags (168h) leaves it
+// alone, and `streams` shows the difference without changing anything.
+func TestClientWithDefaultFlagsLeavesStreamsAlone(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	prefix := natstest.UniquePrefix(t)
+	dir := t.TempDir()
+	out, stderr, code := flashpipeCmd(t, dir, "streams", "apply", "--yes", "--nats-url", srv.ClientURL(), "--prefix", prefix,
+		"--stream-max-age", "25s", "--duplicate-window", "5s")
+	if code != 0 {
+		t.Fatalf("streams apply: exit %d\n%s%s", code, out, stderr)
+	}
+	file := abs(t, "../../examples/test_5_words.csv")
+	if _, stderr, code := flashpipeCmd(t, dir, "submit", file, "--nats-url", srv.ClientURL(), "--prefix", prefix); code != 0 {
+		t.Fatalf("submit: exit %d\n%s", code, stderr)
+	}
+	for _, name := range []string{"_BATCHES", "_ITEMS", "_RESULTS", "_ORDERED"} {
+		st, err := js.Stream(context.Background(), strings.ToUpper(prefix)+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg := st.CachedInfo().Config; cfg.MaxAge != 25*time.Second || cfg.Duplicates != 5*time.Second {
+			t.Fatalf("%s: max age %s, duplicate window %s after a default submit; want 25s and 5s", name, cfg.MaxAge, cfg.Duplicates)
+		}
+	}
+	out, _, code = flashpipeCmd(t, dir, "streams", "--nats-url", srv.ClientURL(), "--prefix", prefix)
+	if code != 0 || !strings.Contains(out, "max_age 25s -> 168h0m0s") || !strings.Contains(out, "flashpipe streams apply") {
+		t.Fatalf("streams (show) with the default flags: exit %d\n%s", code, out)
+	}
+	// Asked without a terminal and without --yes, apply changes nothing.
+	if _, stderr, code := flashpipeCmd(t, dir, "streams", "apply", "--nats-url", srv.ClientURL(), "--prefix", prefix); code != 2 || !strings.Contains(stderr, "--yes") {
+		t.Fatalf("streams apply without --yes: exit %d\n%s", code, stderr)
+	}
+	if st, _ := js.Stream(context.Background(), strings.ToUpper(prefix)+"_ITEMS"); st.CachedInfo().Config.MaxAge != 25*time.Second {
+		t.Fatal("streams apply without --yes changed the stream")
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
+	"github.com/flashpipe/flashpipe/internal/testutil/tcpproxy"
 )
 
 // Settings of the services under test: short timeouts so that recovery is fast.
@@ -79,9 +80,9 @@ type env struct {
 	sim    *llmsim.Simulator
 	simURL string
 
-	dbURL     string    // the test's own, direct connections
-	proxy     *tcpProxy // between the sink and PostgreSQL
-	natsProxy *tcpProxy // between the processor and NATS
+	dbURL     string          // the test's own, direct connections
+	proxy     *tcpproxy.Proxy // between the sink and PostgreSQL
+	natsProxy *tcpproxy.Proxy // between the processor and NATS
 	pool      *pgxpool.Pool
 	store     *postgres.Store
 
@@ -147,7 +148,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		if err != nil {
 			t.Fatalf("parse the test database URL: %v", err)
 		}
-		e.proxy = startProxy(t, u.Host)
+		e.proxy = tcpproxy.Start(t, u.Host)
 		u.Host = e.proxy.Addr()
 		sinkURL = u.String()
 	}
@@ -156,7 +157,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	common := []string{"--nats-url", e.natsURL(), "--prefix", e.prefix}
 	procNATS := e.natsURL()
 	if cfg.proxyNATS {
-		e.natsProxy = startProxy(t, fmt.Sprintf("127.0.0.1:%d", e.natsPort))
+		e.natsProxy = tcpproxy.Start(t, fmt.Sprintf("127.0.0.1:%d", e.natsPort))
 		procNATS = "nats://" + e.natsProxy.Addr()
 	}
 	if cfg.workers == 0 {

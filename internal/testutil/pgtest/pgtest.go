@@ -507,3 +507,16 @@ func tail(b []byte) []byte {
 	}
 	return bytes.TrimSpace(b)
 }
+
+// Through returns url (a postgres:// URL from URL) connecting to addr instead of its
+// host and port, for a test that puts a proxy in between, and the original host:port.
+func Through(t testing.TB, connString, addr string) (proxied, target string) {
+	t.Helper()
+	u, err := url.Parse(connString)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		t.Skip("pgtest: the test server's address is not a postgres:// URL; this test needs one")
+	}
+	target = u.Host
+	u.Host = addr
+	return u.String(), target
+}

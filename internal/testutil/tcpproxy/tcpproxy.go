@@ -1,4 +1,7 @@
-package chaos
+// Package tcpproxy is a TCP proxy for tests that change the network under a running
+// system: a dependency that is not there yet, goes away (Cut), comes back (Restore),
+// or goes silent (Blackhole).
+package tcpproxy
 
 import (
 	"errors"
@@ -9,13 +12,13 @@ import (
 	"time"
 )
 
-// tcpProxy forwards connections from a fixed loopback address to a target. Cut makes
+// Proxy forwards connections from a fixed loopback address to a target. Cut makes
 // the target unreachable through it: every open connection is closed and the address
 // refuses new ones (its listener is closed); Restore listens on the same address again.
 // Blackhole keeps the connections open but forwards nothing (a silent network path)
 // until Unblock.
-type tcpProxy struct {
-	t      *testing.T
+type Proxy struct {
+	t      testing.TB
 	target string
 	addr   string
 
@@ -25,23 +28,34 @@ type tcpProxy struct {
 	flow  chan struct{} // closed while traffic flows
 }
 
-func startProxy(t *testing.T, target string) *tcpProxy {
+// Start starts a proxy to target on a free loopback address; it is cut when the test
+// ends.
+func Start(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{t: t, target: target, addr: ln.Addr().String(), conns: map[net.Conn]struct{}{}, flow: make(chan struct{})}
+	p := &Proxy{t: t, target: target, addr: ln.Addr().String(), conns: map[net.Conn]struct{}{}, flow: make(chan struct{})}
 	close(p.flow)
 	p.serve(ln)
 	t.Cleanup(p.Cut)
 	return p
 }
 
-// Addr is the address clients connect to.
-func (p *tcpProxy) Addr() string { return p.addr }
+// StartCut is Start with the proxy cut: its address refuses connections until
+// Restore, like a dependency that is not up yet.
+func StartCut(t testing.TB, target string) *Proxy {
+	t.Helper()
+	p := Start(t, target)
+	p.Cut()
+	return p
+}
 
-func (p *tcpProxy) serve(ln net.Listener) {
+// Addr is the address clients connect to.
+func (p *Proxy) Addr() string { return p.addr }
+
+func (p *Proxy) serve(ln net.Listener) {
 	p.mu.Lock()
 	p.ln = ln
 	p.mu.Unlock()
@@ -56,7 +70,7 @@ func (p *tcpProxy) serve(ln net.Listener) {
 	}()
 }
 
-func (p *tcpProxy) forward(client net.Conn) {
+func (p *Proxy) forward(client net.Conn) {
 	server, err := net.DialTimeout("tcp", p.target, 5*time.Second)
 	if err != nil {
 		_ = client.Close()
@@ -106,7 +120,7 @@ func (p *tcpProxy) forward(client net.Conn) {
 
 // Cut closes every connection through the proxy and refuses new ones until Restore.
 // Safe to call when already cut.
-func (p *tcpProxy) Cut() {
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln == nil {
@@ -124,7 +138,7 @@ func (p *tcpProxy) Cut() {
 }
 
 // Blackhole stops forwarding without closing anything: both ends see a silent path.
-func (p *tcpProxy) Blackhole() {
+func (p *Proxy) Blackhole() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	select {
@@ -135,13 +149,13 @@ func (p *tcpProxy) Blackhole() {
 }
 
 // Unblock forwards again, the held data first.
-func (p *tcpProxy) Unblock() {
+func (p *Proxy) Unblock() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.unblockLocked()
 }
 
-func (p *tcpProxy) unblockLocked() {
+func (p *Proxy) unblockLocked() {
 	select {
 	case <-p.flow:
 	default:
@@ -150,7 +164,7 @@ func (p *tcpProxy) unblockLocked() {
 }
 
 // Restore accepts connections again on the same address.
-func (p *tcpProxy) Restore() {
+func (p *Proxy) Restore() {
 	p.t.Helper()
 	var ln net.Listener
 	var err error
