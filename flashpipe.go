@@ -78,7 +78,14 @@ type Manifest struct {
 	// Base is the generation that published the batch's whole item list: 0, or the
 	// generation of the latest replacement (a batch id submitted again, on request,
 	// with other items: see IsReplacement). Retry and reprocess generations keep it.
-	Base      int               `json:"base,omitempty"`
+	Base int `json:"base,omitempty"`
+	// Tenant names who submitted the batch (an upstream system, a team, a user): the
+	// processors share their capacity fairly between tenants first, then between a
+	// tenant's batches. Empty is the default tenant.
+	Tenant string `json:"tenant,omitempty"`
+	// Priority orders the batches of one tenant: a higher priority is served first
+	// (default 0).
+	Priority  int               `json:"priority,omitempty"`
 	Settings  map[string]string `json:"settings,omitempty"`
 	CreatedAt time.Time         `json:"created_at"`
 }

@@ -79,6 +79,9 @@ type Batch struct {
 	Settings map[string]string
 	// Items sorted by ascending, unique Position (as Parse returns them).
 	Items []flashpipe.Item
+	// Tenant and Priority are the manifest's (see flashpipe.Manifest).
+	Tenant   string
+	Priority int
 	// Replace asks to replace the batch if its id is already used by other items: a
 	// new generation runs the new items, and the old items' rows and results are
 	// dropped, never mixed with the new ones. Without it such a submit is refused.
@@ -136,6 +139,8 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 		Source:      b.Source,
 		ContentHash: flashpipe.HashItems(b.Items),
 		Settings:    b.Settings,
+		Tenant:      b.Tenant,
+		Priority:    b.Priority,
 		CreatedAt:   time.Now().UTC(),
 	}
 	for range 10 {
