@@ -13,6 +13,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/registry"
 )
 
 // ErrBatchConflict is returned when a batch id is already taken by different items
@@ -129,9 +130,9 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if err := p.checkStreams(ctx); err != nil {
 		return nil, err
 	}
-	reg, err := p.registry(ctx)
+	reg, err := registry.Open(ctx, p.js, p.c)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ingest: %w", err)
 	}
 	m := flashpipe.Manifest{
 		BatchID:     b.ID,
@@ -145,7 +146,7 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	}
 	for range 10 {
 		sub, err := p.submitOnce(ctx, reg, b, m)
-		if errors.Is(err, errManifestRace) || errors.Is(err, errRegistryRace) {
+		if errors.Is(err, errManifestRace) || errors.Is(err, registry.ErrRace) {
 			continue // another submit got there first: look again
 		}
 		return sub, err
@@ -154,8 +155,8 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 }
 
 // submitOnce looks the batch up (registry, stream, store) and publishes what is due.
-func (p *Publisher) submitOnce(ctx context.Context, reg registry, b Batch, m flashpipe.Manifest) (*Submission, error) {
-	rec, rev, known, err := reg.get(ctx, b.ID)
+func (p *Publisher) submitOnce(ctx context.Context, reg registry.Registry, b Batch, m flashpipe.Manifest) (*Submission, error) {
+	rec, rev, known, err := reg.Get(ctx, b.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -165,14 +166,14 @@ func (p *Publisher) submitOnce(ctx context.Context, reg registry, b Batch, m fla
 		return nil, err
 	}
 	if !known && inStream {
-		rec = recordOf(latest) // a batch from before the registry, or published directly
+		rec = registry.RecordOf(latest) // a batch from before the registry, or published directly
 	}
 	used := known || inStream
 	if !used && p.store != nil {
 		st, err := p.store.Batch(ctx, b.ID)
 		switch {
 		case err == nil:
-			rec, used = recordOf(st.Manifest), true
+			rec, used = registry.RecordOf(st.Manifest), true
 			rec.SubmittedAt = st.SubmittedAt
 		case !errors.Is(err, flashpipe.ErrNotFound):
 			return nil, fmt.Errorf("ingest: look up batch %q in the store: %w", b.ID, err)
@@ -184,7 +185,7 @@ func (p *Publisher) submitOnce(ctx context.Context, reg registry, b Batch, m fla
 // decide publishes a batch given what is known of its id: rec (valid when used), the
 // registry revision (0: no record yet), and the latest manifest in the stream (when
 // inStream) at stream sequence last.
-func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpipe.Manifest, rec Record, used bool,
+func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, m flashpipe.Manifest, rec Record, used bool,
 	rev uint64, latest flashpipe.Manifest, inStream bool, last uint64) (*Submission, error) {
 	var prev *Record
 	if used {
@@ -194,7 +195,7 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 	case !used:
 		// A new batch: its record first (compare-and-set makes one submit win), then
 		// the manifest, then the items.
-		if err := reg.put(ctx, b.ID, recordOf(m), 0); err != nil {
+		if err := reg.Put(ctx, b.ID, registry.RecordOf(m), 0); err != nil {
 			return nil, err
 		}
 		if err := p.publishManifest(ctx, m, 0); err != nil {
@@ -205,7 +206,7 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 
 	case rec.ContentHash == m.ContentHash && inStream:
 		if rev == 0 {
-			_ = reg.put(ctx, b.ID, rec, 0) // backfill the registry; best effort
+			_ = reg.Put(ctx, b.ID, rec, 0) // backfill the registry; best effort
 		}
 		n, err := p.publishMissing(ctx, b, latest)
 		return &Submission{Manifest: latest, Published: n, Resubmitted: true, Previous: prev}, err
@@ -232,7 +233,7 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 
 	case !b.Replace:
 		return nil, fmt.Errorf("ingest: batch %q was %s; these %d items differ: %w (choose another batch id, or replace the batch with --replace)",
-			b.ID, rec.describe(), len(b.Items), ErrBatchConflict)
+			b.ID, rec.Describe(), len(b.Items), ErrBatchConflict)
 	}
 
 	// Replace: a new generation, numbered after every one known, with the new items.
@@ -249,9 +250,9 @@ func (p *Publisher) decide(ctx context.Context, reg registry, b Batch, m flashpi
 	}
 	m.Generation, m.Base = gen+1, gen+1
 	now := m.CreatedAt
-	next := recordOf(m)
+	next := registry.RecordOf(m)
 	next.SubmittedAt, next.ReplacedAt = rec.SubmittedAt, &now
-	if err := reg.put(ctx, b.ID, next, rev); err != nil {
+	if err := reg.Put(ctx, b.ID, next, rev); err != nil {
 		return nil, err
 	}
 	if err := p.publishManifest(ctx, m, last); err != nil {

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
 )
 
 // Defaults for Config.
@@ -34,6 +36,9 @@ const (
 	DefaultReplicas        = 1
 	DefaultMaxAge          = 7 * 24 * time.Hour
 	DefaultDuplicateWindow = 10 * time.Minute
+	// DefaultRefusedMaxAge and DefaultRefusedMaxBytes bound the refused messages kept.
+	DefaultRefusedMaxAge   = 30 * 24 * time.Hour
+	DefaultRefusedMaxBytes = 1 << 30
 )
 
 // Storage kinds for Config.Storage.
@@ -58,6 +63,11 @@ type Config struct {
 	MaxAge time.Duration
 	// DuplicateWindow is how long JetStream remembers Nats-Msg-Ids.
 	DuplicateWindow time.Duration
+	// RefusedMaxAge and RefusedMaxBytes bound the refused-messages stream
+	// (DefaultRefusedMaxAge, DefaultRefusedMaxBytes): a flood of bad input drops the
+	// oldest refusals, never anything else.
+	RefusedMaxAge   time.Duration
+	RefusedMaxBytes int64
 }
 
 func (c Config) withDefaults() Config {
@@ -69,6 +79,8 @@ func (c Config) withDefaults() Config {
 		c.MaxAge = 0
 	}
 	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, DefaultDuplicateWindow)
+	c.RefusedMaxAge = cmp.Or(c.RefusedMaxAge, DefaultRefusedMaxAge)
+	c.RefusedMaxBytes = cmp.Or(c.RefusedMaxBytes, DefaultRefusedMaxBytes)
 	return c
 }
 
@@ -122,8 +134,10 @@ func (c *Contract) Prefix() string { return c.prefix }
 // Stream names.
 func (c *Contract) BatchesStream() string { return c.stream + "_BATCHES" }
 func (c *Contract) ItemsStream() string   { return c.stream + "_ITEMS" }
+func (c *Contract) ReadyStream() string   { return c.stream + "_READY" }
 func (c *Contract) ResultsStream() string { return c.stream + "_RESULTS" }
 func (c *Contract) OrderedStream() string { return c.stream + "_ORDERED" }
+func (c *Contract) RefusedStream() string { return c.stream + "_REFUSED" }
 
 // Name returns a resource name (KV bucket, consumer) scoped to this contract's prefix,
 // e.g. Name("CACHE") == "FLASHPIPE_CACHE".
@@ -138,6 +152,18 @@ func (c *Contract) ResultSubject(batch string, seq int) string {
 	return fmt.Sprintf("%s.results.%s.%d", c.prefix, batch, seq)
 }
 func (c *Contract) OrderedSubject(batch string) string { return c.prefix + ".ordered." + batch }
+func (c *Contract) ReadySubject(batch string, seq int) string {
+	return fmt.Sprintf("%s.ready.%s.%d", c.prefix, batch, seq)
+}
+
+// RefusedSubject is where the refusals of messages about a batch are kept; batch ""
+// (a message that names no valid batch) is "_".
+func (c *Contract) RefusedSubject(batch string) string {
+	if flashpipe.ValidateBatchID(batch) == nil {
+		return c.prefix + ".refused." + batch
+	}
+	return c.prefix + ".refused._"
+}
 
 // Wildcard subjects: all manifests, all items, one batch's items, one batch's results, all ordered events.
 func (c *Contract) AllManifests() string             { return c.prefix + ".batches.*" }
@@ -145,6 +171,8 @@ func (c *Contract) AllItems() string                 { return c.prefix + ".items
 func (c *Contract) BatchItems(batch string) string   { return c.prefix + ".items." + batch + ".*" }
 func (c *Contract) BatchResults(batch string) string { return c.prefix + ".results." + batch + ".*" }
 func (c *Contract) AllOrdered() string               { return c.prefix + ".ordered.*" }
+func (c *Contract) AllReady() string                 { return c.prefix + ".ready.>" }
+func (c *Contract) AllResults() string               { return c.prefix + ".results.>" }
 
 // StorageType is the JetStream storage of the contract's streams and buckets.
 func (c *Contract) StorageType() jetstream.StorageType {
@@ -159,7 +187,11 @@ func StorageTypeOf(s string) jetstream.StorageType {
 	return jetstream.FileStorage
 }
 
-// StreamConfigs returns the configuration of the four streams.
+// ScheduleBucket names the scheduler's key-value bucket: one key per generation of a
+// batch still being dispatched, with its tenant, priority and how far it is.
+func (c *Contract) ScheduleBucket() string { return c.Name("SCHEDULE") }
+
+// StreamConfigs returns the configuration of the streams.
 func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 	storage := c.StorageType()
 	mk := func(name, subject, desc string) jetstream.StreamConfig {
@@ -180,11 +212,21 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 	// The sequencer appends runs of events as atomic batches where the server supports
 	// them (nats-server 2.12+); older servers ignore the flag and it appends one by one.
 	ordered.AllowAtomicPublish = true
+	// The scheduler dispatches items here in fair order; a processor's ack removes
+	// them. The scheduler keeps only a window of them ahead of the processors, and an
+	// item waiting here must never expire (no max age).
+	ready := mk(c.ReadyStream(), c.prefix+".ready.*.*", "flashpipe items dispatched to the processors, in fair order")
+	ready.Retention, ready.MaxAge = jetstream.WorkQueuePolicy, 0
+	refused := mk(c.RefusedStream(), c.prefix+".refused.*", "flashpipe messages refused, with the reason (kept for the operator and the upstream)")
+	refused.MaxAge, refused.MaxBytes = c.cfg.RefusedMaxAge, c.cfg.RefusedMaxBytes
+	refused.Duplicates = min(c.cfg.DuplicateWindow, c.cfg.RefusedMaxAge)
 	return []jetstream.StreamConfig{
 		mk(c.BatchesStream(), c.prefix+".batches.*", "flashpipe batch manifests"),
 		mk(c.ItemsStream(), c.prefix+".items.*.*", "flashpipe work items, one per message"),
+		ready,
 		mk(c.ResultsStream(), c.prefix+".results.*.*", "flashpipe results, one per item and generation"),
 		ordered,
+		refused,
 	}
 }
 

@@ -3,6 +3,7 @@ package contract
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	// The bodies are encoded once and decoded at every hop: segmentio's drop-in
@@ -249,4 +250,67 @@ func (c *Contract) ResultEventMsg(k Keys, result []byte) *nats.Msg {
 	k.Kind = flashpipe.EventResult
 	setKeys(m, k)
 	return m
+}
+
+// Headers of a refused message (besides the headers it arrived with).
+const (
+	// HeaderRefusedReason says why the message was refused.
+	HeaderRefusedReason = "Flashpipe-Refused-Reason"
+	// HeaderRefusedSubject is the subject the message arrived on.
+	HeaderRefusedSubject = "Flashpipe-Refused-Subject"
+	// HeaderRefusedBy names the service that refused it: "scheduler", "sequencer".
+	HeaderRefusedBy = "Flashpipe-Refused-By"
+)
+
+// Refusal is a message refused at a door, with the reason.
+type Refusal struct {
+	// BatchID is the batch the message is about, as far as it can be trusted ("" when
+	// it names no valid batch).
+	BatchID string
+	// Subject, Header and Data are the message as it arrived.
+	Subject string
+	Header  nats.Header
+	Data    []byte
+	// Reason says why, By who refused it.
+	Reason, By string
+	// ID makes a refusal recorded twice (a redelivery) one message: e.g. the refused
+	// message's stream and sequence.
+	ID string
+}
+
+// RefusedMsg encodes a refusal for the refused-messages stream: the message's own
+// headers and body, with the reason, the original subject and the refusing service
+// added as headers.
+func (c *Contract) RefusedMsg(r Refusal) *nats.Msg {
+	h := make(nats.Header, len(r.Header)+4)
+	for k, v := range r.Header {
+		if k != nats.MsgIdHdr && k != "Nats-Expected-Last-Subject-Sequence" {
+			h[k] = v
+		}
+	}
+	h.Set(HeaderRefusedReason, r.Reason)
+	h.Set(HeaderRefusedSubject, r.Subject)
+	h.Set(HeaderRefusedBy, r.By)
+	if r.ID != "" {
+		h.Set(nats.MsgIdHdr, "refused:"+r.ID)
+	}
+	return &nats.Msg{Subject: c.RefusedSubject(r.BatchID), Header: h, Data: r.Data}
+}
+
+// SubjectKeys reads the batch id and seq that an item, ready or result subject names
+// (<prefix>.<kind>.<batch>.<seq>); ok is false for any other subject.
+func (c *Contract) SubjectKeys(subject string) (batch string, seq int, ok bool) {
+	rest, found := strings.CutPrefix(subject, c.prefix+".")
+	if !found {
+		return "", 0, false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) != 3 || (parts[0] != "items" && parts[0] != "ready" && parts[0] != "results") {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(parts[2])
+	if err != nil || n < 1 || flashpipe.ValidateBatchID(parts[1]) != nil {
+		return "", 0, false
+	}
+	return parts[1], n, true
 }

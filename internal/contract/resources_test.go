@@ -67,7 +67,7 @@ func TestExistingStreamsAreNeverChangedByServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(changes) != 4 {
+	if len(changes) != len(defaults.StreamConfigs()) {
 		t.Fatalf("plan: %d changes, want one per stream: %v", len(changes), changes)
 	}
 	if s := changes[0].String(); !strings.Contains(s, "update stream") || !strings.Contains(s, "max_age 25s -> 168h0m0s") {
