@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -49,17 +48,11 @@ type File struct {
 // is copied first, as Spool does. Bad input yields the *ParseError Parse would
 // return.
 func OpenFile(path string, opts ParseOptions) (*File, error) {
-	if opts.Source == "" {
-		opts.Source = filepath.Base(path)
-	}
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(path)
-	}
-	f, err := os.Open(path)
+	f, opts, err := openPath(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+		return nil, err
 	}
+	format := opts.format(path)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -88,11 +81,7 @@ func OpenFile(path string, opts ParseOptions) (*File, error) {
 // copy like OpenFile does; Close removes it. Source names the input in errors (e.g.
 // "stdin"); FormatAuto looks at its extension, else sniffs the input.
 func Spool(r io.Reader, opts ParseOptions) (*File, error) {
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(opts.Source)
-	}
-	return spool(r, opts, format)
+	return spool(r, opts, opts.format(opts.Source))
 }
 
 func spool(r io.Reader, opts ParseOptions, format Format) (*File, error) {

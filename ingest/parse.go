@@ -140,11 +140,7 @@ type Parsed struct {
 // the first read error) and keeps the whole batch in memory, so callers should
 // bound the size of untrusted input (e.g. with http.MaxBytesReader).
 func Parse(r io.Reader, opts ParseOptions) (*Parsed, error) {
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(opts.Source)
-	}
-	return parse(r, opts, format)
+	return parse(r, opts, opts.format(opts.Source))
 }
 
 // parse reads a batch whole into memory.
@@ -163,19 +159,33 @@ func parse(r io.Reader, opts ParseOptions, format Format) (*Parsed, error) {
 // ParseFile parses the batch in the file at path; see Parse. Source defaults to the
 // path's base name and FormatAuto looks at the path's extension.
 func ParseFile(path string, opts ParseOptions) (*Parsed, error) {
+	f, opts, err := openPath(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parse(f, opts, opts.format(path))
+}
+
+// openPath opens the batch file at path, Source defaulting to its base name.
+func openPath(path string, opts ParseOptions) (*os.File, ParseOptions, error) {
 	if opts.Source == "" {
 		opts.Source = filepath.Base(path)
 	}
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(path)
-	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+		return nil, opts, fmt.Errorf("ingest: %w", err)
 	}
-	defer f.Close()
-	return parse(f, opts, format)
+	return f, opts, nil
+}
+
+// format returns the input's format: Format, else the one name's extension
+// implies (FormatAuto if none: sniffed).
+func (o ParseOptions) format(name string) Format {
+	if o.Format != FormatAuto {
+		return o.Format
+	}
+	return formatOf(name)
 }
 
 // formatOf returns the format a file name's extension implies, or FormatAuto.
