@@ -30,7 +30,7 @@ type File struct {
 	Layout string
 
 	f       *os.File
-	temp    bool // a copy made by Spool: Close removes it
+	temp    bool // a copy made by Spool that Close removes (where it could not be unlinked at once)
 	source  string
 	format  Format
 	header  *csvHeader
@@ -78,8 +78,10 @@ func OpenFile(path string, opts ParseOptions) (*File, error) {
 
 // Spool reads a batch from r, e.g. standard input, which cannot be read twice: it
 // copies r to a temporary file (in os.TempDir) as it validates it and returns the
-// copy like OpenFile does; Close removes it. Source names the input in errors (e.g.
-// "stdin"); FormatAuto looks at its extension, else sniffs the input.
+// copy like OpenFile does. The copy is unlinked as soon as it is created (it lives
+// while it is open, so nothing is left behind even if the process is killed), or
+// where the system does not allow that, removed by Close. Source names the input in
+// errors (e.g. "stdin"); FormatAuto looks at its extension, else sniffs the input.
 func Spool(r io.Reader, opts ParseOptions) (*File, error) {
 	return spool(r, opts, opts.format(opts.Source))
 }
@@ -89,13 +91,16 @@ func spool(r io.Reader, opts ParseOptions, format Format) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: spooling %s: %w", opts.Source, err)
 	}
+	unlinked := os.Remove(tmp.Name()) == nil
 	b, err := open(tmp, io.TeeReader(r, tmp), 0, opts, format)
 	if err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
+		if !unlinked {
+			os.Remove(tmp.Name())
+		}
 		return nil, err
 	}
-	b.temp = true
+	b.temp = !unlinked
 	return b, nil
 }
 
@@ -180,7 +185,7 @@ func (b *File) Each(ctx context.Context, fn func(seq int, it flashpipe.Item) err
 	return nil
 }
 
-// Close closes the file (and removes it if Spool made it).
+// Close closes the file (and removes Spool's copy).
 func (b *File) Close() error {
 	err := b.f.Close()
 	if b.temp {
