@@ -89,6 +89,9 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return interrupted(ctx, err, fmt.Sprintf("interrupted; the batch %s goes on: submit again with --wait to follow it", id))
 	}
 	sum.Resubmitted = sub.Resubmitted
+	if sub.Resubmitted {
+		sum.Republished = sub.Published
+	}
 	sum.Timed(time.Since(start), sub.Manifest.Expected())
 	return printSummary(sum, s.JSON)
 }

@@ -200,7 +200,10 @@ func printSummary(s *summary, asJSON bool) error {
 		fmt.Fprintf(w, " -> %s", s.Output)
 	}
 	fmt.Fprintln(w)
-	if s.Resubmitted {
+	switch {
+	case s.Resubmitted && s.Republished > 0:
+		fmt.Fprintf(w, "  (already submitted; %d items an interrupted submit had left out were published)\n", s.Republished)
+	case s.Resubmitted:
 		fmt.Fprintln(w, "  (already submitted: nothing was published again)")
 	}
 	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d, misses: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits, s.CacheMisses)
