@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"regexp"
 	"time"
 )
@@ -112,13 +113,34 @@ func (m Manifest) Seq(i int) int {
 
 // HashItems returns a stable content hash of a batch's items in Seq order.
 func HashItems(items []Item) string {
-	h := sha256.New()
-	enc := json.NewEncoder(h)
+	h := NewItemHasher()
 	for _, it := range items {
-		_ = enc.Encode(it) // writing to a hash cannot fail
+		h.Add(it)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return h.Sum()
 }
+
+// ItemHasher computes HashItems one item at a time, for batches read from a file
+// rather than held in memory: adding a batch's items in Seq order gives the same
+// Sum as HashItems of them. It is not safe for concurrent use.
+type ItemHasher struct {
+	h   hash.Hash
+	enc *json.Encoder
+}
+
+// NewItemHasher returns a hasher of no items yet.
+func NewItemHasher() *ItemHasher {
+	h := sha256.New()
+	return &ItemHasher{h: h, enc: json.NewEncoder(h)}
+}
+
+// Add adds the next item.
+func (h *ItemHasher) Add(it Item) {
+	_ = h.enc.Encode(it) // writing to a hash cannot fail
+}
+
+// Sum returns the hash of the items added so far.
+func (h *ItemHasher) Sum() string { return hex.EncodeToString(h.h.Sum(nil)) }
 
 // Status is the final state of an item.
 type Status string

@@ -37,3 +37,23 @@ func TestManifestSeqsRoundTrip(t *testing.T) {
 		t.Fatalf("a retry of every item of 200,000 takes %d bytes", len(data))
 	}
 }
+
+// The content hash is part of every stored manifest (default batch ids, conflict
+// checks): it must never change for the same items, however they are hashed.
+func TestHashItemsIsStable(t *testing.T) {
+	items := []Item{
+		{Position: 3, Term: "사람", Type: "noun", Metadata: map[string]string{"b": "2", "a": "<1>&"}},
+		{Position: 10, Term: "먹다", Type: "verb"},
+	}
+	const want = "4da4b0476cbc8823834590894c0c4bdd77623a60c9c9b95d03b5f33bbbe95144" // before ItemHasher
+	if got := HashItems(items); got != want {
+		t.Fatalf("HashItems = %s, want %s", got, want)
+	}
+	h := NewItemHasher()
+	for _, it := range items {
+		h.Add(it)
+	}
+	if got := h.Sum(); got != want {
+		t.Fatalf("ItemHasher.Sum = %s, want %s", got, want)
+	}
+}

@@ -342,9 +342,10 @@ func ReplayDeadLetters(ctx context.Context, st flashpipe.Store, batchID string) 
 
 var unsafeID = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
-// DefaultBatchID names a batch after its file (or "stdin") and items: submitting the
-// same file again is the same batch (no new work), a changed file is a new one.
-func DefaultBatchID(path string, items []flashpipe.Item) string {
+// DefaultBatchID names a batch after its file (or "stdin") and the content hash of its
+// items (ingest.Items.Hash, flashpipe.HashItems): submitting the same file again is
+// the same batch (no new work), a changed file is a new one.
+func DefaultBatchID(path, contentHash string) string {
 	stem := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 	stem = strings.Trim(unsafeID.ReplaceAllString(stem, "-"), "-_")
 	if len(stem) > 40 {
@@ -353,5 +354,5 @@ func DefaultBatchID(path string, items []flashpipe.Item) string {
 	if stem == "" {
 		stem = "batch"
 	}
-	return stem + "-" + flashpipe.HashItems(items)[:10]
+	return stem + "-" + contentHash[:10]
 }

@@ -109,6 +109,9 @@ func (c *Client) Run(ctx context.Context, b BatchRun) (*Summary, error) {
 		}
 	}
 	sum.Resubmitted = sub.Resubmitted
+	if sub.Resubmitted {
+		sum.Republished = sub.Published
+	}
 	sum.Timed(time.Since(start), sub.Manifest.Expected())
 	return sum, nil
 }

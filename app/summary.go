@@ -26,6 +26,9 @@ type Summary struct {
 	Elapsed        float64 `json:"elapsed_seconds"`
 	ItemsPerSecond float64 `json:"items_per_second"`
 	Resubmitted    bool    `json:"resubmitted"`
+	// Republished counts the items a resubmission published because an interrupted
+	// submit had left them out.
+	Republished int `json:"republished,omitempty"`
 	// Simulated is true when the built-in simulator answered: its prices are made up.
 	Simulated   bool         `json:"simulated"`
 	Output      string       `json:"output,omitempty"`

@@ -9,6 +9,14 @@
 // a batch without a single valid item is always rejected. Parsing has no side
 // effects and is safe for concurrent use.
 //
+// Parse holds the whole batch in memory. OpenFile applies the same rules (and gives
+// the same errors) to a batch file without holding it: one pass validates it and
+// keeps each valid row's position and byte offset (16 bytes per item, sorted by
+// position); its Items are read back from the file by offset, in seq order, when
+// they are hashed and published. Spool does the same for input that cannot be read
+// twice, such as standard input, through a temporary copy. No reader holds more than
+// MaxLineBytes of a line: an over-long line is counted, not kept.
+//
 // A leading UTF-8 byte order mark is ignored in either format.
 //
 // CSV needs a header row. Header names are trimmed and matched case-insensitively,
@@ -44,9 +52,11 @@
 //
 // # Publishing
 //
-// Publisher takes a parsed batch, gives every item its Seq (the 1-based rank of its
-// position) and publishes the batch's flashpipe.Manifest before its items, so later
-// stages know how many results complete the batch; it waits for every publish ack.
+// Publisher takes a valid batch (Items: a File, or SliceItems of parsed items), gives
+// every item its Seq (the 1-based rank of its position) and publishes the batch's
+// flashpipe.Manifest before its items, so later stages know how many results
+// complete the batch; it publishes a chunk of items at a time and waits for every
+// publish ack, so its memory does not grow with the batch.
 // Validation happens before anything is published, so a rejected batch publishes
 // nothing. Publishing is idempotent by batch id: every message carries a Nats-Msg-Id,
 // and submitting the same items again publishes only what an interrupted submit left

@@ -140,29 +140,52 @@ type Parsed struct {
 // the first read error) and keeps the whole batch in memory, so callers should
 // bound the size of untrusted input (e.g. with http.MaxBytesReader).
 func Parse(r io.Reader, opts ParseOptions) (*Parsed, error) {
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(opts.Source)
+	return parse(r, opts, opts.format(opts.Source))
+}
+
+// parse reads a batch whole into memory.
+func parse(r io.Reader, opts ParseOptions, format Format) (*Parsed, error) {
+	c, err := scan(r, opts, format, 0, true, nil)
+	if err != nil {
+		return nil, err
 	}
-	return parse(r, opts, format)
+	items := make([]flashpipe.Item, len(c.index))
+	for i, row := range c.index {
+		items[i] = c.items[row.ref]
+	}
+	return &Parsed{Items: items, Skipped: c.bad, Layout: c.layout}, nil
 }
 
 // ParseFile parses the batch in the file at path; see Parse. Source defaults to the
 // path's base name and FormatAuto looks at the path's extension.
 func ParseFile(path string, opts ParseOptions) (*Parsed, error) {
+	f, opts, err := openPath(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parse(f, opts, opts.format(path))
+}
+
+// openPath opens the batch file at path, Source defaulting to its base name.
+func openPath(path string, opts ParseOptions) (*os.File, ParseOptions, error) {
 	if opts.Source == "" {
 		opts.Source = filepath.Base(path)
 	}
-	format := opts.Format
-	if format == FormatAuto {
-		format = formatOf(path)
-	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
+		return nil, opts, fmt.Errorf("ingest: %w", err)
 	}
-	defer f.Close()
-	return parse(f, opts, format)
+	return f, opts, nil
+}
+
+// format returns the input's format: Format, else the one name's extension
+// implies (FormatAuto if none: sniffed).
+func (o ParseOptions) format(name string) Format {
+	if o.Format != FormatAuto {
+		return o.Format
+	}
+	return formatOf(name)
 }
 
 // formatOf returns the format a file name's extension implies, or FormatAuto.
@@ -176,46 +199,70 @@ func formatOf(name string) Format {
 	return FormatAuto
 }
 
-func parse(r io.Reader, opts ParseOptions, format Format) (*Parsed, error) {
+// scan reads and validates a batch in one pass, the rules written once for Parse
+// (keep: the valid items are kept) and OpenFile (only each valid row's position and
+// byte offset are kept). rows, when known, is at least the number of rows (it sizes
+// the index once). lines, needed without keep, returns the line of each row at the
+// given offsets (only asked for rows whose position an earlier row has).
+func scan(r io.Reader, opts ParseOptions, format Format, rows int, keep bool, lines func(offs []int64) (map[int64]int, error)) (*collector, error) {
 	switch format {
 	case FormatAuto, FormatCSV, FormatJSONL:
 	default:
 		return nil, fmt.Errorf("ingest: ParseOptions.Format %q is not %q, %q or empty", format, FormatCSV, FormatJSONL)
 	}
-	br := bufio.NewReaderSize(r, sniffBytes)
-	if err := skipBOM(br); err != nil {
+	br := bufio.NewReaderSize(&stickyErr{r: r}, sniffBytes)
+	off, err := skipBOM(br)
+	if err != nil {
 		return nil, readError(opts.Source, err)
 	}
 	if format == FormatAuto {
-		var err error
 		if format, err = sniff(br); err != nil {
 			return nil, readError(opts.Source, err)
 		}
 	}
-	c := &collector{opts: opts, lineOf: make(map[int64]int)}
-	var layout string
-	var err error
+	c := &collector{opts: opts, keep: keep, format: format, index: make([]rowRef, 0, rows)}
 	if format == FormatCSV {
-		layout, err = c.readCSV(br)
+		err = c.readCSV(br, off)
 	} else {
-		layout, err = LayoutJSONL, c.readJSONL(br)
+		c.layout, err = LayoutJSONL, c.readJSONL(br, off)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return c.finish(layout)
+	if err := c.finish(lines); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
-// skipBOM drops a UTF-8 byte order mark at the start of the input.
-func skipBOM(br *bufio.Reader) error {
+// stickyErr reads r until its first error (io.EOF included), then returns that error
+// without reading r again: a terminal's standard input would wait for more.
+type stickyErr struct {
+	r   io.Reader
+	err error
+}
+
+func (s *stickyErr) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.r.Read(p)
+	s.err = err
+	return n, err
+}
+
+// skipBOM drops a UTF-8 byte order mark at the start of the input and returns the
+// offset of the first byte after it.
+func skipBOM(br *bufio.Reader) (int64, error) {
 	b, err := br.Peek(3)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return err
+		return 0, err
 	}
 	if bytes.Equal(b, []byte("\xEF\xBB\xBF")) {
 		_, _ = br.Discard(3) // cannot fail: the bytes are buffered
+		return 3, nil
 	}
-	return nil
+	return 0, nil
 }
 
 // sniff tells JSON Lines (first non-blank byte '{') from CSV.
@@ -239,39 +286,97 @@ func readError(source string, err error) error {
 	return fmt.Errorf("ingest: reading %s: %w", source, err)
 }
 
-// collector gathers a batch's valid items and bad rows, whatever the format.
+// collector gathers a batch's valid rows and bad rows, whatever the format.
 type collector struct {
 	opts   ParseOptions
-	items  []flashpipe.Item
+	format Format
+	layout string
+	header *csvHeader // CSV: how to read a row again
 	bad    []RowError
-	lineOf map[int64]int // position → line of the valid item that has it
-	rows   int           // data rows seen so far, bad ones included: the implicit position
+	rows   int      // data rows seen so far, bad ones included: the implicit position
+	index  []rowRef // the valid rows; after finish sorted by position, duplicates out
+	// With keep, the valid items themselves, in file order (rowRef.ref indexes
+	// them), and the line of each.
+	keep  bool
+	items []flashpipe.Item
+	lines []int
+}
+
+// rowRef is a valid row: its position and where it is, the byte offset where it
+// starts in the input or (with keep) its index in collector.items. Both grow in file
+// order. 16 bytes per item is what a batch read from a file costs in memory.
+type rowRef struct {
+	pos int64
+	ref int64
 }
 
 func (c *collector) reject(line int, reason string) {
 	c.bad = append(c.bad, RowError{Line: line, Reason: reason})
 }
 
-// accept adds a valid item unless its position is taken. Only valid items claim a
-// position, so a bad row never makes a later good row with its position bad too.
-func (c *collector) accept(line int, it flashpipe.Item) {
-	if prev, ok := c.lineOf[it.Position]; ok {
-		c.reject(line, fmt.Sprintf("position %d is already used on line %d", it.Position, prev))
-		return
+// accept adds a valid row. Whether its position is taken is decided in finish.
+func (c *collector) accept(line int, off int64, it flashpipe.Item) {
+	ref := off
+	if c.keep {
+		ref = int64(len(c.items))
+		c.items = append(c.items, it)
+		c.lines = append(c.lines, line)
 	}
-	c.lineOf[it.Position] = line
-	c.items = append(c.items, it)
+	c.index = append(c.index, rowRef{pos: it.Position, ref: ref})
 }
 
-func (c *collector) finish(layout string) (*Parsed, error) {
+// finish sorts the valid rows by position and refuses every row whose position an
+// earlier valid row has. Only valid rows claim a position, so a bad row never makes
+// a later good row with its position bad too. Bad rows are reported in file order.
+func (c *collector) finish(lines func(offs []int64) (map[int64]int, error)) error {
+	slices.SortFunc(c.index, func(a, b rowRef) int {
+		return cmp.Or(cmp.Compare(a.pos, b.pos), cmp.Compare(a.ref, b.ref))
+	})
+	var dups []int // indexes into c.index of rows whose position is taken
+	for i := 1; i < len(c.index); i++ {
+		if c.index[i].pos == c.index[i-1].pos {
+			dups = append(dups, i)
+		}
+	}
+	if len(dups) > 0 {
+		refs := make([]int64, 0, 2*len(dups))
+		for _, i := range dups {
+			refs = append(refs, c.index[i-1].ref, c.index[i].ref)
+		}
+		lineOf, err := c.lineOf(refs, lines)
+		if err != nil {
+			return readError(c.opts.Source, err)
+		}
+		first := 0 // index of the row that has the position
+		for _, i := range dups {
+			if c.index[first].pos != c.index[i].pos {
+				first = i - 1
+			}
+			c.reject(lineOf[c.index[i].ref], fmt.Sprintf("position %d is already used on line %d",
+				c.index[i].pos, lineOf[c.index[first].ref]))
+		}
+		c.index = slices.CompactFunc(c.index, func(a, b rowRef) bool { return a.pos == b.pos })
+		slices.SortFunc(c.bad, func(a, b RowError) int { return cmp.Compare(a.Line, b.Line) })
+	}
 	if len(c.bad) > 0 && !c.opts.SkipBadRows {
-		return nil, c.fail(nil)
+		return c.fail(nil)
 	}
-	if len(c.items) == 0 {
-		return nil, c.fail(ErrNoItems)
+	if len(c.index) == 0 {
+		return c.fail(ErrNoItems)
 	}
-	slices.SortFunc(c.items, func(a, b flashpipe.Item) int { return cmp.Compare(a.Position, b.Position) })
-	return &Parsed{Items: c.items, Skipped: c.bad, Layout: layout}, nil
+	return nil
+}
+
+// lineOf returns the lines of the rows at refs.
+func (c *collector) lineOf(refs []int64, lines func(offs []int64) (map[int64]int, error)) (map[int64]int, error) {
+	if !c.keep {
+		return lines(refs)
+	}
+	m := make(map[int64]int, len(refs))
+	for _, ref := range refs {
+		m[ref] = c.lines[ref]
+	}
+	return m, nil
 }
 
 // fail returns the ParseError rejecting the batch, classified permanent.
@@ -367,36 +472,33 @@ type csvHeader struct {
 	typ    int // -1 when absent
 }
 
-func (c *collector) readCSV(r io.Reader) (string, error) {
-	lw := &lineWatcher{r: r, limit: MaxLineBytes, line: 1}
-	cr := csv.NewReader(lw)
-	cr.FieldsPerRecord = -1 // field counts are checked here, to report them per row
-	cr.ReuseRecord = true
-
-	var h *csvHeader
+func (c *collector) readCSV(br *bufio.Reader, off int64) error {
+	cr := newCSVReader(br, off, MaxLineBytes)
+	var rec csvRecord
 	for {
-		rec, err := cr.Read()
+		err := cr.read(&rec)
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		var pe *csv.ParseError
 		if err != nil && !errors.As(err, &pe) {
-			return "", readError(c.opts.Source, err)
+			return readError(c.opts.Source, err)
 		}
-		if h == nil { // the first non-blank record is the header
+		if c.header == nil { // the first non-blank record is the header
 			if pe != nil {
-				return "", c.fail(fmt.Errorf("the header row (line %d) is not valid CSV: %s", pe.StartLine, csvReason(pe)))
+				return c.fail(fmt.Errorf("the header row (line %d) is not valid CSV: %s", pe.StartLine, csvReason(pe)))
 			}
-			if blank(rec) {
+			if rec.Blank {
 				continue
 			}
-			line, _ := cr.FieldPos(0)
-			if l, ok := lw.longIn(line, endLine(cr, rec)); ok {
-				return "", c.fail(fmt.Errorf("the header row (line %d) is longer than 1 MiB (%d bytes)", l.line, l.n))
+			if l := rec.Long; l.line > 0 {
+				return c.fail(fmt.Errorf("the header row (line %d) is longer than 1 MiB (%d bytes)", l.line, l.n))
 			}
-			if h, err = parseHeader(rec); err != nil {
-				return "", c.fail(err)
+			h, err := parseHeader(rec.Fields)
+			if err != nil {
+				return c.fail(err)
 			}
+			c.header, c.layout = h, h.layout
 			continue
 		}
 		if pe != nil {
@@ -404,24 +506,23 @@ func (c *collector) readCSV(r io.Reader) (string, error) {
 			c.reject(pe.StartLine, csvReason(pe))
 			continue
 		}
-		if blank(rec) {
+		if rec.Blank {
 			continue
 		}
 		c.rows++
-		line, _ := cr.FieldPos(0)
-		if l, ok := lw.longIn(line, endLine(cr, rec)); ok {
-			c.reject(line, longReason(line, l))
+		if l := rec.Long; l.line > 0 {
+			c.reject(rec.Line, longReason(rec.Line, l))
 			continue
 		}
-		c.csvRow(h, line, rec)
+		c.csvRow(rec.Line, rec.Off, rec.Fields)
 	}
 	switch {
-	case h == nil:
-		return "", c.fail(fmt.Errorf("%w: the input is empty", ErrNoItems))
+	case c.header == nil:
+		return c.fail(fmt.Errorf("%w: the input is empty", ErrNoItems))
 	case c.rows == 0:
-		return "", c.fail(fmt.Errorf("%w: the header row is the only row", ErrNoItems))
+		return c.fail(fmt.Errorf("%w: the header row is the only row", ErrNoItems))
 	}
-	return h.layout, nil
+	return nil
 }
 
 func parseHeader(rec []string) (*csvHeader, error) {
@@ -477,31 +578,37 @@ func parseHeader(rec []string) (*csvHeader, error) {
 	return h, nil
 }
 
-// csvRow validates one data row.
-func (c *collector) csvRow(h *csvHeader, line int, rec []string) {
-	if len(rec) != len(h.names) {
-		c.reject(line, fmt.Sprintf("expected %d fields, got %d", len(h.names), len(rec)))
-		return
+// csvRow validates one data row, which starts on line at byte offset off.
+func (c *collector) csvRow(line int, off int64, rec []string) {
+	if it, reason := csvItem(c.header, int64(c.rows), rec); reason != "" {
+		c.reject(line, reason)
+	} else {
+		c.accept(line, off, it)
 	}
-	it := flashpipe.Item{Position: int64(c.rows)}
+}
+
+// csvItem returns the item of a CSV data row, or why the row is refused; implicit
+// is its position when the header has no position column.
+func csvItem(h *csvHeader, implicit int64, rec []string) (flashpipe.Item, string) {
+	if len(rec) != len(h.names) {
+		return flashpipe.Item{}, fmt.Sprintf("expected %d fields, got %d", len(h.names), len(rec))
+	}
+	it := flashpipe.Item{Position: implicit}
 	var reason string
 	if h.pos >= 0 {
 		if it.Position, reason = parsePosition(rec[h.pos]); reason != "" {
-			c.reject(line, reason)
-			return
+			return it, reason
 		}
 	}
 	if it.Term, reason = checkTerm(rec[h.term]); reason != "" {
-		c.reject(line, reason)
-		return
+		return it, reason
 	}
 	typ := ""
 	if h.typ >= 0 {
 		typ = rec[h.typ]
 	}
 	if it.Type, reason = checkType(typ); reason != "" {
-		c.reject(line, reason)
-		return
+		return it, reason
 	}
 	for i, role := range h.roles {
 		if role != roleMeta {
@@ -512,32 +619,14 @@ func (c *collector) csvRow(h *csvHeader, line int, rec []string) {
 			continue
 		}
 		if !utf8.ValidString(v) {
-			c.reject(line, fmt.Sprintf("column %s is not valid UTF-8", quote(h.names[i])))
-			return
+			return it, fmt.Sprintf("column %s is not valid UTF-8", quote(h.names[i]))
 		}
 		if it.Metadata == nil {
 			it.Metadata = make(map[string]string, len(h.roles))
 		}
 		it.Metadata[h.names[i]] = v
 	}
-	c.accept(line, it)
-}
-
-// blank reports whether a CSV record holds nothing but white space.
-func blank(rec []string) bool {
-	for _, f := range rec {
-		if strings.TrimSpace(f) != "" {
-			return false
-		}
-	}
-	return true
-}
-
-// endLine returns the physical line on which the record just read ends.
-func endLine(cr *csv.Reader, rec []string) int {
-	last := len(rec) - 1
-	line, _ := cr.FieldPos(last)
-	return line + strings.Count(rec[last], "\n")
+	return it, ""
 }
 
 func csvReason(pe *csv.ParseError) string {
@@ -563,79 +652,15 @@ func longReason(start int, l longLine) string {
 	return fmt.Sprintf("line %d of this row is longer than 1 MiB (%d bytes)", l.line, l.n)
 }
 
-// lineWatcher passes its input through, noting the physical lines longer than
-// limit bytes (without their terminator). Lines are counted like encoding/csv
-// counts them: by '\n'.
-type lineWatcher struct {
-	r      io.Reader
-	limit  int64
-	line   int   // number of the line being read
-	n      int64 // its length so far
-	lastCR bool  // its last byte so far is '\r'
-	done   bool
-	long   []longLine
-}
-
-type longLine struct {
-	line int
-	n    int64
-}
-
-func (w *lineWatcher) Read(p []byte) (int, error) {
-	n, err := w.r.Read(p)
-	b := p[:n]
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			w.n += int64(len(b))
-			w.lastCR = b[len(b)-1] == '\r'
-			break
-		}
-		w.n += int64(i)
-		if i > 0 {
-			w.lastCR = b[i-1] == '\r'
-		}
-		w.endLine()
-		b = b[i+1:]
-	}
-	if err != nil && !w.done && w.n > 0 {
-		w.done = true
-		w.endLine()
-	}
-	return n, err
-}
-
-func (w *lineWatcher) endLine() {
-	n := w.n
-	if w.lastCR {
-		n--
-	}
-	if n > w.limit {
-		w.long = append(w.long, longLine{line: w.line, n: n})
-	}
-	w.line++
-	w.n, w.lastCR = 0, false
-}
-
-// longIn returns the first overlong line in start..end. Rows are checked in file
-// order, so lines before start are forgotten.
-func (w *lineWatcher) longIn(start, end int) (longLine, bool) {
-	for len(w.long) > 0 && w.long[0].line < start {
-		w.long = w.long[1:]
-	}
-	if len(w.long) > 0 && w.long[0].line <= end {
-		return w.long[0], true
-	}
-	return longLine{}, false
-}
-
 // ---- JSON Lines ----
 
-func (c *collector) readJSONL(br *bufio.Reader) error {
+func (c *collector) readJSONL(br *bufio.Reader, off int64) error {
 	var buf []byte
 	first := true // no non-blank line seen yet
 	for lineNo := 1; ; lineNo++ {
-		line, n, err := readLine(br, buf[:0], MaxLineBytes)
+		start := off
+		line, n, raw, err := readLine(br, buf[:0], MaxLineBytes)
+		off += int64(raw)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return readError(c.opts.Source, err)
 		}
@@ -652,7 +677,7 @@ func (c *collector) readJSONL(br *bufio.Reader) error {
 			if n > MaxLineBytes {
 				c.reject(lineNo, fmt.Sprintf("line is longer than 1 MiB (%d bytes)", n))
 			} else {
-				c.jsonRow(lineNo, trimmed)
+				c.jsonRow(lineNo, start, trimmed)
 			}
 		}
 		if err != nil {
@@ -670,12 +695,14 @@ const jsonSpace = " \t\r\n"
 
 // readLine reads one physical line into buf, without its terminator. It keeps at
 // most max+1 bytes of the line, so an overlong line costs no more memory; n is the
-// full length. err is io.EOF for a last line without '\n' (n may be 0: no line).
-func readLine(br *bufio.Reader, buf []byte, max int) (line []byte, n int, err error) {
+// full length, raw the bytes read (the terminator included). err is io.EOF for a
+// last line without '\n' (n may be 0: no line).
+func readLine(br *bufio.Reader, buf []byte, max int) (line []byte, n, raw int, err error) {
 	var prev byte // last byte of the previous chunk
 	for {
 		chunk, e := br.ReadSlice('\n')
 		n += len(chunk)
+		raw += len(chunk)
 		if room := max + 1 - len(buf); room > 0 {
 			buf = append(buf, chunk[:min(room, len(chunk))]...)
 		}
@@ -692,7 +719,7 @@ func readLine(br *bufio.Reader, buf []byte, max int) (line []byte, n int, err er
 		if n <= max {
 			buf = buf[:n]
 		}
-		return buf, n, e
+		return buf, n, raw, e
 	}
 }
 
@@ -712,17 +739,25 @@ func isItemField(lower string) bool {
 	return false
 }
 
-// jsonRow validates one JSON Lines row.
-func (c *collector) jsonRow(line int, data []byte) {
+// jsonRow validates one JSON Lines row, which starts on line at byte offset off.
+func (c *collector) jsonRow(line int, off int64, data []byte) {
+	if it, reason := jsonItem(int64(c.rows), data); reason != "" {
+		c.reject(line, reason)
+	} else {
+		c.accept(line, off, it)
+	}
+}
+
+// jsonItem returns the item of a JSON Lines row, or why the row is refused; implicit
+// is its position when it has none.
+func jsonItem(implicit int64, data []byte) (flashpipe.Item, string) {
 	valid := utf8.Valid(data) // before decoding: encoding/json would replace invalid bytes
 	members, reason := decodeObject(data, "field")
 	if reason != "" {
-		c.reject(line, reason)
-		return
+		return flashpipe.Item{}, reason
 	}
 	if !valid {
-		c.reject(line, invalidUTF8Reason(members))
-		return
+		return flashpipe.Item{}, invalidUTF8Reason(members)
 	}
 	var pos, term, typ, meta json.RawMessage
 	var extra []member
@@ -741,36 +776,30 @@ func (c *collector) jsonRow(line int, data []byte) {
 		}
 	}
 
-	it := flashpipe.Item{Position: int64(c.rows)}
+	it := flashpipe.Item{Position: implicit}
 	switch kind := jsonKind(pos); kind {
 	case "null":
 	case "string":
 		if it.Position, reason = parsePosition(jsonString(pos)); reason != "" {
-			c.reject(line, reason)
-			return
+			return it, reason
 		}
 	case "number":
 		if it.Position, reason = parsePosition(string(pos)); reason != "" {
-			c.reject(line, reason)
-			return
+			return it, reason
 		}
 	default:
-		c.reject(line, "position must be an integer, got "+kind)
-		return
+		return it, "position must be an integer, got " + kind
 	}
 
 	switch kind := jsonKind(term); kind {
 	case "null":
-		c.reject(line, "term is missing")
-		return
+		return it, "term is missing"
 	case "string":
 		if it.Term, reason = checkTerm(jsonString(term)); reason != "" {
-			c.reject(line, reason)
-			return
+			return it, reason
 		}
 	default:
-		c.reject(line, "term must be a string, got "+kind)
-		return
+		return it, "term must be a string, got " + kind
 	}
 
 	t := ""
@@ -779,12 +808,10 @@ func (c *collector) jsonRow(line int, data []byte) {
 	case "string":
 		t = jsonString(typ)
 	default:
-		c.reject(line, "type must be a string, got "+kind)
-		return
+		return it, "type must be a string, got " + kind
 	}
 	if it.Type, reason = checkType(t); reason != "" {
-		c.reject(line, reason)
-		return
+		return it, reason
 	}
 
 	switch kind := jsonKind(meta); kind {
@@ -792,24 +819,21 @@ func (c *collector) jsonRow(line int, data []byte) {
 	case "object":
 		mm, reason := decodeObject(meta, "metadata key")
 		if reason != "" {
-			c.reject(line, reason)
-			return
+			return it, reason
 		}
 		for _, m := range mm {
 			it.Metadata = addMeta(it.Metadata, m)
 		}
 	default:
-		c.reject(line, "metadata must be an object, got "+kind)
-		return
+		return it, "metadata must be an object, got " + kind
 	}
 	for _, m := range extra {
 		if _, dup := it.Metadata[m.name]; dup {
-			c.reject(line, fmt.Sprintf("field %s is also a metadata key", quote(m.name)))
-			return
+			return it, fmt.Sprintf("field %s is also a metadata key", quote(m.name))
 		}
 		it.Metadata = addMeta(it.Metadata, m)
 	}
-	c.accept(line, it)
+	return it, ""
 }
 
 // decodeObject splits a JSON object into its members, refusing anything else and

@@ -51,6 +51,7 @@ func runParseCases(t *testing.T, source string, cases []parseCase) {
 				opts.Source = source
 			}
 			got, err := Parse(strings.NewReader(tc.in), opts)
+			checkSpool(t, tc.in, opts, got, err) // a batch read from a file: the same
 			if tc.err != "" {
 				assertParseError(t, got, err, tc.err)
 				return
@@ -493,6 +494,7 @@ func TestParseLongLines(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			got, err := Parse(strings.NewReader(tc.in), ParseOptions{Format: tc.format, SkipBadRows: true})
+			checkSpool(t, tc.in, ParseOptions{Format: tc.format, SkipBadRows: true}, got, err)
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}

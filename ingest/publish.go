@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -78,8 +79,9 @@ type Batch struct {
 	ID       string
 	Source   string
 	Settings map[string]string
-	// Items sorted by ascending, unique Position (as Parse returns them).
-	Items []flashpipe.Item
+	// Items in seq order: a File (OpenFile, Spool) or SliceItems of items sorted by
+	// ascending, unique Position (as Parse returns them).
+	Items Items
 	// Tenant and Priority are the manifest's (see flashpipe.Manifest).
 	Tenant   string
 	Priority int
@@ -113,19 +115,19 @@ type Submission struct {
 // work; submitting different items under a used id fails with ErrBatchConflict, naming
 // the original submission, unless Batch.Replace asks to replace it. Every message
 // carries a Nats-Msg-Id and the registry is written with compare-and-set, so even a
-// concurrent double submit stores one batch.
+// concurrent double submit stores one batch. The items are read twice (their hash,
+// then their publish) and published a chunk at a time, so memory does not grow with
+// the batch.
 func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if err := flashpipe.ValidateBatchID(b.ID); err != nil {
 		return nil, err
 	}
-	if len(b.Items) == 0 {
+	if b.Items == nil || b.Items.Len() == 0 {
 		return nil, errors.New("ingest: batch has no items")
 	}
-	for i := 1; i < len(b.Items); i++ {
-		if b.Items[i].Position <= b.Items[i-1].Position {
-			return nil, fmt.Errorf("ingest: items must be sorted by unique ascending position (position %d follows %d)",
-				b.Items[i].Position, b.Items[i-1].Position)
-		}
+	hash, err := b.Items.Hash(ctx) // also checks the order, before anything is published
+	if err != nil {
+		return nil, err
 	}
 	if err := p.checkStreams(ctx); err != nil {
 		return nil, err
@@ -136,9 +138,9 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	}
 	m := flashpipe.Manifest{
 		BatchID:     b.ID,
-		Count:       len(b.Items),
+		Count:       b.Items.Len(),
 		Source:      b.Source,
-		ContentHash: flashpipe.HashItems(b.Items),
+		ContentHash: hash,
 		Settings:    b.Settings,
 		Tenant:      b.Tenant,
 		Priority:    b.Priority,
@@ -233,7 +235,7 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 
 	case !b.Replace:
 		return nil, fmt.Errorf("ingest: batch %q was %s; these %d items differ: %w (choose another batch id, or replace the batch with --replace)",
-			b.ID, rec.Describe(), len(b.Items), ErrBatchConflict)
+			b.ID, rec.Describe(), b.Items.Len(), ErrBatchConflict)
 	}
 
 	// Replace: a new generation, numbered after every one known, with the new items.
@@ -342,51 +344,88 @@ func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.M
 }
 
 // publishMissing publishes the items of an existing batch that the items stream lacks
-// (an earlier submit was interrupted): for generation 0, the seqs without a message;
-// for a replacement, the seqs whose latest message is of an older generation.
+// (an earlier submit was interrupted): for generation 0, the seqs without a message
+// (of any generation); for a replacement, the seqs whose latest message is of an
+// older generation. Memory is a byte per item, not the items.
 func (p *Publisher) publishMissing(ctx context.Context, b Batch, latest flashpipe.Manifest) (int, error) {
-	if latest.Base > 0 {
-		base := latest
-		base.Generation = latest.Base
-		done, err := p.publishedAs(ctx, base)
-		if err != nil {
-			return 0, err
-		}
-		return p.publishItems(ctx, b.ID, latest.Base, b.Items, func(seq int) bool { return seq < len(done) && done[seq] })
+	gen, have := latest.Base, -1
+	if gen > 0 {
+		have = gen
 	}
-	st, err := p.js.Stream(ctx, p.c.ItemsStream())
-	if err != nil {
-		return 0, fmt.Errorf("items stream: %w", err)
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(p.c.BatchItems(b.ID)))
+	done, err := p.seqsPublished(ctx, b.ID, b.Items.Len(), have)
 	if err != nil {
 		return 0, fmt.Errorf("items of %s: %w", b.ID, err)
 	}
-	if len(info.State.Subjects) >= len(b.Items) {
+	if !slices.Contains(done[1:], false) {
 		return 0, nil
 	}
-	have := info.State.Subjects
-	return p.publishItems(ctx, b.ID, 0, b.Items, func(seq int) bool {
-		return have[p.c.ItemSubject(b.ID, seq)] > 0
-	})
+	return p.publishItems(ctx, b.ID, gen, b.Items, func(seq int) bool { return done[seq] })
 }
 
-// publishItems publishes a batch's whole item list as generation gen (seq =
-// index+1); skip, when set, leaves out seqs already present.
-func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, items []flashpipe.Item, skip func(seq int) bool) (int, error) {
-	wis := make([]flashpipe.WorkItem, 0, len(items))
-	for i, it := range items {
-		if skip == nil || !skip(i+1) {
-			wis = append(wis, flashpipe.WorkItem{BatchID: batchID, Seq: i + 1, Generation: gen, Item: it})
+// publishChunk is how many items Submit publishes before it waits for their acks.
+const publishChunk = 1000
+
+// publishItems publishes a batch's items as generation gen, a chunk at a time; skip,
+// when set, leaves out seqs already present. Memory is one chunk. On failure the
+// error says how many of the batch's items are not known to be stored.
+func (p *Publisher) publishItems(ctx context.Context, batchID string, gen int, items Items, skip func(seq int) bool) (int, error) {
+	published, stored := 0, 0 // stored: acked (new or duplicate) or skipped
+	wis := make([]flashpipe.WorkItem, 0, min(items.Len(), publishChunk))
+	flush := func() error {
+		n, err := p.publishWorkItems(ctx, wis)
+		published += n
+		stored += len(wis)
+		if np := (*notPublishedError)(nil); errors.As(err, &np) {
+			stored -= np.failed
+		} else if err != nil {
+			stored -= len(wis)
 		}
+		wis = wis[:0]
+		return err
 	}
-	return p.publishWorkItems(ctx, wis)
+	err := items.Each(ctx, func(seq int, it flashpipe.Item) error {
+		if skip != nil && skip(seq) {
+			stored++
+			return nil
+		}
+		wis = append(wis, flashpipe.WorkItem{BatchID: batchID, Seq: seq, Generation: gen, Item: it})
+		if len(wis) == publishChunk {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil && len(wis) > 0 {
+		err = flush()
+	}
+	if err != nil {
+		if np := (*notPublishedError)(nil); errors.As(err, &np) {
+			err = np.err
+		}
+		return published, fmt.Errorf("ingest: %d of %d items of %s not published (%w): submit again to finish",
+			items.Len()-stored, items.Len(), batchID, err)
+	}
+	return published, nil
 }
+
+// notPublishedError is a publish of work items that left some unstored after its
+// retries.
+type notPublishedError struct {
+	batchID       string
+	failed, total int
+	err           error
+}
+
+func (e *notPublishedError) Error() string {
+	return fmt.Sprintf("ingest: %d of %d items of %s not published: %v", e.failed, e.total, e.batchID, e.err)
+}
+
+func (e *notPublishedError) Unwrap() error { return e.err }
 
 // publishWorkItems publishes work items asynchronously and waits for every ack,
-// retrying failed publishes. It returns how many were stored (duplicates not counted).
+// retrying failed publishes. It returns how many were stored (duplicates not
+// counted); an error is a *notPublishedError.
 func (p *Publisher) publishWorkItems(ctx context.Context, wis []flashpipe.WorkItem) (int, error) {
-	published := 0
+	published, total := 0, len(wis)
 	for attempt := 1; len(wis) > 0; attempt++ {
 		fresh, failed, err := p.publishAsync(ctx, wis)
 		published += fresh
@@ -394,8 +433,7 @@ func (p *Publisher) publishWorkItems(ctx context.Context, wis []flashpipe.WorkIt
 			break
 		}
 		if attempt >= DefaultPublishAttempts || ctx.Err() != nil {
-			return published, fmt.Errorf("ingest: %d of %d items of %s not published (submit again to finish): %w",
-				len(failed), len(wis), wis[0].BatchID, err)
+			return published, &notPublishedError{batchID: wis[0].BatchID, failed: len(failed), total: total, err: err}
 		}
 		p.log.Warn("retrying item publishes", "batch", wis[0].BatchID, "failed", len(failed), "err", err)
 		wis = failed

@@ -57,7 +57,7 @@ func TestSubmitPublishesManifestAndItemsInRankOrder(t *testing.T) {
 	t.Parallel()
 	js, c, pub := setup(t)
 	ctx := context.Background()
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b1", Source: "test", Items: items(100)})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b1", Source: "test", Items: ingest.SliceItems(items(100))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,10 +86,10 @@ func TestResubmitPublishesNothingNew(t *testing.T) {
 	t.Parallel()
 	js, c, pub := setup(t)
 	ctx := context.Background()
-	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: items(50)}); err != nil {
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: ingest.SliceItems(items(50))}); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: items(50)})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b2", Items: ingest.SliceItems(items(50))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestResubmitFinishesAnInterruptedSubmit(t *testing.T) {
 			}
 		}
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b3", Items: all})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "b3", Items: ingest.SliceItems(all)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,10 +138,10 @@ func TestSubmitRejectsADifferentBatchUnderAUsedID(t *testing.T) {
 	t.Parallel()
 	js, c, pub := setup(t)
 	ctx := context.Background()
-	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: items(10)}); err != nil {
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: ingest.SliceItems(items(10))}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: items(11)})
+	_, err := pub.Submit(ctx, ingest.Batch{ID: "b4", Items: ingest.SliceItems(items(11))})
 	if !errors.Is(err, ingest.ErrBatchConflict) {
 		t.Fatalf("err = %v, want ErrBatchConflict", err)
 	}
@@ -157,9 +157,9 @@ func TestSubmitRejectsBadBatchesBeforePublishing(t *testing.T) {
 	unsorted := items(3)
 	unsorted[1], unsorted[2] = unsorted[2], unsorted[1]
 	for name, b := range map[string]ingest.Batch{
-		"bad id":   {ID: "a.b", Items: items(1)},
-		"empty":    {ID: "e", Items: nil},
-		"unsorted": {ID: "u", Items: unsorted},
+		"bad id":   {ID: "a.b", Items: ingest.SliceItems(items(1))},
+		"empty":    {ID: "e", Items: ingest.SliceItems(nil)},
+		"unsorted": {ID: "u", Items: ingest.SliceItems(unsorted)},
 	} {
 		if _, err := pub.Submit(ctx, b); err == nil {
 			t.Errorf("%s: submitted, want an error", name)
@@ -187,7 +187,7 @@ func TestConcurrentSubmitsOfDifferentBatchesUnderOneID(t *testing.T) {
 		for _, its := range [][]flashpipe.Item{a, b} {
 			go func() {
 				pub, _ := ingest.NewPublisher(js, c, nil)
-				_, err := pub.Submit(context.Background(), ingest.Batch{ID: id, Items: its})
+				_, err := pub.Submit(context.Background(), ingest.Batch{ID: id, Items: ingest.SliceItems(its)})
 				errs <- err
 			}()
 		}
@@ -232,7 +232,7 @@ func TestRetryStartsOneGenerationAtATime(t *testing.T) {
 	js, c, pub := setup(t)
 	ctx := context.Background()
 	its := items(10)
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "once", Items: its})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "once", Items: ingest.SliceItems(its)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestInterruptedReprocessIsFinishedByRunningItAgain(t *testing.T) {
 	js, c, pub := setup(t)
 	ctx := context.Background()
 	its := items(30)
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: its})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: ingest.SliceItems(its)})
 	if err != nil {
 		t.Fatal(err)
 	}

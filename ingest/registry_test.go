@@ -23,7 +23,7 @@ func TestReusedIDIsRefusedOrReplacedOnRequest(t *testing.T) {
 	t.Parallel()
 	js, c, pub := setup(t)
 	ctx := context.Background()
-	first, err := pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson1.csv", Items: items(4)})
+	first, err := pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson1.csv", Items: ingest.SliceItems(items(4))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestReusedIDIsRefusedOrReplacedOnRequest(t *testing.T) {
 	for i := range other {
 		other[i].Term += "!"
 	}
-	_, err = pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson2.csv", Items: other})
+	_, err = pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson2.csv", Items: ingest.SliceItems(other)})
 	if !errors.Is(err, flashpipe.ErrBatchConflict) {
 		t.Fatalf("a used id with other items: %v, want ErrBatchConflict", err)
 	}
@@ -41,11 +41,11 @@ func TestReusedIDIsRefusedOrReplacedOnRequest(t *testing.T) {
 		}
 	}
 	// Replacing while generation 0 runs is refused.
-	if _, err := pub.Submit(ctx, ingest.Batch{ID: "words", Items: other, Replace: true}); !errors.Is(err, ingest.ErrBatchRunning) {
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "words", Items: ingest.SliceItems(other), Replace: true}); !errors.Is(err, ingest.ErrBatchRunning) {
 		t.Fatalf("replace while running: %v, want ErrBatchRunning", err)
 	}
 	completeLog(t, js, c, first.Manifest, items(4), nil)
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson2.csv", Items: other, Replace: true})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "words", Source: "lesson2.csv", Items: ingest.SliceItems(other), Replace: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +63,7 @@ func TestReusedIDIsRefusedOrReplacedOnRequest(t *testing.T) {
 		t.Fatalf("item 6: %+v, %v", wi, err)
 	}
 	// Submitting the replacement again is a resubmission: nothing new.
-	again, err := pub.Submit(ctx, ingest.Batch{ID: "words", Items: other})
+	again, err := pub.Submit(ctx, ingest.Batch{ID: "words", Items: ingest.SliceItems(other)})
 	if err != nil || !again.Resubmitted || again.Published != 0 || again.Manifest.Generation != 1 {
 		t.Fatalf("resubmitting the replacement: %+v, %v", again, err)
 	}
@@ -87,7 +87,7 @@ func TestIDReusedAfterTheMessagesExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := pub.Submit(ctx, ingest.Batch{ID: "old", Source: "a.csv", Items: items(4)}); err != nil {
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "old", Source: "a.csv", Items: ingest.SliceItems(items(4))}); err != nil {
 		t.Fatal(err)
 	}
 	natstest.Eventually(t, 20*time.Second, func() bool {
@@ -95,7 +95,7 @@ func TestIDReusedAfterTheMessagesExpired(t *testing.T) {
 			streamCount(t, js, c.ItemsStream(), c.BatchItems("old")) == 0
 	}, "the batch's messages did not expire")
 
-	same, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: items(4)})
+	same, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: ingest.SliceItems(items(4))})
 	if err != nil || !same.Expired || !same.Resubmitted || same.Published != 0 {
 		t.Fatalf("resubmitting expired items: %+v, %v; want a resubmission that publishes nothing", same, err)
 	}
@@ -104,11 +104,11 @@ func TestIDReusedAfterTheMessagesExpired(t *testing.T) {
 	}
 	other := items(3)
 	other[0].Term = "다른"
-	if _, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: other}); !errors.Is(err, flashpipe.ErrBatchConflict) ||
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: ingest.SliceItems(other)}); !errors.Is(err, flashpipe.ErrBatchConflict) ||
 		!strings.Contains(err.Error(), `"a.csv"`) {
 		t.Fatalf("other items after expiry: %v, want ErrBatchConflict naming the first submission", err)
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: other, Replace: true})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: ingest.SliceItems(other), Replace: true})
 	if err != nil || sub.Manifest.Generation != 1 || sub.Manifest.Base != 1 || sub.Published != 3 {
 		t.Fatalf("replacement after expiry: %+v, %v", sub, err)
 	}
@@ -129,7 +129,7 @@ func TestSubmitInterruptedAfterTheRecordIsFinished(t *testing.T) {
 	if _, err := kv.Create(ctx, "cut", rec); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: its})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "cut", Items: ingest.SliceItems(its)})
 	if err != nil || sub.Published != 5 || sub.Expired {
 		t.Fatalf("finishing the interrupted submit: %+v, %v", sub, err)
 	}

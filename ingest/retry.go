@@ -193,7 +193,7 @@ func (p *Publisher) itemsOf(ctx context.Context, batchID string) (int, error) {
 // published as that generation (an earlier, interrupted call): memory is one bit per
 // item, not the items.
 func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, error) {
-	done, err := p.publishedAs(ctx, m)
+	done, err := p.seqsPublished(ctx, m.BatchID, m.Count, m.Generation)
 	if err != nil {
 		return 0, err
 	}
@@ -253,12 +253,12 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 	return published, nil
 }
 
-// publishedAs reads the headers of a batch's items and reports, by seq, which are
-// already published as generation m.Generation.
-func (p *Publisher) publishedAs(ctx context.Context, m flashpipe.Manifest) ([]bool, error) {
-	done := make([]bool, m.Count+1)
+// seqsPublished reads the headers of a batch's items and reports, by seq (1..count),
+// which are already published as generation gen (any generation when gen < 0).
+func (p *Publisher) seqsPublished(ctx context.Context, batchID string, count, gen int) ([]bool, error) {
+	done := make([]bool, count+1)
 	oc, err := p.js.OrderedConsumer(ctx, p.c.ItemsStream(), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{p.c.BatchItems(m.BatchID)}, HeadersOnly: true,
+		FilterSubjects: []string{p.c.BatchItems(batchID)}, HeadersOnly: true,
 	})
 	if err != nil {
 		return nil, err
@@ -281,7 +281,7 @@ func (p *Publisher) publishedAs(ctx context.Context, m flashpipe.Manifest) ([]bo
 			return nil, err
 		}
 		k, err := contract.KeysOf(msg.Headers())
-		if err == nil && k.Generation == m.Generation && k.Seq >= 1 && k.Seq <= m.Count {
+		if err == nil && (gen < 0 || k.Generation == gen) && k.Seq >= 1 && k.Seq <= count {
 			done[k.Seq] = true
 		}
 	}

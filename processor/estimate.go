@@ -53,15 +53,23 @@ type Estimate struct {
 	Prices    Prices `json:"prices"`
 }
 
+// Items are a batch's items in seq order, which EstimateBatch reads up to twice
+// (ingest.Items are).
+type Items interface {
+	Len() int
+	Each(ctx context.Context, fn func(seq int, it flashpipe.Item) error) error
+}
+
 // EstimateBatch estimates the calls, tokens and cost of processing items: cached
 // answers are free; each missing answer costs its request's prompt tokens (from the
 // rendered prompt) and a typical completion (the average of the cached answers of that
-// stage, or a default). lookup may be nil (no cache).
-func EstimateBatch(ctx context.Context, lookup Lookup, cfg stages.Config, items []flashpipe.Item, prices Prices) (Estimate, error) {
+// stage, or a default). lookup may be nil (no cache). Memory is a bit per item: the
+// items are read again for the stage 2 prompts whose stage 1 answer is not cached.
+func EstimateBatch(ctx context.Context, lookup Lookup, cfg stages.Config, items Items, prices Prices) (Estimate, error) {
 	if prices.PromptPerM == 0 && prices.CompletionPerM == 0 {
 		prices = Prices{DefaultPricePromptPerM, DefaultPriceCompletionPerM}
 	}
-	est := Estimate{Items: len(items), Prices: prices, CacheUsed: lookup != nil}
+	est := Estimate{Items: items.Len(), Prices: prices, CacheUsed: lookup != nil}
 	avg := [3]averager{}
 	get := func(stage int, model, key string) (cache.Entry, bool) {
 		if !est.CacheUsed {
@@ -77,51 +85,55 @@ func EstimateBatch(ctx context.Context, lookup Lookup, cfg stages.Config, items 
 		}
 		return e, ok
 	}
-	type pending struct {
-		it flashpipe.Item
-		a  *flashpipe.Analysis
-	}
-	var misses1, misses2 []pending
-	for _, it := range items {
-		if err := ctx.Err(); err != nil {
-			return est, err
-		}
+	// Stage 2 prompts without a stage 1 answer are measured with a placeholder
+	// answer of the average size, known only once every item is looked up.
+	placeholder := make([]bool, items.Len()+1) // by seq
+	misses1, misses2, placeholders := 0, 0, 0
+	err := items.Each(ctx, func(seq int, it flashpipe.Item) error {
 		e1, ok := get(1, cfg.Model1, stages.Stage1Key(cfg, it))
 		if !ok {
 			est.Stage1Calls++
-			misses1 = append(misses1, pending{it: it})
+			misses1++
+			est.PromptTokens += requestTokens(stages.Stage1Request(cfg, it).Messages)
 			est.Stage2Calls++ // its stage 1 answer is unknown, so is stage 2's key
-			misses2 = append(misses2, pending{it: it})
-			continue
+			misses2++
+			placeholder[seq], placeholders = true, placeholders+1
+			return nil
 		}
 		est.Stage1Cached++
 		var a flashpipe.Analysis
 		if err := json.Unmarshal(e1.Value, &a); err != nil {
 			est.Stage2Calls++
-			misses2 = append(misses2, pending{it: it})
-			continue
+			misses2++
+			placeholder[seq], placeholders = true, placeholders+1
+			return nil
 		}
 		a.TermNumber = it.Position
 		if _, ok := get(2, cfg.Model2, stages.Stage2Key(cfg, it, &a)); ok {
 			est.Stage2Cached++
-			continue
+			return nil
 		}
 		est.Stage2Calls++
-		misses2 = append(misses2, pending{it: it, a: &a})
+		misses2++
+		est.PromptTokens += requestTokens(stages.Stage2Request(cfg, it, &a).Messages)
+		return nil
+	})
+	if err != nil {
+		return est, err
 	}
 	c1 := avg[1].or(DefaultStage1CompletionTokens)
 	c2 := avg[2].or(DefaultStage2CompletionTokens)
-	for _, p := range misses1 {
-		est.PromptTokens += requestTokens(stages.Stage1Request(cfg, p.it).Messages)
-		est.CompletionTokens += c1
-	}
-	for _, p := range misses2 {
-		a := p.a
-		if a == nil {
-			a = placeholderAnalysis(p.it, int(c1))
+	est.CompletionTokens = int64(misses1)*c1 + int64(misses2)*c2
+	if placeholders > 0 {
+		err := items.Each(ctx, func(seq int, it flashpipe.Item) error {
+			if placeholder[seq] {
+				est.PromptTokens += requestTokens(stages.Stage2Request(cfg, it, placeholderAnalysis(it, int(c1))).Messages)
+			}
+			return nil
+		})
+		if err != nil {
+			return est, err
 		}
-		est.PromptTokens += requestTokens(stages.Stage2Request(cfg, p.it, a).Messages)
-		est.CompletionTokens += c2
 	}
 	est.CostUSD = float64(est.PromptTokens)*prices.PromptPerM/1e6 + float64(est.CompletionTokens)*prices.CompletionPerM/1e6
 	return est, nil

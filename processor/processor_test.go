@@ -131,7 +131,7 @@ func (r *rig) submit(id string, items []flashpipe.Item) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if _, err := pub.Submit(context.Background(), ingest.Batch{ID: id, Items: items}); err != nil {
+	if _, err := pub.Submit(context.Background(), ingest.Batch{ID: id, Items: ingest.SliceItems(items)}); err != nil {
 		r.t.Fatal(err)
 	}
 }
@@ -469,7 +469,7 @@ func TestEstimateCountsCachedAnswersAsFree(t *testing.T) {
 		items[i].Position = int64(100 + i) // other positions: still the same answers
 	}
 	cfg := stages.DefaultConfig()
-	est, err := processor.EstimateBatch(context.Background(), r.cache, cfg, items, processor.Prices{})
+	est, err := processor.EstimateBatch(context.Background(), r.cache, cfg, ingest.SliceItems(items), processor.Prices{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +489,7 @@ func TestEstimateCountsCachedAnswersAsFree(t *testing.T) {
 		t.Fatalf("completion tokens %d for 5 new items; the cached answers of 10 items had %d", got, want)
 	}
 
-	all, err := processor.EstimateBatch(context.Background(), nil, cfg, items, processor.Prices{})
+	all, err := processor.EstimateBatch(context.Background(), nil, cfg, ingest.SliceItems(items), processor.Prices{})
 	if err != nil {
 		t.Fatal(err)
 	}

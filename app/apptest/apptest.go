@@ -187,7 +187,7 @@ func Run(t testing.TB, svc *app.Service) (stop func()) {
 // Submit submits a batch through the client, failing the test on error.
 func (p *Pipeline) Submit(id string, items []flashpipe.Item) *ingest.Submission {
 	p.T.Helper()
-	sub, err := p.Client.Submit(context.Background(), ingest.Batch{ID: id, Source: "test", Items: items})
+	sub, err := p.Client.Submit(context.Background(), ingest.Batch{ID: id, Source: "test", Items: ingest.SliceItems(items)})
 	if err != nil {
 		p.T.Fatal(err)
 	}

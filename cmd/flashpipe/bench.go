@@ -114,7 +114,7 @@ func (b *BenchCmd) once(ctx context.Context, name string, n, concurrent int, lat
 	items := syntheticItems(n)
 	id := "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	start := time.Now()
-	if _, err := st.RunBatch(ctx, app.BatchRun{Batch: ingest.Batch{ID: id, Source: "bench", Items: items}}); err != nil {
+	if _, err := st.RunBatch(ctx, app.BatchRun{Batch: ingest.Batch{ID: id, Source: "bench", Items: ingest.SliceItems(items)}}); err != nil {
 		return benchRun{}, err
 	}
 	el := time.Since(start).Seconds()

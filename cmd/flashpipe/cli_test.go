@@ -25,9 +25,16 @@ import (
 // flashpipeCmd runs the built binary with args in dir, without any API key.
 func flashpipeCmd(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return flashpipeCmdIn(t, dir, nil, args...)
+}
+
+// flashpipeCmdIn is flashpipeCmd with stdin as the standard input.
+func flashpipeCmdIn(t *testing.T, dir string, stdin io.Reader, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
 	cmd.Dir = dir
 	cmd.Env = cleanEnv()
+	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -35,10 +35,11 @@ type SubmitCmd struct {
 
 // Run publishes the batch, and with --wait follows it to the end.
 func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
-	parsed, id, err := s.load()
+	batch, id, err := s.load(ctx)
 	if err != nil {
 		return err
 	}
+	defer batch.Close()
 	out := s.output(s.Output)
 	if s.Wait {
 		if err := checkOutput(out); err != nil {
@@ -50,7 +51,7 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		if s.DryRun {
 			log.Warn("NATS unreachable: estimating without the cache", "err", err)
-			return s.dryRun(ctx, nil, parsed.Items)
+			return s.dryRun(ctx, nil, batch)
 		}
 		return err
 	}
@@ -58,18 +59,18 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if s.DryRun {
 		answers, err := cache.Open(ctx, js, c, cache.Config{Logger: log})
 		if errors.Is(err, cache.ErrNoCache) {
-			return s.dryRun(ctx, nil, parsed.Items)
+			return s.dryRun(ctx, nil, batch)
 		}
 		if err != nil {
 			return err
 		}
-		return s.dryRun(ctx, answers, parsed.Items)
+		return s.dryRun(ctx, answers, batch)
 	}
 	client, err := app.NewClient(js, c, app.ClientConfig{Logger: log})
 	if err != nil {
 		return err
 	}
-	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: filepath.Base(s.File), Items: parsed.Items, Replace: s.Replace})
+	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: s.source(), Items: batch, Replace: s.Replace})
 	if err != nil {
 		return err
 	}
@@ -88,6 +89,9 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return interrupted(ctx, err, fmt.Sprintf("interrupted; the batch %s goes on: submit again with --wait to follow it", id))
 	}
 	sum.Resubmitted = sub.Resubmitted
+	if sub.Resubmitted {
+		sum.Republished = sub.Published
+	}
 	sum.Timed(time.Since(start), sub.Manifest.Expected())
 	return printSummary(sum, s.JSON)
 }
@@ -113,7 +117,7 @@ func describeSubmission(id string, sub *ingest.Submission) string {
 }
 
 // dryRun prints the estimate of a batch; nothing is published.
-func (s *SubmitCmd) dryRun(ctx context.Context, answers *cache.Cache, items []flashpipe.Item) error {
+func (s *SubmitCmd) dryRun(ctx context.Context, answers *cache.Cache, items processor.Items) error {
 	st, err := s.Models.stagesConfig()
 	if err != nil {
 		return err

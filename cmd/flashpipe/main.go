@@ -103,9 +103,11 @@ func main() {
 		}
 	}
 	logger := newLogger(os.Stderr, level, cli.LogFormat, red)
-	if _, set := os.LookupEnv("GOGC"); !set {
+	if _, set := os.LookupEnv("GOGC"); !set && hostsServices(kctx.Command()) {
 		// The services' live heap is small and bounded; collecting less often saves
-		// CPU on the hot path at the price of a proportionally larger heap.
+		// CPU on the hot path at the price of a proportionally larger heap. The user
+		// commands keep the default: submit's live heap is its batch index (16 bytes
+		// per item), which it should not triple.
 		debug.SetGCPercent(200)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -127,6 +129,15 @@ func main() {
 
 // newLogger returns the process's logger, writing to w; every record passes through
 // red, so no call site can log a secret.
+// hostsServices reports whether a command runs pipeline services.
+func hostsServices(command string) bool {
+	switch strings.Fields(command)[0] {
+	case "processor", "sequencer", "sink", "dev", "run", "bench", "simulate-api":
+		return true
+	}
+	return false
+}
+
 func newLogger(w io.Writer, level, format string, red *secret.Redactor) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(strings.ToUpper(level)))

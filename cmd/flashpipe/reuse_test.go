@@ -43,11 +43,11 @@ func TestReusedIDAfterShortRetentionNeverMixes(t *testing.T) {
 	}, "the ordered stream did not expire")
 
 	second := words("둘", 2, 4, 6, 8) // other positions too
-	_, err := p.pub.Submit(ctx, ingest.Batch{ID: "lesson", Source: "lesson2.csv", Items: second})
+	_, err := p.pub.Submit(ctx, ingest.Batch{ID: "lesson", Source: "lesson2.csv", Items: ingest.SliceItems(second)})
 	if !errors.Is(err, flashpipe.ErrBatchConflict) || !strings.Contains(err.Error(), `from "test" with 5 items`) {
 		t.Fatalf("reused id after expiry: %v, want a refusal naming the first submission", err)
 	}
-	sub, err := p.pub.Submit(ctx, ingest.Batch{ID: "lesson", Source: "lesson2.csv", Items: second, Replace: true})
+	sub, err := p.pub.Submit(ctx, ingest.Batch{ID: "lesson", Source: "lesson2.csv", Items: ingest.SliceItems(second), Replace: true})
 	if err != nil || !sub.Replaced {
 		t.Fatalf("replace: %+v, %v", sub, err)
 	}

@@ -22,30 +22,54 @@ type summary = app.Summary
 
 // InputFlags read a batch file.
 type InputFlags struct {
-	File        string `arg:"" help:"Batch file: CSV (simple or rich layout) or JSON Lines." type:"existingfile"`
-	Batch       string `help:"Batch id (default: the file name and a hash of its items, so the same file is the same batch)." env:"FLASHPIPE_BATCH"`
-	Format      string `help:"Input format: csv or jsonl (default: from the file name)." enum:",csv,jsonl" default:""`
+	File        string `arg:"" help:"Batch file: CSV (simple or rich layout) or JSON Lines; - reads standard input." type:"existingfile"`
+	Batch       string `help:"Batch id (default: the file name and a hash of its items, so the same file is the same batch; stdin-HASH for standard input)." env:"FLASHPIPE_BATCH"`
+	Format      string `help:"Input format: csv or jsonl (default: from the file name, else sniffed from the content, as for standard input)." enum:",csv,jsonl" default:""`
 	SkipBadRows bool   `help:"Leave bad rows out (listing them) instead of rejecting the batch."`
 }
 
-// load parses and validates the file; a rejected batch is reported row by row and
-// nothing is started or published.
-func (f InputFlags) load() (*ingest.Parsed, string, error) {
-	parsed, err := ingest.ParseFile(f.File, ingest.ParseOptions{Format: ingest.Format(f.Format), SkipBadRows: f.SkipBadRows})
+// source names the input in messages and default batch ids.
+func (f InputFlags) source() string {
+	if f.File == "-" {
+		return "stdin"
+	}
+	return filepath.Base(f.File)
+}
+
+// load validates the batch in one pass and returns it open (the caller closes it):
+// its items stay in the file, or for "-" in a temporary copy of standard input, and
+// are read again when published. A rejected batch is reported row by row and nothing
+// is started or published.
+func (f InputFlags) load(ctx context.Context) (*ingest.File, string, error) {
+	opts := ingest.ParseOptions{Format: ingest.Format(f.Format), SkipBadRows: f.SkipBadRows}
+	var batch *ingest.File
+	var err error
+	if f.File == "-" {
+		opts.Source = f.source()
+		batch, err = ingest.Spool(os.Stdin, opts)
+	} else {
+		batch, err = ingest.OpenFile(f.File, opts)
+	}
 	if err != nil {
 		return nil, "", &exitError{code: 2, err: err}
 	}
-	for _, re := range parsed.Skipped {
-		fmt.Fprintf(os.Stderr, "%s: skipped %s\n", filepath.Base(f.File), re.Error())
+	for _, re := range batch.Skipped {
+		fmt.Fprintf(os.Stderr, "%s: skipped %s\n", f.source(), re.Error())
 	}
 	id := f.Batch
 	if id == "" {
-		id = app.DefaultBatchID(f.File, parsed.Items)
+		hash, err := batch.Hash(ctx)
+		if err != nil {
+			batch.Close()
+			return nil, "", err
+		}
+		id = app.DefaultBatchID(f.source(), hash)
 	}
 	if err := flashpipe.ValidateBatchID(id); err != nil {
+		batch.Close()
 		return nil, "", &exitError{code: 2, err: fmt.Errorf("--batch: %w", err)}
 	}
-	return parsed, id, nil
+	return batch, id, nil
 }
 
 // RunCmd runs the whole pipeline in one process.
@@ -88,10 +112,11 @@ func (f StackFlags) stackConfig(dataDir string, natsPort int, log *slog.Logger) 
 
 // Run runs the batch through the embedded stack and writes the flashcards.
 func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
-	parsed, id, err := r.load()
+	batch, id, err := r.load(ctx)
 	if err != nil {
 		return err
 	}
+	defer batch.Close()
 	out := r.output(r.Output)
 	if err := checkOutput(out); err != nil {
 		return err
@@ -106,12 +131,12 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer st.Stop()
-	fmt.Fprintf(os.Stderr, "flashpipe: batch %s, %d items from %s\n", id, len(parsed.Items), filepath.Base(r.File))
+	fmt.Fprintf(os.Stderr, "flashpipe: batch %s, %d items from %s\n", id, batch.Len(), r.source())
 	fmt.Fprintf(os.Stderr, "flashpipe: using %s\n", st.APIMode())
 	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
-	view := newProgress(len(parsed.Items), r.Quiet)
+	view := newProgress(batch.Len(), r.Quiet)
 	sum, err := st.RunBatch(ctx, app.BatchRun{
-		Batch:  ingest.Batch{ID: id, Source: filepath.Base(r.File), Items: parsed.Items, Replace: r.Replace},
+		Batch:  ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace},
 		Output: &out, OnProgress: view.update,
 	})
 	view.finish()
@@ -175,7 +200,10 @@ func printSummary(s *summary, asJSON bool) error {
 		fmt.Fprintf(w, " -> %s", s.Output)
 	}
 	fmt.Fprintln(w)
-	if s.Resubmitted {
+	switch {
+	case s.Resubmitted && s.Republished > 0:
+		fmt.Fprintf(w, "  (already submitted; %d items an interrupted submit had left out were published)\n", s.Republished)
+	case s.Resubmitted:
 		fmt.Fprintln(w, "  (already submitted: nothing was published again)")
 	}
 	fmt.Fprintf(w, "  API calls: %d (stage 1: %d, stage 2: %d), cache hits: %d, misses: %d\n", s.APICalls.Total, s.APICalls.Stage1, s.APICalls.Stage2, s.CacheHits, s.CacheMisses)

@@ -153,7 +153,7 @@ func (s *securePipeline) submitAndFollow(id string, items []flashpipe.Item, with
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: id, Source: "test", Items: items})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: id, Source: "test", Items: ingest.SliceItems(items)})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	est, err := processor.EstimateBatch(ctx, answers, stages.DefaultConfig(), items, processor.Prices{})
+	est, err := processor.EstimateBatch(ctx, answers, stages.DefaultConfig(), ingest.SliceItems(items), processor.Prices{})
 	if err != nil || !est.CacheUsed || est.Stage1Cached != len(items) || est.Stage2Cached != len(items) {
 		t.Fatalf("dry run: %+v, %v", est, err)
 	}
@@ -294,7 +294,7 @@ func TestMissingPermissionFailsVisibly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pub.Submit(context.Background(), ingest.Batch{ID: "refused", Items: loadItems(t, "../../examples/test_5_words.csv")}); err != nil {
+	if _, err := pub.Submit(context.Background(), ingest.Batch{ID: "refused", Items: ingest.SliceItems(loadItems(t, "../../examples/test_5_words.csv"))}); err != nil {
 		t.Fatal(err)
 	}
 	natstest.Eventually(t, 30*time.Second, func() bool {

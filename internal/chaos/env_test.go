@@ -234,7 +234,7 @@ func (e *env) submit(items []flashpipe.Item) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: batchID, Source: "chaos", Items: items})
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: batchID, Source: "chaos", Items: ingest.SliceItems(items)})
 	if err != nil {
 		e.t.Fatalf("submit: %v", err)
 	}
