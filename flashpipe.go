@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"hash"
 	"regexp"
+	"sort"
 	"time"
 )
 
@@ -89,6 +90,46 @@ type Manifest struct {
 	Priority  int               `json:"priority,omitempty"`
 	Settings  map[string]string `json:"settings,omitempty"`
 	CreatedAt time.Time         `json:"created_at"`
+}
+
+// MaxItems is the most items a batch may have.
+const MaxItems = 10_000_000
+
+// Validate checks a manifest's own consistency, as any door must before it takes a
+// manifest published by any client: a valid batch id, a count of 1 to MaxItems, a
+// generation and base that agree, the seqs of a retry within the count and
+// ascending. The error names the field.
+func (m Manifest) Validate() error {
+	if err := ValidateBatchID(m.BatchID); err != nil {
+		return fmt.Errorf("batch_id: %w", err)
+	}
+	switch {
+	case m.Count < 1 || m.Count > MaxItems:
+		return fmt.Errorf("count %d: want 1 to %d items", m.Count, MaxItems)
+	case m.Generation < 0:
+		return fmt.Errorf("generation %d: want 0 or more", m.Generation)
+	case m.Base < 0 || m.Base > m.Generation:
+		return fmt.Errorf("base %d: want 0 to the generation (%d)", m.Base, m.Generation)
+	case m.Generation == 0 && len(m.Seqs) > 0:
+		return fmt.Errorf("seqs: generation 0 runs every item and lists none")
+	case m.IsReplacement() && len(m.Seqs) > 0:
+		return fmt.Errorf("seqs: a replacement runs every item and lists none")
+	}
+	for i, s := range m.Seqs {
+		if s < 1 || s > m.Count || (i > 0 && s <= m.Seqs[i-1]) {
+			return fmt.Errorf("seqs[%d] = %d: want ascending seqs within 1..%d", i, s, m.Count)
+		}
+	}
+	return nil
+}
+
+// Wants reports whether this generation runs the item at seq.
+func (m Manifest) Wants(seq int) bool {
+	if m.Generation > 0 && len(m.Seqs) > 0 {
+		i := sort.SearchInts(m.Seqs, seq)
+		return i < len(m.Seqs) && m.Seqs[i] == seq
+	}
+	return seq >= 1 && seq <= m.Count
 }
 
 // IsReplacement reports whether this generation replaces the batch's items with a new

@@ -3,6 +3,7 @@ package flashpipe
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -55,5 +56,37 @@ func TestHashItemsIsStable(t *testing.T) {
 	}
 	if got := h.Sum(); got != want {
 		t.Fatalf("ItemHasher.Sum = %s, want %s", got, want)
+	}
+}
+
+func TestManifestValidate(t *testing.T) {
+	t.Parallel()
+	good := Manifest{BatchID: "b", Count: 5}
+	for name, tc := range map[string]struct {
+		m    Manifest
+		want string
+	}{
+		"good":                 {good, ""},
+		"retry":                {Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{2, 5}}, ""},
+		"replacement":          {Manifest{BatchID: "b", Count: 3, Generation: 2, Base: 2}, ""},
+		"bad id":               {Manifest{BatchID: "a.b", Count: 5}, "batch_id"},
+		"no items":             {Manifest{BatchID: "b"}, "count 0"},
+		"too many":             {Manifest{BatchID: "b", Count: MaxItems + 1}, "count"},
+		"negative generation":  {Manifest{BatchID: "b", Count: 1, Generation: -1}, "generation -1"},
+		"base after gen":       {Manifest{BatchID: "b", Count: 1, Generation: 1, Base: 2}, "base 2"},
+		"seqs in generation 0": {Manifest{BatchID: "b", Count: 5, Seqs: []int{1}}, "seqs"},
+		"seq beyond count":     {Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{2, 6}}, "seqs[1] = 6"},
+		"seqs not ascending":   {Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{3, 3}}, "seqs[1] = 3"},
+	} {
+		err := tc.m.Validate()
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: Validate() = %v, want %q", name, err, tc.want)
+		}
+	}
+	retry := Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{2, 5}}
+	for seq, want := range map[int]bool{1: false, 2: true, 5: true, 6: false} {
+		if retry.Wants(seq) != want || good.Wants(seq) != (seq >= 1 && seq <= 5) {
+			t.Errorf("Wants(%d)", seq)
+		}
 	}
 }

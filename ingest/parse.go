@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/flashpipe/flashpipe"
@@ -408,30 +407,18 @@ func parsePosition(s string) (int64, string) {
 
 // checkTerm returns the term trimmed, or why it is refused.
 func checkTerm(s string) (string, string) {
-	if !utf8.ValidString(s) {
-		return "", "term is not valid UTF-8"
+	t, err := flashpipe.CheckTerm(s)
+	if err != nil {
+		return "", err.Error()
 	}
-	s = strings.TrimSpace(s)
-	switch {
-	case s == "":
-		return "", "term is empty"
-	case strings.IndexFunc(s, unicode.IsControl) >= 0:
-		return "", "term contains a control character"
-	}
-	if n := utf8.RuneCountInString(s); n > flashpipe.MaxTermLength {
-		return "", fmt.Sprintf("term has %d characters, the limit is %d", n, flashpipe.MaxTermLength)
-	}
-	return s, ""
+	return t, ""
 }
 
 // checkType returns the normalised type, or why it is refused.
 func checkType(s string) (string, string) {
-	if !utf8.ValidString(s) {
-		return "", "type is not valid UTF-8"
-	}
-	t := flashpipe.NormalizeType(s)
-	if strings.IndexFunc(t, unicode.IsControl) >= 0 {
-		return "", "type contains a control character"
+	t, err := flashpipe.CheckType(s)
+	if err != nil {
+		return "", err.Error()
 	}
 	return t, ""
 }

@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/segmentio/encoding/json"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/refusal"
 )
 
 // maxEmitErrors bounds consecutive failed appends before a batch is handed back.
@@ -44,18 +47,171 @@ type run struct {
 
 	buf   map[int]raw // out-of-order results ahead of the cursor, at most Window
 	dirty bool        // the results stream may hold the wanted result: look it up
+	in    *inbox
 }
 
-// raw is a result as it sits in the results stream: keys from its headers, body bytes.
+// raw is a result as it sits in the results stream: its subject, keys from its
+// headers, body bytes, and its stream sequence.
 type raw struct {
-	keys contract.Keys
-	data []byte
+	subject string
+	keys    contract.Keys
+	data    []byte
+	seq     uint64
 }
 
-func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m flashpipe.Manifest, md *jetstream.MsgMetadata) error {
-	at, n := wanted(m)
-	r := &run{s: s, results: results, m: m, subject: s.c.OrderedSubject(m.BatchID), at: at, n: n,
-		buf: make(map[int]raw), dirty: true}
+// inbox is where the results reader routes a running batch's results: a bounded
+// channel, and a flag raised when a result did not fit (the batch then looks the
+// results stream up).
+type inbox struct {
+	ch       chan raw
+	overflow atomic.Bool
+}
+
+// readResults follows the results stream, from now on, for as long as ctx lasts, and
+// routes each result to the batch this replica sequences, if any. What it misses (a
+// batch taken later, a result that did not fit an inbox) the batch finds by looking
+// the stream up.
+func (s *Sequencer) readResults(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.readResultsOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("results reader stopped; restarting it", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.cfg.PollInterval):
+		}
+		s.dirtyAll()
+	}
+}
+
+func (s *Sequencer) readResultsOnce(ctx context.Context) error {
+	oc, err := s.js.OrderedConsumer(ctx, s.c.ResultsStream(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{s.c.AllResults()}, DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	it, err := oc.Messages(jetstream.PullMaxMessages(512), jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return err
+		}
+		k, err := contract.KeysOf(msg.Headers())
+		if err != nil {
+			continue // refused when a batch looks it up
+		}
+		s.mu.Lock()
+		in := s.routes[k.BatchID]
+		s.mu.Unlock()
+		if in == nil {
+			continue
+		}
+		r := raw{subject: msg.Subject(), keys: k, data: msg.Data()}
+		if md, err := msg.Metadata(); err == nil {
+			r.seq = md.Sequence.Stream
+		}
+		select {
+		case in.ch <- r:
+		default:
+			in.overflow.Store(true)
+		}
+	}
+}
+
+// dirtyAll makes every running batch look the results stream up (the reader may
+// have missed results while it restarted).
+func (s *Sequencer) dirtyAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, in := range s.routes {
+		in.overflow.Store(true)
+	}
+}
+
+// route registers the inbox of a batch this replica starts sequencing; the returned
+// function removes it.
+func (s *Sequencer) route(batch string) (*inbox, func()) {
+	in := &inbox{ch: make(chan raw, min(s.cfg.Window, 256))}
+	s.mu.Lock()
+	s.routes[batch] = in
+	s.mu.Unlock()
+	return in, func() {
+		s.mu.Lock()
+		if s.routes[batch] == in {
+			delete(s.routes, batch)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// checkResult refuses a result whose subject, headers and body disagree: it is never
+// appended. A refusal is recorded once per stored message.
+func (s *Sequencer) checkResult(ctx context.Context, r raw) bool {
+	err := resultAgrees(s.c, r)
+	if err == nil {
+		return true
+	}
+	id := r.subject
+	if r.seq > 0 {
+		id = fmt.Sprintf("%s:%d", s.c.ResultsStream(), r.seq)
+	}
+	h := nats.Header{}
+	setRefusedKeys(h, r.keys)
+	if rerr := s.refusals.Refuse(ctx, refusal.Mismatch, contract.Refusal{BatchID: r.keys.BatchID, Subject: r.subject,
+		Header: h, Data: r.data, Reason: "result refused: " + err.Error(), ID: id}); rerr != nil {
+		s.log.Warn("refusal not recorded", "err", rerr)
+	}
+	return false
+}
+
+// resultAgrees checks that a result's subject, headers and body name the same item.
+func resultAgrees(c *contract.Contract, r raw) error {
+	batch, seq, ok := c.SubjectKeys(r.subject)
+	if !ok || batch != r.keys.BatchID || seq != r.keys.Seq {
+		return fmt.Errorf("subject %s disagrees with its headers (batch %q, seq %d)", r.subject, r.keys.BatchID, r.keys.Seq)
+	}
+	var b struct {
+		BatchID    string           `json:"batch_id"`
+		Seq        int              `json:"seq"`
+		Position   int64            `json:"position"`
+		Generation int              `json:"generation"`
+		Status     flashpipe.Status `json:"status"`
+	}
+	if err := json.Unmarshal(r.data, &b); err != nil {
+		return fmt.Errorf("undecodable body: %w", err)
+	}
+	if b.BatchID != r.keys.BatchID || b.Seq != r.keys.Seq || b.Position != r.keys.Position || b.Generation != r.keys.Generation ||
+		(b.Status != flashpipe.StatusOK && b.Status != flashpipe.StatusFailed) || b.Status != r.keys.Status {
+		return fmt.Errorf("body (batch %q, seq %d, position %d, generation %d, status %q) disagrees with its headers (batch %q, seq %d, position %d, generation %d, status %q)",
+			b.BatchID, b.Seq, b.Position, b.Generation, b.Status, r.keys.BatchID, r.keys.Seq, r.keys.Position, r.keys.Generation, r.keys.Status)
+	}
+	return nil
+}
+
+// setRefusedKeys writes a result's keys as headers of its refusal record.
+func setRefusedKeys(h nats.Header, k contract.Keys) {
+	h.Set(contract.HeaderBatch, k.BatchID)
+	h.Set(contract.HeaderSeq, strconv.Itoa(k.Seq))
+	h.Set(contract.HeaderPosition, strconv.FormatInt(k.Position, 10))
+	h.Set(contract.HeaderGeneration, strconv.Itoa(k.Generation))
+	h.Set(contract.HeaderStatus, string(k.Status))
+}
+
+func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m flashpipe.Manifest) error {
+	in, unroute := s.route(m.BatchID)
+	defer unroute()
+	r := &run{s: s, results: results, m: m, subject: s.c.OrderedSubject(m.BatchID), at: m.Seq, n: m.Expected(),
+		buf: make(map[int]raw), dirty: true, in: in}
+	defer r.drop()
 	if err := r.sync(ctx); err != nil {
 		return err
 	}
@@ -63,36 +219,22 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 		return nil
 	}
 	log := s.log.With("batch", m.BatchID, "generation", m.Generation)
-	log.Info("sequencing batch", "expected", n, "from", r.next)
+	log.Debug("sequencing batch", "expected", r.n, "from", r.next)
 	start := time.Now()
-
-	ocfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.c.BatchResults(m.BatchID)}}
-	if m.Generation > 0 {
-		// A retry generation's results all follow its manifest.
-		if t := startTime(md); t != nil {
-			ocfg.DeliverPolicy, ocfg.OptStartTime = jetstream.DeliverByStartTimePolicy, t
-		}
-	}
-	oc, err := s.js.OrderedConsumer(ctx, s.c.ResultsStream(), ocfg)
-	if err != nil {
-		return fmt.Errorf("results consumer: %w", err)
-	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(256), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return fmt.Errorf("results consumer: %w", err)
-	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
 
 	failures := 0
 	lastProgress := time.Now()
+	poll := time.NewTimer(s.cfg.PollInterval)
+	defer poll.Stop()
 	for !r.done {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if time.Since(lastProgress) > s.cfg.IdleRelease {
 			return fmt.Errorf("batch %s generation %d at %d of %d: %w for %s", m.BatchID, m.Generation, r.next, r.n, errIdle, s.cfg.IdleRelease)
+		}
+		if r.in.overflow.Swap(false) {
+			r.dirty = true
 		}
 		progressed, err := r.step(ctx)
 		if err != nil {
@@ -113,19 +255,17 @@ func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m fl
 			continue
 		}
 		// Nothing to append: wait for the next result to arrive.
-		msg, err := it.Next(jetstream.NextMaxWait(s.cfg.PollInterval))
-		switch {
-		case err == nil:
-			r.offer(msg.Headers(), msg.Data())
-		case errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded):
+		poll.Reset(s.cfg.PollInterval)
+		select {
+		case res := <-r.in.ch:
+			r.offer(ctx, res)
+		case <-poll.C:
 			r.dirty = true
-		case ctx.Err() != nil:
+		case <-ctx.Done():
 			return ctx.Err()
-		default:
-			return fmt.Errorf("read results: %w", err)
 		}
 	}
-	log.Info("batch sequenced", "emitted", n, "elapsed", time.Since(start).Round(time.Millisecond))
+	log.Debug("batch sequenced", "emitted", r.n, "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -206,7 +346,7 @@ func (r *run) step(ctx context.Context) (bool, error) {
 			}
 			r.dirty = ok
 			if ok {
-				r.buf[want] = res // kept until stored
+				r.keep(want, res) // kept until stored
 			}
 		}
 		if !ok {
@@ -234,7 +374,7 @@ func (r *run) step(ctx context.Context) (bool, error) {
 	}
 	r.s.cfg.Metrics.append(len(evs))
 	for i := range n {
-		delete(r.buf, r.at(r.next+i))
+		r.forget(r.at(r.next + i))
 	}
 	r.next += n
 	r.needMan = false
@@ -280,10 +420,12 @@ func (r *run) append(ctx context.Context, evs []*nats.Msg) error {
 	return nil
 }
 
-// lookup reads the latest result for seq from the results stream.
+// lookup reads the latest result for seq from the results stream; one whose subject,
+// headers and body disagree is refused and read as absent.
 func (r *run) lookup(ctx context.Context, seq int) (raw, bool, error) {
 	r.s.cfg.Metrics.lookup()
-	msg, err := r.results.GetLastMsgForSubject(ctx, r.s.c.ResultSubject(r.m.BatchID, seq))
+	subject := r.s.c.ResultSubject(r.m.BatchID, seq)
+	msg, err := r.results.GetLastMsgForSubject(ctx, subject)
 	if contract.IsNotFound(err) {
 		return raw{}, false, nil
 	}
@@ -291,27 +433,52 @@ func (r *run) lookup(ctx context.Context, seq int) (raw, bool, error) {
 		return raw{}, false, fmt.Errorf("look up result %d: %w", seq, err)
 	}
 	k, err := contract.KeysOf(msg.Header)
-	if err != nil || k.Generation != r.m.Generation {
+	if err != nil {
+		k = contract.Keys{BatchID: r.m.BatchID, Seq: seq}
+	}
+	res := raw{subject: subject, keys: k, data: msg.Data, seq: msg.Sequence}
+	if k.Generation != r.m.Generation || !r.s.checkResult(ctx, res) {
 		return raw{}, false, nil
 	}
-	return raw{keys: k, data: msg.Data}, true, nil
+	return res, true, nil
 }
 
-// offer takes a result delivered by the results consumer: appended if it is the next
-// one, buffered if it is within the window, otherwise dropped (it stays in the results
-// stream and is looked up when its turn comes).
-func (r *run) offer(h nats.Header, data []byte) {
-	k, err := contract.KeysOf(h)
-	if err != nil || k.Generation != r.m.Generation {
+// offer takes a result the reader routed here: appended if it is the next one,
+// buffered if it is within the window and the replica's budget, otherwise dropped (it
+// stays in the results stream and is looked up when its turn comes).
+func (r *run) offer(ctx context.Context, res raw) {
+	if res.keys.Generation != r.m.Generation {
 		return
 	}
-	i, ok := r.index(k.Seq)
-	if !ok || i < r.next {
+	i, ok := r.index(res.keys.Seq)
+	if !ok || i < r.next || !r.s.checkResult(ctx, res) {
 		return
 	}
-	if i-r.next >= r.s.cfg.Window {
+	if i-r.next >= r.s.cfg.Window || r.s.buffered.Load() >= int64(r.s.cfg.MaxBuffered) {
 		r.dirty = true
 		return
 	}
-	r.buf[k.Seq] = raw{keys: k, data: data}
+	r.keep(res.keys.Seq, res)
+}
+
+// keep holds a result for seq, counted in the replica's budget.
+func (r *run) keep(seq int, res raw) {
+	if _, had := r.buf[seq]; !had {
+		r.s.buffered.Add(1)
+	}
+	r.buf[seq] = res
+}
+
+// forget drops the result held for seq.
+func (r *run) forget(seq int) {
+	if _, had := r.buf[seq]; had {
+		delete(r.buf, seq)
+		r.s.buffered.Add(-1)
+	}
+}
+
+// drop releases every result the run holds.
+func (r *run) drop() {
+	r.s.buffered.Add(-int64(len(r.buf)))
+	clear(r.buf)
 }
