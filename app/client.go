@@ -172,7 +172,7 @@ func (c *Client) watchInFlight(ctx context.Context, poll bool) *atomicInt {
 
 // InFlight returns how many items the processors hold now, across all replicas.
 func (c *Client) InFlight(ctx context.Context) (int, error) {
-	cons, err := c.js.Consumer(ctx, c.c.ItemsStream(), processor.DefaultDurable)
+	cons, err := c.js.Consumer(ctx, c.c.ReadyStream(), processor.DefaultDurable)
 	if err != nil {
 		return 0, err
 	}

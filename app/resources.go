@@ -11,6 +11,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
 )
 
@@ -34,6 +35,7 @@ func Resources(c *contract.Contract, cfg ResourceConfig) ([]jetstream.StreamConf
 		sequencer.LeaseBucket(c, cfg.LeaseTTL),
 		ratelimit.BucketConfig(c, ""),
 		beacon.BucketConfig(c, 0),
+		scheduler.BucketConfig(c),
 	}
 	return c.StreamConfigs(), buckets
 }

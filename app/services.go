@@ -18,8 +18,10 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
@@ -160,8 +162,15 @@ func NewProcessor(ctx context.Context, d Deps, cfg ProcessorConfig) (*Service, e
 	return svc, nil
 }
 
-// NewSequencer returns a sequencer replica.
-func NewSequencer(ctx context.Context, d Deps, cfg sequencer.Config) (*Service, error) {
+// SequencerConfig configures a sequencer replica and the scheduler it runs beside
+// (one scheduler replica leads at a time; the others stand by).
+type SequencerConfig struct {
+	Sequencer sequencer.Config
+	Scheduler scheduler.Config
+}
+
+// NewSequencer returns a sequencer replica, with its scheduler replica.
+func NewSequencer(ctx context.Context, d Deps, cfg SequencerConfig) (*Service, error) {
 	d = d.withDefaults()
 	if err := d.validate(); err != nil {
 		return nil, err
@@ -170,15 +179,25 @@ func NewSequencer(ctx context.Context, d Deps, cfg sequencer.Config) (*Service, 
 	if err != nil {
 		return nil, err
 	}
-	cfg.ID, cfg.Logger = cmp.Or(cfg.ID, d.Replica), cmp.Or(cfg.Logger, d.Logger)
+	refusals := refusal.New(d.JS, d.Contract, "sequencer", d.Logger, d.Metrics)
+	sc := cfg.Sequencer
+	sc.ID, sc.Logger, sc.Refusals = cmp.Or(sc.ID, d.Replica), cmp.Or(sc.Logger, d.Logger), refusals
+	dc := cfg.Scheduler
+	dc.ID, dc.Logger = cmp.Or(dc.ID, d.Replica), cmp.Or(dc.Logger, d.Logger)
+	dc.Refusals = refusal.New(d.JS, d.Contract, "scheduler", d.Logger, d.Metrics)
 	if d.Metrics != nil {
-		cfg.Metrics = sequencer.NewMetrics(d.Metrics)
+		sc.Metrics = sequencer.NewMetrics(d.Metrics)
+		dc.Metrics = scheduler.NewMetrics(d.Metrics)
 	}
-	seq, err := sequencer.New(d.JS, d.Contract, cfg)
+	seq, err := sequencer.New(d.JS, d.Contract, sc)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{Name: "sequencer", run: seq.Run, beacon: b}, nil
+	sched, err := scheduler.New(d.JS, d.Contract, dc)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{Name: "sequencer", run: all([]func(context.Context) error{seq.Run, sched.Run}), beacon: b}, nil
 }
 
 // NewSink returns a sink replica writing to st.

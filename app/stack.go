@@ -17,8 +17,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
+		"github.com/flashpipe/flashpipe/sink"
 )
 
 // DefaultRateLimitRPM is the API rate limit against a real API when none is
@@ -45,7 +44,7 @@ type StackConfig struct {
 	// simulator's own limit, or DefaultRateLimitRPM against a real API.
 	Processor ProcessorConfig
 	Sim       llmsim.Config
-	Sequencer sequencer.Config
+	Sequencer SequencerConfig
 	Sink      sink.Config
 	Logger    *slog.Logger
 }

@@ -1,5 +1,6 @@
 // Package processor is the stage that turns work items into results: it consumes the
-// items stream through one durable pull consumer shared by every replica, runs each
+// ready stream (the items the scheduler dispatches, in fair order between batches and
+// tenants, each checked) through one durable pull consumer shared by every replica, runs each
 // item through stage 1 (nuance analysis) and stage 2 (flashcards) against an
 // OpenAI-compatible API, and publishes exactly one result per item, ok or failed.
 //
@@ -208,7 +209,7 @@ func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       p.cfg.Durable,
 		Description:   "flashpipe processors: one shared pull consumer",
-		FilterSubject: p.c.AllItems(),
+		FilterSubject: p.c.AllReady(),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       p.cfg.AckWait,
 		MaxAckPending: p.cfg.ConcurrentMax,
@@ -223,7 +224,7 @@ func (p *Processor) ConsumerConfig() jetstream.ConsumerConfig {
 // hand (up to DrainTimeout) and returns. Items it could not finish are released for
 // redelivery.
 func (p *Processor) Run(ctx context.Context) (err error) {
-	cons, err := service.OpenConsumer(ctx, p.js, p.c, p.c.ItemsStream(), p.ConsumerConfig(), p.log)
+	cons, err := service.OpenConsumer(ctx, p.js, p.c, p.c.ReadyStream(), p.ConsumerConfig(), p.log)
 	if err != nil {
 		return fmt.Errorf("processor: %w", err)
 	}
@@ -352,19 +353,21 @@ func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem) {
 	}
 }
 
-// poison handles an item message that cannot be decoded. If its headers still say which
-// item it is, the item gets a failed result so the batch is not blocked; otherwise the
-// message is terminated.
+// poison handles an item message that cannot be decoded. The ready stream is written
+// by the scheduler only, which checked and re-encoded every item, so this is no
+// client's bad input but a bug or a corruption: the item gets a failed result under
+// the seq its subject names (never a header alone), so its batch is not blocked.
 func (p *Processor) poison(ctx context.Context, msg jetstream.Msg, cause error) {
-	k, err := contract.KeysOf(msg.Headers())
-	if err != nil || k.Seq < 1 {
+	batch, seq, ok := p.c.SubjectKeys(msg.Subject())
+	k, kerr := contract.KeysOf(msg.Headers())
+	if !ok || kerr != nil || k.BatchID != batch || k.Seq != seq {
 		p.log.Error("undecodable item message dropped", "subject", msg.Subject(), "err", cause)
 		_ = msg.TermWithReason("undecodable item")
 		return
 	}
-	p.log.Error("undecodable item message", "batch", k.BatchID, "position", k.Position, "err", cause)
+	p.log.Error("undecodable item message", "batch", batch, "seq", seq, "err", cause)
 	res := &flashpipe.Result{
-		BatchID: k.BatchID, Seq: k.Seq, Generation: k.Generation,
+		BatchID: batch, Seq: seq, Generation: k.Generation,
 		Item:   flashpipe.Item{Position: k.Position},
 		Status: flashpipe.StatusFailed,
 		Failure: &flashpipe.Failure{Stage: "input", Reason: p.cfg.Redactor.Redact("undecodable item message: " + cause.Error()),

@@ -26,12 +26,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/race"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 )
 
 const testKey = "sk-or-v1-TEST-SECRET-0123456789abcdef"
 
-// rig is NATS, the simulator, the cache and processors: everything but the sequencer
-// and sink, whose work the tests read straight from the results stream.
+// rig is NATS, the simulator, the cache, the scheduler that dispatches the items and
+// processors: everything but the sequencer and sink, whose work the tests read
+// straight from the results stream.
 type rig struct {
 	t     *testing.T
 	url   string
@@ -83,6 +85,14 @@ func newRig(t *testing.T, sim llmsim.Config) *rig {
 	if r.cache, err = cache.New(context.Background(), r.js, r.c, cache.Config{}); err != nil {
 		t.Fatal(err)
 	}
+	sched, err := scheduler.New(r.js, r.c, scheduler.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sched.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 	return r
 }
 

@@ -128,8 +128,15 @@ func (p *Pipeline) StartProcessor(cfg app.ProcessorConfig) (stop func()) {
 	return p.Run(svc)
 }
 
-// StartSequencer starts a sequencer replica (on a connection of its own).
+// StartSequencer starts a sequencer replica, with its scheduler replica (on a
+// connection of their own).
 func (p *Pipeline) StartSequencer(cfg sequencer.Config) (stop func()) {
+	p.T.Helper()
+	return p.StartSequencerWith(app.SequencerConfig{Sequencer: cfg})
+}
+
+// StartSequencerWith is StartSequencer with the scheduler's configuration too.
+func (p *Pipeline) StartSequencerWith(cfg app.SequencerConfig) (stop func()) {
 	p.T.Helper()
 	svc, err := app.NewSequencer(context.Background(), p.Deps(true), cfg)
 	if err != nil {

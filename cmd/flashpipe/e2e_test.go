@@ -104,7 +104,7 @@ func TestResubmittedBatchCausesNoNewWork(t *testing.T) {
 	}
 	// Nothing new to process: the processors' consumer has nothing pending or in hand.
 	ctx := context.Background()
-	cons, err := p.js.Consumer(ctx, p.c.ItemsStream(), processor.DefaultDurable)
+	cons, err := p.js.Consumer(ctx, p.c.ReadyStream(), processor.DefaultDurable)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,6 @@ import (
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
 
@@ -125,7 +124,7 @@ func (s *securePipeline) startServices() (stop func()) {
 		s.t.Fatal(err)
 	}
 	jsQ, c := s.connect(permissions.Sequencer)
-	seq, err := app.NewSequencer(ctx, app.Deps{JS: jsQ, Contract: c, Replica: "s1", Logger: s.log.With("service", "sequencer")}, sequencer.Config{})
+	seq, err := app.NewSequencer(ctx, app.Deps{JS: jsQ, Contract: c, Replica: "s1", Logger: s.log.With("service", "sequencer")}, app.SequencerConfig{})
 	if err != nil {
 		s.t.Fatal(err)
 	}

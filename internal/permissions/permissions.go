@@ -21,6 +21,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
@@ -64,11 +65,11 @@ func Roles(c *contract.Contract) []Role {
 	kv := func(suffix string) string { return c.Name(suffix) }
 	cacheB, limitB, ledgerB, leaseB := kv(cache.DefaultBucketSuffix), kv(ratelimit.DefaultBucketSuffix),
 		kv(processor.LedgerBucketSuffix), kv(sequencer.LeaseBucketSuffix)
-	servicesB, registryB := kv(beacon.BucketSuffix), c.RegistryBucket()
+	servicesB, registryB, scheduleB := kv(beacon.BucketSuffix), c.RegistryBucket(), c.ScheduleBucket()
 
 	inbox := []Rule{{"_INBOX.>", "replies to its requests: JetStream API answers, publish acknowledgements, messages pulled from consumers"}}
 	start := []Rule{{"$JS.API.INFO", "check that JetStream answers"}}
-	for _, s := range []string{c.BatchesStream(), c.ItemsStream(), c.ResultsStream(), c.OrderedStream()} {
+	for _, s := range []string{c.BatchesStream(), c.ItemsStream(), c.ReadyStream(), c.ResultsStream(), c.OrderedStream(), c.RefusedStream()} {
 		start = append(start, Rule{"$JS.API.STREAM.INFO." + s, "check the stream's configuration at start-up"})
 	}
 	start = append(start, Rule{"$JS.API.STREAM.INFO.KV_" + registryB, "check that the batch id registry exists at start-up"})
@@ -90,7 +91,7 @@ func Roles(c *contract.Contract) []Role {
 			Name:        Processor,
 			Description: "`flashpipe processor`: items through the two LLM stages",
 			Publish: concat(start,
-				durable(c.ItemsStream(), processor.DefaultDurable, "the items"),
+				durable(c.ReadyStream(), processor.DefaultDurable, "the items the scheduler dispatches"),
 				[]Rule{{p + ".results.>", "publish results"}},
 				bucket(cacheB, "read and write cached answers", false),
 				bucket(ledgerB, "count items released by the circuit breaker", false),
@@ -102,14 +103,30 @@ func Roles(c *contract.Contract) []Role {
 		},
 		{
 			Name:        Sequencer,
-			Description: "`flashpipe sequencer`: results back into batch order",
+			Description: "`flashpipe sequencer`: results back into batch order, and the scheduler beside it (items dispatched to the processors in fair order)",
 			Publish: concat(start,
 				durable(c.BatchesStream(), sequencer.DefaultDurable, "the manifests"),
-				ordered(c.ResultsStream(), p+".results.>", "read a batch's results"),
+				ordered(c.ResultsStream(), p+".results.>", "read the results as they arrive"),
 				direct(c.ResultsStream(), "read one result by its subject"),
 				direct(c.OrderedStream(), "read a batch's last ordered event (its cursor)"),
 				[]Rule{{p + ".ordered.>", "append ordered events"}},
-				bucket(leaseB, "take, renew and release batch leases", false),
+				bucket(leaseB, "take, renew and release batch leases, and the scheduler's", false),
+				bucket(registryB, "admit manifests published by any client against the batch id registry", false),
+				[]Rule{{p + ".refused.>", "record refused manifests, items and results"}},
+				durable(c.BatchesStream(), scheduler.DefaultDurable, "the manifests (scheduler)"),
+				[]Rule{
+					{"$JS.API.CONSUMER.CREATE." + c.ItemsStream() + "." + scheduler.DefaultAuditDurable + ".>", "the scheduler's audit of the items (headers only)"},
+					{"$JS.API.CONSUMER.CREATE." + c.ItemsStream() + "." + scheduler.DefaultAuditDurable, "the same, without the filter in the subject"},
+					{"$JS.API.CONSUMER.MSG.NEXT." + c.ItemsStream() + "." + scheduler.DefaultAuditDurable, "read the items' headers"},
+				},
+				direct(c.ItemsStream(), "read the items to dispatch (several last messages at once)"),
+				direct(c.BatchesStream(), "read a batch's latest manifest (audit)"),
+				[]Rule{
+					{p + ".ready.>", "dispatch items to the processors"},
+					{p + ".results.>", "fail in place an item that cannot be valid or was never published (no API call)"},
+					{"$JS.API.CONSUMER.INFO." + c.ReadyStream() + "." + processor.DefaultDurable, "size the dispatch window"},
+				},
+				bucket(scheduleB, "keep the generations being dispatched and their cursors", true),
 				alive,
 			),
 			Subscribe: inbox,
@@ -222,7 +239,7 @@ func follow(c *contract.Contract) []Rule {
 	return concat(
 		ordered(c.OrderedStream(), c.Prefix()+".ordered.>", "follow a batch's ordered log"),
 		direct(c.OrderedStream(), "read a batch's ordered events"),
-		[]Rule{{"$JS.API.CONSUMER.INFO." + c.ItemsStream() + "." + processor.DefaultDurable, "show the processors' backlog"}},
+		[]Rule{{"$JS.API.CONSUMER.INFO." + c.ReadyStream() + "." + processor.DefaultDurable, "show the processors' backlog"}},
 	)
 }
 

@@ -1,0 +1,394 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/refusal"
+)
+
+// maxRound is the most items dispatched in one round (one wait for their acks).
+const maxRound = 256
+
+// loop dispatches until ctx ends: rounds of items in fair order while the window has
+// room, taking new generations and audit findings in between.
+func (l *leader) loop(ctx context.Context) error {
+	s := l.s
+	l.window = l.windowSize(ctx)
+	flushAt, orphansAt, windowAt := time.Now(), time.Now(), time.Now()
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
+	for {
+		l.drain(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		now := time.Now()
+		if now.Sub(flushAt) >= s.cfg.FlushInterval {
+			flushAt = now
+			if err := l.flush(ctx); err != nil {
+				return err
+			}
+		}
+		if now.Sub(orphansAt) >= time.Second {
+			orphansAt = now
+			l.recheckOrphans(ctx, now)
+		}
+		if now.Sub(windowAt) >= 10*time.Second {
+			windowAt = now
+			l.window = l.windowSize(ctx)
+		}
+		room := l.window - l.inflight
+		if room <= 0 {
+			l.refreshInflight(ctx)
+			if room = l.window - l.inflight; room <= 0 {
+				l.wait(ctx, idle, s.cfg.PollInterval)
+				continue
+			}
+		}
+		n, err := l.round(ctx, now, min(room, maxRound))
+		if err != nil {
+			s.log.Warn("dispatch round failed; retrying", "err", err)
+			l.wait(ctx, idle, time.Second)
+			continue
+		}
+		if n == 0 {
+			l.wait(ctx, idle, l.nextWake(now))
+		}
+	}
+}
+
+// drain takes the new generations and audit findings waiting, without blocking.
+func (l *leader) drain(ctx context.Context) {
+	for {
+		select {
+		case g := <-l.admitted:
+			l.add(g)
+		case a := <-l.audits:
+			l.audit(ctx, a, time.Now())
+		default:
+			return
+		}
+	}
+}
+
+// wait blocks up to d, or until a new generation or audit finding arrives.
+func (l *leader) wait(ctx context.Context, t *time.Timer, d time.Duration) {
+	t.Reset(d)
+	select {
+	case <-ctx.Done():
+	case g := <-l.admitted:
+		l.add(g)
+	case a := <-l.audits:
+		l.audit(ctx, a, time.Now())
+	case <-t.C:
+	}
+}
+
+// nextWake is how long to sleep when nothing is ready: until the earliest generation
+// looks for its missing item again, at most a quarter second.
+func (l *leader) nextWake(now time.Time) time.Duration {
+	d := 250 * time.Millisecond
+	for _, g := range l.gens {
+		if !g.done() && len(g.queue) == 0 {
+			d = min(d, max(g.waitUntil.Sub(now), time.Millisecond))
+		}
+	}
+	return d
+}
+
+// windowSize is how many items may wait in the ready stream: Config.Window, or twice
+// the processors' MaxAckPending.
+func (l *leader) windowSize(ctx context.Context) int {
+	if l.s.cfg.Window > 0 {
+		return l.s.cfg.Window
+	}
+	cons, err := l.s.js.Consumer(ctx, l.s.c.ReadyStream(), l.s.cfg.ProcessorDurable)
+	if err != nil {
+		return 2 * DefaultMinWindow
+	}
+	return max(DefaultMinWindow, 2*cons.CachedInfo().Config.MaxAckPending)
+}
+
+// refreshInflight reads how many items wait in the ready stream (dispatched, not yet
+// acknowledged by a processor: its work-queue retention drops them on ack).
+func (l *leader) refreshInflight(ctx context.Context) {
+	info, err := l.ready.Info(ctx)
+	if err == nil {
+		l.inflight = int(info.State.Msgs)
+	}
+}
+
+// dispatch is one item on its way to the ready stream.
+type dispatch struct {
+	g       *gen
+	index   int   // its index among the generation's wanted seqs
+	prevPos int64 // the generation's LastPosition before it
+	msg     *nats.Msg
+	msgID   string
+}
+
+// round dispatches up to n items in fair order and waits for the ready stream to
+// store them. It returns how many items it moved on (dispatched or failed in place).
+func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
+	var out []dispatch
+	moved := 0
+	ready := func(g *gen) bool { return l.readyGen(ctx, g, now) }
+	for len(out) < n {
+		g := l.tenants.pick(now, ready)
+		if g == nil {
+			break
+		}
+		raw := g.queue[0]
+		g.queue, l.queued = g.queue[1:], l.queued-1
+		d, err := l.check(ctx, g, raw)
+		if err != nil {
+			return moved, err
+		}
+		moved++
+		if d != nil {
+			out = append(out, *d)
+		}
+	}
+	if len(out) == 0 {
+		return moved, nil
+	}
+	futures := make([]jetstream.PubAckFuture, len(out))
+	var firstErr error
+	for i, d := range out {
+		f, err := l.s.js.PublishMsgAsync(d.msg, jetstream.WithMsgID(d.msgID))
+		if err != nil {
+			firstErr = err
+			out = out[:i]
+			futures = futures[:i]
+			break
+		}
+		futures[i] = f
+	}
+	failed := map[*gen]dispatch{}
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			l.inflight++
+			l.s.cfg.Metrics.dispatched(out[i].g.Manifest.Tenant)
+		case err := <-f.Err():
+			if _, ok := failed[out[i].g]; !ok {
+				failed[out[i].g] = out[i]
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		case <-ctx.Done():
+			return moved, ctx.Err()
+		}
+	}
+	if firstErr != nil && len(failed) == 0 && len(out) < len(futures) {
+		failed[out[len(out)-1].g] = out[len(out)-1]
+	}
+	// A generation whose item was not stored starts again from that item (what
+	// followed it and was stored is dropped as a duplicate when dispatched again).
+	for g, d := range failed {
+		l.queued -= len(g.queue)
+		g.queue, g.Next, g.LastPosition, g.dirty = nil, d.index, d.prevPos, true
+	}
+	if firstErr != nil {
+		return moved, fmt.Errorf("publish to the ready stream: %w", firstErr)
+	}
+	return moved, nil
+}
+
+// readyGen reports whether g has an item to dispatch now, reading the next ones from
+// the items stream when it holds none; a generation whose next item stays unpublished
+// past the deadline gets a failed result for it.
+func (l *leader) readyGen(ctx context.Context, g *gen, now time.Time) bool {
+	if g.done() {
+		return false
+	}
+	if len(g.queue) > 0 {
+		return true
+	}
+	if now.Before(g.waitUntil) {
+		return false
+	}
+	if err := l.fetch(ctx, g); err != nil {
+		l.s.log.Warn("read items", "batch", g.Manifest.BatchID, "err", err)
+		g.waitUntil = now.Add(time.Second)
+		return false
+	}
+	if len(g.queue) > 0 {
+		if g.MissingSince != nil {
+			g.MissingSince, g.dirty = nil, true
+		}
+		g.backoff = 0
+		return true
+	}
+	if g.done() {
+		return false
+	}
+	if g.MissingSince == nil {
+		t := now.UTC()
+		g.MissingSince, g.dirty = &t, true
+	}
+	if now.Sub(*g.MissingSince) >= l.s.cfg.ItemDeadline {
+		seq := g.Manifest.Seq(g.Next)
+		reason := fmt.Sprintf("item never published: seq %d of batch %s generation %d was not in the items stream %s after the scheduler looked for it (submit the batch again to publish it, or replace it)",
+			seq, g.Manifest.BatchID, g.Manifest.Generation, l.s.cfg.ItemDeadline)
+		if err := l.failInPlace(ctx, g, flashpipe.Item{Position: -int64(seq)}, seq, reason, refusal.NeverPublished); err != nil {
+			l.s.log.Warn("failed result not published", "err", err)
+			g.waitUntil = now.Add(time.Second)
+			return false
+		}
+		g.MissingSince = nil
+		return false
+	}
+	g.backoff = min(max(2*g.backoff, 50*time.Millisecond), 5*time.Second)
+	g.waitUntil = now.Add(g.backoff)
+	return false
+}
+
+// fetch reads the next items of g (up to Prefetch, within the bound on items held)
+// from the items stream, in seq order, stopping at the first not yet published.
+func (l *leader) fetch(ctx context.Context, g *gen) error {
+	m := g.Manifest
+	want := min(l.s.cfg.Prefetch, g.n-g.Next, max(1, l.s.cfg.MaxPrefetched-l.queued))
+	subjects := make([]string, want)
+	for i := range want {
+		subjects[i] = l.s.c.ItemSubject(m.BatchID, m.Seq(g.Next+i))
+	}
+	got, err := l.lastMsgs(ctx, subjects)
+	if err != nil {
+		return err
+	}
+	for _, subj := range subjects {
+		raw, ok := got[subj]
+		if !ok {
+			break
+		}
+		k, _ := contract.KeysOf(raw.Header)
+		if k.Generation < m.Generation {
+			break // this generation's item is not published yet
+		}
+		if k.Generation > m.Generation {
+			// A later generation's items are out: this one is over (it completed
+			// before a retry could start); nothing is left to dispatch.
+			l.s.log.Warn("generation superseded: its dispatch ends", "batch", m.BatchID, "generation", m.Generation, "later", k.Generation)
+			l.queued -= len(g.queue)
+			g.queue, g.Next, g.dirty = nil, g.n, true
+			return nil
+		}
+		g.queue = append(g.queue, raw)
+		l.queued++
+	}
+	return nil
+}
+
+// lastMsgs reads the last message of each subject in one request where the server
+// can (2.11+), else one by one.
+func (l *leader) lastMsgs(ctx context.Context, subjects []string) (map[string]*jetstream.RawStreamMsg, error) {
+	got := make(map[string]*jetstream.RawStreamMsg, len(subjects))
+	if l.multiGet && len(subjects) > 1 {
+		msgs, err := jetstreamext.GetLastMsgsFor(ctx, l.s.js, l.s.c.ItemsStream(), subjects)
+		if err == nil {
+			for raw, err := range msgs {
+				if errors.Is(err, jetstreamext.ErrNoMessages) {
+					break
+				}
+				if err != nil {
+					return nil, err
+				}
+				got[raw.Subject] = raw
+			}
+			return got, nil
+		}
+		l.multiGet = false // an older server: one by one from now on
+		l.s.log.Info("the server reads no batch of last messages; reading items one by one", "err", err)
+	}
+	for _, subj := range subjects {
+		raw, err := l.items.GetLastMsgForSubject(ctx, subj)
+		if contract.IsNotFound(err) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		got[subj] = raw
+	}
+	return got, nil
+}
+
+// check looks at the next item of g: an item whose body disagrees with its subject,
+// or whose position does not follow the previous item's, is refused and fails in its
+// place; an item whose term or type is no term or type fails in place (no API call);
+// any other is returned, normalised, to dispatch.
+func (l *leader) check(ctx context.Context, g *gen, raw *jetstream.RawStreamMsg) (*dispatch, error) {
+	m := g.Manifest
+	seq := m.Seq(g.Next)
+	ref := func(code, reason string) (*dispatch, error) {
+		if err := l.s.refusals.Refuse(ctx, code, contract.Refusal{BatchID: m.BatchID, Subject: raw.Subject, Header: raw.Header,
+			Data: raw.Data, Reason: "item refused: " + reason, ID: l.s.c.ItemsStream() + ":" + strconv.FormatUint(raw.Sequence, 10)}); err != nil {
+			return nil, err
+		}
+		return nil, l.failInPlace(ctx, g, flashpipe.Item{Position: -int64(seq)}, seq, "item refused: "+reason, "")
+	}
+	wi, err := contract.DecodeItem(raw.Header, raw.Data)
+	switch {
+	case err != nil:
+		return ref(refusal.Mismatch, err.Error())
+	case wi.BatchID != m.BatchID || wi.Seq != seq || wi.Generation != m.Generation:
+		return ref(refusal.Mismatch, fmt.Sprintf("its body names batch %q seq %d generation %d, its subject %s (generation %d)",
+			wi.BatchID, wi.Seq, wi.Generation, raw.Subject, m.Generation))
+	case wi.Position <= g.LastPosition:
+		return ref(refusal.PositionOrder, fmt.Sprintf("position %d does not follow the previous item's position %d: positions must ascend with seq, once each",
+			wi.Position, g.LastPosition))
+	}
+	it, err := wi.Item.Check()
+	if err != nil {
+		return nil, l.failInPlace(ctx, g, wi.Item, seq, err.Error(), "")
+	}
+	wi.Item = it
+	msg, err := l.s.c.ItemMsg(wi)
+	if err != nil {
+		return ref(refusal.Undecodable, err.Error())
+	}
+	msg.Subject = l.s.c.ReadySubject(m.BatchID, seq)
+	d := &dispatch{g: g, index: g.Next, prevPos: g.LastPosition, msg: msg, msgID: contract.MsgID(m.BatchID, wi.Position, wi.Generation)}
+	g.Next, g.LastPosition, g.dirty = g.Next+1, wi.Position, true
+	l.s.cfg.Metrics.queue(m.Tenant, 0, -1)
+	return d, nil
+}
+
+// failInPlace publishes a failed result for the item at g's cursor (seq), which holds
+// its place in the batch with the reason, and moves the cursor on. No API call is
+// made. code, when set, counts the failure as a refusal too.
+func (l *leader) failInPlace(ctx context.Context, g *gen, it flashpipe.Item, seq int, reason, code string) error {
+	m := g.Manifest
+	r := &flashpipe.Result{BatchID: m.BatchID, Seq: seq, Generation: m.Generation, Item: it, Status: flashpipe.StatusFailed,
+		Failure:     &flashpipe.Failure{Stage: "input", Reason: reason, Class: flashpipe.Permanent, NextStep: flashpipe.NextFixInput},
+		ProcessedAt: time.Now().UTC()}
+	msg, err := l.s.c.ResultMsg(r)
+	if err != nil {
+		return err
+	}
+	if _, err := l.s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(contract.MsgID(m.BatchID, it.Position, m.Generation))); err != nil {
+		return fmt.Errorf("publish the failed result of %s seq %d: %w", m.BatchID, seq, err)
+	}
+	if code != "" {
+		l.s.log.Warn("item failed in place", "batch", m.BatchID, "seq", seq, "reason", reason)
+	}
+	g.Next, g.dirty = g.Next+1, true
+	if it.Position > g.LastPosition {
+		g.LastPosition = it.Position
+	}
+	l.s.cfg.Metrics.queue(m.Tenant, 0, -1)
+	l.s.cfg.Metrics.failedInPlace()
+	return nil
+}
