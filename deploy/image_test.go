@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
+	"github.com/flashpipe/flashpipe/internal/testutil/freeport"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 )
@@ -241,7 +241,7 @@ func testImageServices(t *testing.T) {
 	dbURL := pgtest.URL(t)
 	prefix := natstest.UniquePrefix(t)
 	suffix := strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
-	ports := freePorts(t, 5)
+	ports := freeport.List(t, 5)
 	simURL := fmt.Sprintf("http://127.0.0.1:%d/api/v1", ports[4])
 
 	// migrate: a one-shot that must succeed before the sink starts.
@@ -347,18 +347,4 @@ func testImageServices(t *testing.T) {
 	if err != nil || seq != 1000 {
 		t.Fatalf("stored results: %d, %v", seq, err)
 	}
-}
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		defer ln.Close()
-	}
-	return ports
 }

@@ -106,35 +106,25 @@ func (o *objects) decode(t *testing.T, where string, doc []byte) {
 	var into any
 	switch tm.APIVersion + " " + tm.Kind {
 	case "apps/v1 Deployment":
-		v := &appsv1.Deployment{}
-		o.deployments, into = append(o.deployments, v), v
+		into = add(&o.deployments)
 	case "batch/v1 Job":
-		v := &batchv1.Job{}
-		o.jobs, into = append(o.jobs, v), v
+		into = add(&o.jobs)
 	case "policy/v1 PodDisruptionBudget":
-		v := &policyv1.PodDisruptionBudget{}
-		o.pdbs, into = append(o.pdbs, v), v
+		into = add(&o.pdbs)
 	case "autoscaling/v2 HorizontalPodAutoscaler":
-		v := &autoscalingv2.HorizontalPodAutoscaler{}
-		o.hpas, into = append(o.hpas, v), v
+		into = add(&o.hpas)
 	case "keda.sh/v1alpha1 ScaledObject":
-		v := &scaledObject{}
-		o.scaled, into = append(o.scaled, v), v
+		into = add(&o.scaled)
 	case "v1 ConfigMap":
-		v := &corev1.ConfigMap{}
-		o.configMaps, into = append(o.configMaps, v), v
+		into = add(&o.configMaps)
 	case "v1 Secret":
-		v := &corev1.Secret{}
-		o.secrets, into = append(o.secrets, v), v
+		into = add(&o.secrets)
 	case "v1 Service":
-		v := &corev1.Service{}
-		o.services, into = append(o.services, v), v
+		into = add(&o.services)
 	case "v1 ServiceAccount":
-		v := &corev1.ServiceAccount{}
-		o.accounts, into = append(o.accounts, v), v
+		into = add(&o.accounts)
 	case "v1 Namespace":
-		v := &corev1.Namespace{}
-		o.namespaces, into = append(o.namespaces, v), v
+		into = add(&o.namespaces)
 	default:
 		t.Errorf("%s: no Go type known for %s %s", where, tm.APIVersion, tm.Kind)
 		return
@@ -142,6 +132,13 @@ func (o *objects) decode(t *testing.T, where string, doc []byte) {
 	if err := yaml.UnmarshalStrict(doc, into); err != nil {
 		t.Errorf("%s: %s %s: %v", where, tm.APIVersion, tm.Kind, err)
 	}
+}
+
+// add appends a new T to list and returns it.
+func add[T any](list *[]*T) *T {
+	v := new(T)
+	*list = append(*list, v)
+	return v
 }
 
 func splitDocs(b []byte) [][]byte {

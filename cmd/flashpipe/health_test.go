@@ -69,13 +69,21 @@ func TestServicesServeHealth(t *testing.T) {
 		return code
 	}
 
-	for i, s := range services {
+	// waitReadyz waits until service i's /readyz answers code and the report
+	// satisfies ok, and returns the report.
+	waitReadyz := func(i, code int, ok func(health.Report) bool, msg string) health.Report {
 		var rep health.Report
 		natstest.Eventually(t, 30*time.Second, func() bool {
-			var code int
-			code, rep = readyz(i)
-			return code == http.StatusOK
-		}, "%s: /readyz never answered 200: %+v", s.args[0], &rep)
+			var got int
+			got, rep = readyz(i)
+			return got == code && ok(rep)
+		}, "%s: %s: %+v", services[i].args[0], msg, &rep)
+		return rep
+	}
+	anyReport := func(health.Report) bool { return true }
+
+	for i, s := range services {
+		rep := waitReadyz(i, http.StatusOK, anyReport, "/readyz never answered 200")
 		var names []string
 		for _, c := range rep.Checks {
 			names = append(names, c.Name)
@@ -90,12 +98,8 @@ func TestServicesServeHealth(t *testing.T) {
 
 	srv.Shutdown()
 	for i, s := range services {
-		var rep health.Report
-		natstest.Eventually(t, 20*time.Second, func() bool {
-			var code int
-			code, rep = readyz(i)
-			return code == http.StatusServiceUnavailable && slices.Contains(rep.Failed(), "nats")
-		}, "%s: /readyz does not say NATS is down: %+v", s.args[0], &rep)
+		waitReadyz(i, http.StatusServiceUnavailable, func(r health.Report) bool { return slices.Contains(r.Failed(), "nats") },
+			"/readyz does not say NATS is down")
 		if code := healthcheck(i, health.ReadinessPath); code != 1 {
 			t.Errorf("%s: healthcheck while NATS is down exited %d, want 1", s.args[0], code)
 		}
@@ -105,13 +109,8 @@ func TestServicesServeHealth(t *testing.T) {
 	}
 
 	startNATS()
-	for i, s := range services {
-		var rep health.Report
-		natstest.Eventually(t, 30*time.Second, func() bool {
-			var code int
-			code, rep = readyz(i)
-			return code == http.StatusOK
-		}, "%s: not ready again after NATS came back: %+v", s.args[0], &rep)
+	for i := range services {
+		waitReadyz(i, http.StatusOK, anyReport, "not ready again after NATS came back")
 	}
 	if _, stderr, code := flashpipeCmd(t, dir, "healthcheck", "--url", "http://127.0.0.1:1/readyz"); code != 1 || !strings.Contains(stderr, "healthcheck http://127.0.0.1:1/readyz") {
 		t.Errorf("healthcheck of nothing: exit %d, %s", code, stderr)
