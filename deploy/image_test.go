@@ -35,7 +35,8 @@ import (
 //
 // FLASHPIPE_PODMAN_FLAGS replaces the global podman flags (default: --runtime runc
 // --cgroup-manager cgroupfs, what works on a machine without systemd).
-// FLASHPIPE_IMAGE_TEST_RPM sets the processors' RATE_LIMIT_RPM (default 0: no limit, the
+// FLASHPIPE_IMAGE_TEST_KEEP=1 keeps the image (localhost/flashpipe:image-test) after
+// the test. FLASHPIPE_IMAGE_TEST_RPM sets the processors' RATE_LIMIT_RPM (default 0: no limit, the
 // fastest run; 600 shows the pipeline at the default limit of a real API).
 
 const imageTag = "localhost/flashpipe:image-test"
@@ -131,6 +132,9 @@ func buildImage(t *testing.T) {
 	}
 	start = time.Now()
 	podman(t, "build", "--pull=never", "-f", filepath.Join(root, "deploy/Dockerfile.prebuilt"), "-t", imageTag, ctx)
+	if os.Getenv("FLASHPIPE_IMAGE_TEST_KEEP") == "" {
+		t.Cleanup(func() { _, _ = podmanErr("rmi", "-f", imageTag) })
+	}
 	t.Logf("image built in %s", time.Since(start).Round(time.Millisecond))
 }
 
