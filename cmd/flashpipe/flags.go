@@ -19,6 +19,7 @@ import (
 
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/health"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
@@ -205,16 +206,20 @@ func (f SyncFlags) embedded(port int) natsx.EmbeddedConfig {
 	return natsx.EmbeddedConfig{Port: port, SyncInterval: f.NATSSyncInterval, SyncAlways: f.NATSSyncAlways}
 }
 
-// MetricsFlags expose Prometheus metrics.
+// MetricsFlags expose Prometheus metrics and the health endpoints.
 type MetricsFlags struct {
-	MetricsAddr string `help:"Serve Prometheus metrics at http://ADDR/metrics (empty: off)." env:"FLASHPIPE_METRICS_ADDR"`
+	MetricsAddr string `help:"Serve Prometheus metrics at http://ADDR/metrics, liveness at /healthz and readiness at /readyz (empty: off)." env:"FLASHPIPE_METRICS_ADDR"`
 }
 
-// serve starts the metrics endpoint when configured and returns the registry (nil:
-// metrics off).
-func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger) (prometheus.Registerer, error) {
+// serve starts the metrics and health endpoints when configured and returns the
+// registry (nil: metrics off). checks decide readiness (/readyz).
+func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger, checks ...health.Check) (prometheus.Registerer, error) {
 	if f.MetricsAddr == "" {
 		return nil, nil
+	}
+	hc, err := health.New(health.Config{Checks: checks, Logger: log})
+	if err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -224,6 +229,7 @@ func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger) (prometheus.R
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	hc.Register(mux)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	context.AfterFunc(ctx, func() { _ = srv.Close() })

@@ -52,6 +52,7 @@ type CLI struct {
 	Streams     StreamsCmd     `cmd:"" help:"Show or change the streams and KV buckets (the operator's command), or print the NATS permissions of each role."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
 	Bench       BenchCmd       `cmd:"" help:"Measure end-to-end throughput on the embedded stack."`
+	Healthcheck HealthcheckCmd `cmd:"" help:"Ask a service's health endpoint; exit 0 when it answers 200 (for container healthchecks)."`
 	Version     VersionCmd     `cmd:"" help:"Print the version."`
 }
 

@@ -39,7 +39,7 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	reg, err := p.serve(ctx, log)
+	reg, err := p.serve(ctx, log, processorChecks(nc, js, c)...)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func (s *SequencerCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	reg, err := s.serve(ctx, log)
+	reg, err := s.serve(ctx, log, sequencerChecks(nc, js, c)...)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (s *SinkCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	reg, err := s.serve(ctx, log)
+	reg, err := s.serve(ctx, log, sinkChecks(nc, js, c, store)...)
 	if err != nil {
 		return err
 	}
