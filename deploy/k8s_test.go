@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io/fs"
-	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -73,11 +73,12 @@ type scaledObject struct {
 	} `json:"spec"`
 }
 
-// natsJetStreamKeys are the metadata keys of KEDA's nats-jetstream scaler
-// (pkg/scalers/nats_jetstream_scaler.go), true when required.
-var natsJetStreamKeys = map[string]bool{
-	"natsServerMonitoringEndpoint": true, "account": true, "stream": true, "consumer": true,
-	"lagThreshold": false, "activationLagThreshold": false, "useHttps": false,
+// prometheusKeys are the metadata keys of KEDA's prometheus scaler
+// (pkg/scalers/prometheus_scaler.go), true when required.
+var prometheusKeys = map[string]bool{
+	"serverAddress": true, "query": true, "threshold": true, "activationThreshold": false,
+	"namespace": false, "customHeaders": false, "ignoreNullValues": false, "unsafeSsl": false,
+	"queryParameters": false,
 }
 
 // objects are the decoded Kubernetes objects of a file or a build, by kind.
@@ -285,39 +286,39 @@ func TestKubernetesExampleOverlay(t *testing.T) {
 		t.Fatal("ScaledObject: min and max replica counts")
 	}
 	checkAssumedReplicas(t, cm, int(*so.Spec.MaxReplicaCount))
-	if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "nats-jetstream" {
-		t.Fatalf("ScaledObject triggers %+v, want one nats-jetstream", so.Spec.Triggers)
+	if len(so.Spec.Triggers) != 1 || so.Spec.Triggers[0].Type != "prometheus" {
+		t.Fatalf("ScaledObject triggers %+v, want one prometheus", so.Spec.Triggers)
 	}
 	md := so.Spec.Triggers[0].Metadata
 	for k := range md {
-		if _, ok := natsJetStreamKeys[k]; !ok {
-			t.Errorf("nats-jetstream trigger: unknown metadata %q", k)
+		if _, ok := prometheusKeys[k]; !ok {
+			t.Errorf("prometheus trigger: unknown metadata %q", k)
 		}
 	}
-	for k, required := range natsJetStreamKeys {
+	for k, required := range prometheusKeys {
 		if required && md[k] == "" {
-			t.Errorf("nats-jetstream trigger: %s is required", k)
+			t.Errorf("prometheus trigger: %s is required", k)
 		}
 	}
-	for _, k := range []string{"lagThreshold", "activationLagThreshold"} {
-		if _, err := strconv.ParseInt(md[k], 10, 64); err != nil {
-			t.Errorf("nats-jetstream trigger: %s: %v", k, err)
+	for _, k := range []string{"threshold", "activationThreshold"} {
+		if _, err := strconv.ParseFloat(md[k], 64); err != nil {
+			t.Errorf("prometheus trigger: %s: %v", k, err)
 		}
-	}
-	if _, err := strconv.ParseBool(md["useHttps"]); err != nil {
-		t.Errorf("nats-jetstream trigger: useHttps: %v", err)
 	}
 	c, err := contract.New(contract.Config{Prefix: cmDefault(cm, "FLASHPIPE_PREFIX", contract.DefaultPrefix)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if md["stream"] != c.ItemsStream() || md["consumer"] != processor.DefaultDurable {
-		t.Errorf("nats-jetstream trigger on %s/%s, want the processors' consumer %s/%s", md["stream"], md["consumer"], c.ItemsStream(), processor.DefaultDurable)
+	// The work waiting: the scheduler's undispatched items and the processors' consumer
+	// of the ready stream.
+	for _, want := range []string{"flashpipe_scheduler_waiting_items", `stream_name="` + c.ReadyStream() + `"`,
+		`consumer_name="` + processor.DefaultDurable + `"`} {
+		if !strings.Contains(md["query"], want) {
+			t.Errorf("prometheus trigger query %q does not read %s", md["query"], want)
+		}
 	}
-	nv := loadNATSValues(t)
-	host, port, err := net.SplitHostPort(md["natsServerMonitoringEndpoint"])
-	if err != nil || host != "nats-headless.nats.svc.cluster.local" || port != strconv.Itoa(nv.Config.Monitor.Port) {
-		t.Errorf("nats-jetstream trigger endpoint %q, want the chart's headless service (release nats) on the monitor port %d", md["natsServerMonitoringEndpoint"], nv.Config.Monitor.Port)
+	if u, err := url.Parse(md["serverAddress"]); err != nil || u.Scheme != "http" || u.Port() != "9090" {
+		t.Errorf("prometheus trigger serverAddress %q", md["serverAddress"])
 	}
 }
 
