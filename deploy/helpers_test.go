@@ -12,7 +12,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
@@ -136,6 +138,8 @@ func metricNames(t *testing.T) map[string]bool {
 	processor.NewMetrics(rec)
 	sequencer.NewMetrics(rec)
 	sink.NewMetrics(rec)
+	scheduler.NewMetrics(rec)
+	refusal.New(nil, nil, "", nil, rec)
 	if len(rec.names) == 0 {
 		t.Fatal("no metric registered")
 	}

@@ -133,7 +133,7 @@ func checkQuery(t *testing.T, where, expr string, code map[string]bool) {
 	}
 	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
 		if vs, ok := n.(*parser.VectorSelector); ok && !knownMetric(code, vs.Name) {
-			t.Errorf("%s: metric %s does not exist (processor, sequencer and sink register: see their metrics.go)", where, vs.Name)
+			t.Errorf("%s: metric %s does not exist (processor, sequencer, scheduler and sink register: see their metrics.go)", where, vs.Name)
 		}
 		return nil
 	})

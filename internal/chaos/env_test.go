@@ -171,7 +171,8 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		// The simulator sets no request limit and these scenarios test no rate limit:
 		// without this the processor would pace itself at its default for real APIs.
 		"--rate-limit-rpm", "0")
-	e.sequencer = newService(t, e.prefix, "sequencer", env, append([]string{"sequencer"}, append(common,
+	// Debug: the scenarios wait for the per-batch "sequencing batch" line.
+	e.sequencer = newService(t, e.prefix, "sequencer", env, append([]string{"--log-level", "debug", "sequencer"}, append(common,
 		"--sequencer-lease-ttl", leaseTTL.String())...)...)
 	sinkArgs := append([]string{"sink"}, append(common, "--postgres-url", sinkURL, "--auto-migrate",
 		"--sink-ack-wait", sinkAckWait.String())...)
