@@ -156,9 +156,9 @@ type RateLimitFlags struct {
 	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"0.8" env:"RATE_LIMIT_BUFFER"`
 	RateLimitTPM    int     `help:"API tokens per minute for all replicas together (0: none)." default:"0" env:"RATE_LIMIT_TPM"`
 	// While NATS is unreachable a replica cannot coordinate and spends a local share
-	// of the budget: budget / assumed replicas. Set it to at least the number of
-	// processor replicas, or the sum can exceed the budget during an outage.
-	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/this many (set it to at least the number of processor replicas)." default:"4" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
+	// of the budget: budget / the live replica count it last read (heartbeats). This
+	// optional floor vouches for the count (see internal/ratelimit).
+	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/N, N the live processor replicas it last counted; this sets a floor on N (0: the live count alone)." default:"0" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
 }
 
 // DefaultRateLimitRPM is the limit against a real API when none is configured.
