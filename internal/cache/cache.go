@@ -8,8 +8,9 @@
 // Entries are permanent unless Config.TTL is set or the user clears them.
 //
 // Concurrency: identical look-ups in flight in one process share one computation
-// (singleflight); across processes, two replicas racing on the same key may each pay
-// once. All methods are safe for concurrent use.
+// (singleflight); across processes, the replica that pays for an answer first claims
+// its key (see claim.go), and the others wait for its answer, so identical look-ups on
+// any number of replicas pay once. All methods are safe for concurrent use.
 package cache
 
 import (
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/flashpipe/flashpipe"
@@ -50,7 +52,11 @@ type Config struct {
 	Storage  string
 	// OpTimeout bounds one read or write (DefaultOpTimeout).
 	OpTimeout time.Duration
-	Logger    *slog.Logger
+	// ClaimTTL is how long other replicas wait for one that died while paying for an
+	// answer they also look up (DefaultClaimTTL); a live one renews its claim every
+	// ClaimTTL/3. All replicas sharing a Bucket must use the same.
+	ClaimTTL time.Duration
+	Logger   *slog.Logger
 }
 
 // Entry is one cached answer.
@@ -93,13 +99,16 @@ func (e Entry) encode() ([]byte, error) {
 
 // Cache is the answer cache.
 type Cache struct {
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	stream string
-	bucket string
-	sf     singleflight.Group
-	opTime time.Duration
-	log    *slog.Logger
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	claims   jetstream.KeyValue
+	stream   string
+	bucket   string
+	sf       singleflight.Group
+	opTime   time.Duration
+	claimTTL time.Duration
+	id       string // this replica, in its claims
+	log      *slog.Logger
 }
 
 // New opens (creating or updating) the cache bucket.
@@ -111,8 +120,12 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, DefaultOpTimeout)
+	cfg.ClaimTTL = cmp.Or(cfg.ClaimTTL, DefaultClaimTTL)
 	if cfg.TTL < 0 {
 		return nil, errors.New("cache: Config.TTL must not be negative")
+	}
+	if cfg.ClaimTTL < 300*time.Millisecond {
+		return nil, fmt.Errorf("cache: Config.ClaimTTL must be at least 300ms, got %s", cfg.ClaimTTL)
 	}
 	storage := jetstream.FileStorage
 	if cfg.Storage == contract.StorageMemory {
@@ -129,7 +142,19 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
-	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, opTime: cfg.OpTimeout,
+	claims, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket + claimsBucketSuffix,
+		Description: "flashpipe: answers being paid for, by the replica paying",
+		History:     1,
+		TTL:         cfg.ClaimTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket+claimsBucketSuffix, err)
+	}
+	return &Cache{js: js, kv: kv, claims: claims, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket,
+		opTime: cfg.OpTimeout, claimTTL: cfg.ClaimTTL, id: nuid.Next(),
 		log: cfg.Logger.With("component", "cache")}, nil
 }
 
@@ -185,8 +210,10 @@ func (c *Cache) Put(ctx context.Context, key string, e Entry) error {
 
 // Do returns the entry at key, or computes it with fn, stores it and returns it. hit
 // reports whether the answer came from the cache (or from an identical computation
-// already in flight in this process), so it cost nothing. A failure to store a computed
-// answer is logged, not returned: the answer was paid for and is good.
+// already in flight in this process or on another replica), so it cost nothing. While
+// another replica computes the same key, Do waits for its answer (or for its claim to
+// expire, see claim.go) until ctx ends. A failure to store a computed answer is logged,
+// not returned: the answer was paid for and is good.
 func (c *Cache) Do(ctx context.Context, key string, fn func() (Entry, error)) (e Entry, hit bool, err error) {
 	type outcome struct {
 		e   Entry
@@ -196,26 +223,51 @@ func (c *Cache) Do(ctx context.Context, key string, fn func() (Entry, error)) (e
 	v, err, shared := c.sf.Do(key, func() (any, error) {
 		leader = true
 		e, found, err := c.Get(ctx, key)
-		if err != nil || found {
-			return outcome{e, true}, err
+		for err == nil && !found {
+			rev, until, cerr := c.claim(ctx, key)
+			switch {
+			case cerr != nil:
+				// Another replica may be paying: try again later rather than pay twice.
+				return outcome{}, flashpipe.AsTransient(fmt.Errorf("%w: claim: %w", ErrUnavailable, cerr))
+			case rev == 0:
+				if err := c.await(ctx, key, until); err != nil {
+					return outcome{}, err
+				}
+				e, found, err = c.Get(ctx, key)
+				continue
+			default:
+				defer c.hold(key, rev)()
+				// The claim may have been released by a replica that stored the
+				// answer since the look-up above: look again before paying.
+				if e, found, err = c.Get(ctx, key); err != nil || found {
+					return outcome{e, true}, err
+				}
+			}
+			e, err = c.compute(ctx, key, fn)
+			return outcome{e, false}, err
 		}
-		e, err = fn()
-		if err != nil {
-			return outcome{}, err
-		}
-		if e.CreatedAt.IsZero() {
-			e.CreatedAt = time.Now().UTC()
-		}
-		if perr := c.Put(context.WithoutCancel(ctx), key, e); perr != nil {
-			c.log.Warn("answer not cached", "key", key, "err", perr)
-		}
-		return outcome{e, false}, nil
+		return outcome{e, true}, err
 	})
 	if err != nil {
 		return Entry{}, false, err
 	}
 	o := v.(outcome)
 	return o.e, o.hit || (shared && !leader), nil
+}
+
+// compute pays for the answer at key with fn and stores it.
+func (c *Cache) compute(ctx context.Context, key string, fn func() (Entry, error)) (Entry, error) {
+	e, err := fn()
+	if err != nil {
+		return Entry{}, err
+	}
+	if e.CreatedAt.IsZero() {
+		e.CreatedAt = time.Now().UTC()
+	}
+	if perr := c.Put(context.WithoutCancel(ctx), key, e); perr != nil {
+		c.log.Warn("answer not cached", "key", key, "err", perr)
+	}
+	return e, nil
 }
 
 // Stats describes the cache's content.
