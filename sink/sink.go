@@ -145,7 +145,12 @@ func (s *Sink) Replay(ctx context.Context, batchID string) (int, error) {
 	}
 	total := int(info.NumPending)
 	if total == 0 {
-		return 0, fmt.Errorf("replay %s: no events in the ordered stream: %w", batchID, flashpipe.ErrNotFound)
+		keep := "ever"
+		if d := s.c.Config().MaxAge; d > 0 {
+			keep = d.String()
+		}
+		return 0, fmt.Errorf("replay %s: no events in the ordered stream (never submitted, or older than it keeps events, %s: --stream-max-age): %w",
+			batchID, keep, flashpipe.ErrNotFound)
 	}
 	it, err := oc.Messages(jetstream.PullMaxMessages(s.cfg.BatchSize), jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {

@@ -37,14 +37,19 @@ type StreamFlags struct {
 	Prefix          string        `help:"Subject prefix; stream names derive from it." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
 	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"1" env:"FLASHPIPE_STREAM_REPLICAS"`
 	StreamStorage   string        `help:"Stream storage: file or memory." default:"file" enum:"file,memory" env:"FLASHPIPE_STREAM_STORAGE"`
-	StreamMaxAge    time.Duration `help:"How long messages stay replayable (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
+	StreamMaxAge    time.Duration `help:"How long the ordered log and the manifests stay: how long a batch can be replayed and retried (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
 	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
+	// The in-flight streams are kept shorter than the log (docs/capacity.md).
+	ItemsMaxAge       time.Duration `help:"How long work items stay: how long an item may wait to be processed, and a batch be reprocessed (negative: forever)." default:"48h" env:"FLASHPIPE_ITEMS_MAX_AGE"`
+	ResultsMaxAge     time.Duration `help:"How long results stay before the sequencer must have ordered them (negative: forever)." default:"48h" env:"FLASHPIPE_RESULTS_MAX_AGE"`
+	StreamCompression string        `help:"Stream compression: s2 or none (file storage, NATS 2.10+)." default:"s2" enum:"s2,none" env:"FLASHPIPE_STREAM_COMPRESSION"`
 }
 
 func (f StreamFlags) contract() (*contract.Contract, error) {
 	return contract.New(contract.Config{
 		Prefix: f.Prefix, Replicas: f.StreamReplicas, Storage: f.StreamStorage,
 		MaxAge: f.StreamMaxAge, DuplicateWindow: f.DuplicateWindow,
+		ItemsMaxAge: f.ItemsMaxAge, ResultsMaxAge: f.ResultsMaxAge, Compression: f.StreamCompression,
 	})
 }
 

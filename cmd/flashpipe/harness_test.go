@@ -63,10 +63,16 @@ type pipeline struct {
 
 func newPipeline(t *testing.T, sim llmsim.Config) *pipeline {
 	t.Helper()
+	return newPipelineWith(t, sim, contract.Config{})
+}
+
+// newPipelineWith is newPipeline with stream settings of the test's own.
+func newPipelineWith(t *testing.T, sim llmsim.Config, streams contract.Config) *pipeline {
+	t.Helper()
 	p := &pipeline{t: t}
 	p.srv = natstest.Server(t)
 	_, p.js = natstest.Connect(t, p.srv.ClientURL())
-	p.c = natstest.Contract(t, p.js)
+	p.c = natstest.ContractWith(t, p.js, streams)
 	var err error
 	if p.sim, err = llmsim.New(sim); err != nil {
 		t.Fatal(err)
