@@ -43,6 +43,7 @@ type CLI struct {
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
 	Reprocess   ReprocessCmd   `cmd:"" help:"Run a complete batch again from the items stream (free through the cache)."`
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
+	Prune       PruneCmd       `cmd:"" help:"Delete old complete batches from the database (running batches are never deleted)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`

@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) flashpipe.Store) {
 		{"AtomicOnDatabaseError", testAtomicOnDatabaseError},
 		{"ConcurrentApply", testConcurrentApply},
 		{"LargeBatchStreams", testLargeBatchStreams},
+		{"Prune", testPrune},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
