@@ -50,7 +50,7 @@ func (l *Limiter) leaser() {
 		next := l.nextActiveLocked()
 		fallback := l.fallback
 		factor := l.throttle.factorAt(now, l.cfg.RecoverEvery)
-		schedEnd := l.schedEnd
+		schedEnd, contended := l.schedEnd, l.contended
 		l.mu.Unlock()
 		switch {
 		case waiting == 0:
@@ -69,8 +69,10 @@ func (l *Limiter) leaser() {
 		case need > 0:
 			// Saturated (the schedule's end is beyond what may be granted now): a lease
 			// taken now starts at that end anyway, so wait a chunk's time for more
-			// callers and lease for all of them at once.
-			if !lingered && need < l.chunk(factor) && schedEnd.Sub(now) > l.lookLead+l.linger() {
+			// callers and lease for all of them at once. Likewise when the last lease
+			// collided with other replicas': fewer, larger leases collide less.
+			saturated := schedEnd.Sub(now) > l.lookLead+l.linger()
+			if !lingered && need < l.chunk(factor) && (saturated || contended) {
 				lingered = true
 				l.sleep(l.linger(), nil)
 				continue
@@ -143,6 +145,7 @@ func later(a, b time.Time) time.Time {
 func (l *Limiter) lease(k int, interval time.Duration) (first time.Time, err error) {
 	iv := int64(interval)
 	var start int64
+	conflicts := l.st.conflicts.Load()
 	_, _, err = l.cas(l.ctx, l.keySched, func(cur []byte) []byte {
 		now := l.now().UnixNano()
 		end, wrote, ok := parseSchedule(cur)
@@ -163,6 +166,7 @@ func (l *Limiter) lease(k int, interval time.Duration) (first time.Time, err err
 	end := time.Unix(0, start+int64(k)*iv)
 	l.mu.Lock()
 	l.schedEnd = end
+	l.contended = l.st.conflicts.Load() > conflicts
 	l.mu.Unlock()
 	return time.Unix(0, start), nil
 }

@@ -66,7 +66,7 @@ const (
 	// casPause and casPauseMax shape the random pause before a compare-and-set is
 	// retried after a conflict.
 	casPause    = 500 * time.Microsecond
-	casPauseMax = 50 * time.Millisecond
+	casPauseMax = 250 * time.Millisecond
 	// replicasBucketSuffix names the heartbeat bucket after Config.Bucket.
 	replicasBucketSuffix = "_REPLICAS"
 )
@@ -251,8 +251,10 @@ type Limiter struct {
 	replicas      int       // live replicas of this limit, as last counted
 	countedSince  time.Time // first heartbeat since New or the last fallback
 	schedEnd      time.Time // the schedule's end as last seen (for lingering)
+	contended     bool      // the last lease lost a compare-and-set to another replica
 
 	skewLogged atomic.Int64 // Unix seconds of the last clock-skew warning
+	casTime    atomic.Int64 // moving average of a compare-and-set attempt, ns
 	st         struct {
 		granted, waited, cooldowns, leases, conflicts, errors, fallbacks, tokens atomic.Int64
 	}

@@ -169,6 +169,7 @@ func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) 
 			return nil, 0, errDisconnected
 		}
 		ctx, cancel := context.WithTimeout(parent, l.cfg.OpTimeout)
+		began := time.Now()
 		var cur []byte
 		rev = 0
 		e, err := l.kv.Get(ctx, key)
@@ -192,6 +193,7 @@ func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) 
 			wrote, err = l.kv.Update(ctx, key, val, rev)
 		}
 		cancel()
+		l.timeAttempt(time.Since(began))
 		switch {
 		case isConflict(err):
 			l.st.conflicts.Add(1)
@@ -205,9 +207,12 @@ func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) 
 }
 
 // pause sleeps before the attempt-th retry of a compare-and-set: a random time up to
-// casPause·2^attempt (at most casPauseMax). It reports false if the Limiter closed.
+// u·2^(attempt-1), u the longer of casPause and the recent duration of one attempt (a
+// loaded server widens the window in which writers collide), at most casPauseMax. It
+// reports false if the Limiter closed.
 func (l *Limiter) pause(attempt int) bool {
-	d := min(casPause<<min(attempt, 10), casPauseMax)
+	u := max(casPause, time.Duration(l.casTime.Load()))
+	d := min(u<<min(attempt-1, 10), casPauseMax)
 	t := time.NewTimer(rand.N(d) + 1)
 	defer t.Stop()
 	select {
@@ -219,6 +224,13 @@ func (l *Limiter) pause(attempt int) bool {
 }
 
 var errTooManyConflicts = errors.New("ratelimit: too many concurrent writers")
+
+// timeAttempt folds the duration of a compare-and-set attempt into the moving average
+// pause uses (weight 1/8; racing updates may drop one, which does not matter).
+func (l *Limiter) timeAttempt(d time.Duration) {
+	old := l.casTime.Load()
+	l.casTime.Store(old + (int64(d)-old)/8)
+}
 
 // shareThrottle records a 429's cooldown (and maybe a lower factor) in the bucket.
 func (l *Limiter) shareThrottle(until time.Time) error {
