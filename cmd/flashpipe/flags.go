@@ -40,8 +40,8 @@ type StreamFlags struct {
 	StreamMaxAge    time.Duration `help:"How long the ordered log and the manifests stay: how long a batch can be replayed and retried (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
 	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
 	// The in-flight streams are kept shorter than the log (docs/capacity.md).
-	ItemsMaxAge       time.Duration `help:"How long work items stay: how long an item may wait to be processed, and a batch be reprocessed (negative: forever)." default:"48h" env:"FLASHPIPE_ITEMS_MAX_AGE"`
-	ResultsMaxAge     time.Duration `help:"How long results stay before the sequencer must have ordered them (negative: forever)." default:"48h" env:"FLASHPIPE_RESULTS_MAX_AGE"`
+	ItemsMaxAge       time.Duration `help:"How long work items stay: the longest an item may wait to be processed, and how long after its submission a batch can be reprocessed (negative: forever)." default:"48h" env:"FLASHPIPE_ITEMS_MAX_AGE"`
+	ResultsMaxAge     time.Duration `help:"How long results stay: the longest a result may wait to be ordered by the sequencer (negative: forever)." default:"48h" env:"FLASHPIPE_RESULTS_MAX_AGE"`
 	StreamCompression string        `help:"Stream compression: s2 or none (file storage, NATS 2.10+)." default:"s2" enum:"s2,none" env:"FLASHPIPE_STREAM_COMPRESSION"`
 }
 

@@ -56,6 +56,7 @@ type pipeline struct {
 	sim    *llmsim.Simulator
 	api    *llm.Client
 	store  flashpipe.Store
+	dbURL  string // the store's database (a schema of the test's own)
 	cache  *cache.Cache
 	pub    *ingest.Publisher
 	stages stages.Config
@@ -86,7 +87,8 @@ func newPipelineWith(t *testing.T, sim llmsim.Config, streams contract.Config) *
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	st, err := postgres.Open(ctx, pgtest.URL(t), postgres.Config{AutoMigrate: true})
+	p.dbURL = pgtest.URL(t)
+	st, err := postgres.Open(ctx, p.dbURL, postgres.Config{AutoMigrate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

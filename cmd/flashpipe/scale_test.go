@@ -4,7 +4,7 @@
 //
 //	go test -tags scale -run Scale -v -timeout 60m ./cmd/flashpipe/
 //
-// FLASHPIPE_SCALE_BATCHES and FLASHPIPE_SCALE_BATCH_SIZE size the long run (default 200
+// FLASHPIPE_SCALE_BATCHES and FLASHPIPE_SCALE_BATCH_SIZE size the long run (default 500
 // batches of 100 items), FLASHPIPE_SCALE_SUBJECTS the subject index measurement
 // (default 1,000,000).
 
@@ -34,7 +34,6 @@ import (
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
@@ -136,11 +135,10 @@ type streamSize struct {
 	disk           int64  // on disk, compressed blocks and indexes included
 }
 
-func rssBytes(t *testing.T) int64 {
-	t.Helper()
+func rssBytes() int64 {
 	f, err := os.Open("/proc/self/status")
 	if err != nil {
-		t.Fatal(err)
+		return 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -167,23 +165,22 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-func measureStreams(t *testing.T, js jetstream.JetStream, c *contract.Contract, srv *natsx.Embedded) map[string]streamSize {
-	t.Helper()
+func measureStreams(js jetstream.JetStream, c *contract.Contract, srv *natsx.Embedded) (map[string]streamSize, error) {
 	ctx := context.Background()
 	out := map[string]streamSize{}
 	for _, name := range []string{c.BatchesStream(), c.ItemsStream(), c.ResultsStream(), c.OrderedStream()} {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		info, err := st.Info(ctx)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		out[name] = streamSize{msgs: info.State.Msgs, subjects: info.State.NumSubjects, bytes: info.State.Bytes,
-			disk: dirSize(filepath.Join(srv.Server().StoreDir(), "jetstream", "$G", "streams", name))}
+			disk: dirSize(filepath.Join(srv.Server().StoreDir(), "$G", "streams", name))}
 	}
-	return out
+	return out, nil
 }
 
 // A long run of many batches of distinct words through 4 processors, a sequencer and a
@@ -191,7 +188,7 @@ func measureStreams(t *testing.T, js jetstream.JetStream, c *contract.Contract, 
 // database's tables as it goes: what a day of ten million items needs is extrapolated
 // from the per-item figures it prints (docs/capacity.md).
 func TestScaleLongRun(t *testing.T) {
-	batches := envInt(t, "FLASHPIPE_SCALE_BATCHES", 200)
+	batches := envInt(t, "FLASHPIPE_SCALE_BATCHES", 500)
 	size := envInt(t, "FLASHPIPE_SCALE_BATCH_SIZE", 100)
 	compression := os.Getenv("FLASHPIPE_SCALE_COMPRESSION") // "" (s2) or "none"
 	p := newPipelineWith(t, llmsim.Config{}, contract.Config{Compression: compression})
@@ -201,7 +198,7 @@ func TestScaleLongRun(t *testing.T) {
 	p.startSequencer(sequencer.Config{})
 	p.startSink(sink.Config{})
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgtest.URL(t))
+	conn, err := pgx.Connect(ctx, p.dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,20 +217,22 @@ func TestScaleLongRun(t *testing.T) {
 	var mu sync.Mutex
 	stored := 0
 	start := time.Now()
-	measure := func() sample {
+	measure := func() (sample, error) {
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		s := sample{at: time.Since(start), heapMB: float64(ms.HeapInuse) / 1e6, rssMB: float64(rssBytes(t)) / 1e6,
-			goroutines: runtime.NumGoroutine(), streams: measureStreams(t, p.js, p.c, p.srv)}
+		s := sample{at: time.Since(start), heapMB: float64(ms.HeapInuse) / 1e6, rssMB: float64(rssBytes()) / 1e6,
+			goroutines: runtime.NumGoroutine()}
+		var err error
+		if s.streams, err = measureStreams(p.js, p.c, p.srv); err != nil {
+			return s, err
+		}
 		mu.Lock()
 		s.stored = stored
 		mu.Unlock()
-		if err := conn.QueryRow(ctx, `SELECT pg_total_relation_size('batches'), pg_total_relation_size('items'),
-			pg_total_relation_size('flashcards')`).Scan(&s.pgBatches, &s.pgItems, &s.pgCards); err != nil {
-			t.Fatal(err)
-		}
+		err = conn.QueryRow(ctx, `SELECT pg_total_relation_size('batches'), pg_total_relation_size('items'),
+			pg_total_relation_size('flashcards')`).Scan(&s.pgBatches, &s.pgItems, &s.pgCards)
 		s.pgTotal = s.pgBatches + s.pgItems + s.pgCards
-		return s
+		return s, err
 	}
 	var samples []sample
 	stop := make(chan struct{})
@@ -247,7 +246,12 @@ func TestScaleLongRun(t *testing.T) {
 			case <-stop:
 				return
 			case <-tick.C:
-				samples = append(samples, measure())
+				s, err := measure()
+				if err != nil {
+					t.Errorf("sample: %v", err)
+					return
+				}
+				samples = append(samples, s)
 			}
 		}
 	}()
@@ -270,7 +274,10 @@ func TestScaleLongRun(t *testing.T) {
 	close(stop)
 	<-sampled
 	elapsed := time.Since(start)
-	final := measure()
+	final, err := measure()
+	if err != nil {
+		t.Fatal(err)
+	}
 	samples = append(samples, final)
 
 	n := batches * size
