@@ -51,15 +51,15 @@
 // as last seen, is more than Window/2 + Window/16 ahead), a lease taken now would start
 // at that end anyway, so the replica first waits Window/16 for more of its callers and
 // leases for all of them at once; it does the same after a lease that collided with
-// another replica's, since fewer, larger leases collide less. A compare-and-set that loses to another replica is
-// retried after a random pause of up to u·2^(attempt-1), u the recent duration of one
-// attempt (at least 0.5 ms; at most 250 ms in all), so replicas that collided spread
-// out instead of colliding again, however slow the server is. The KV traffic is
-// therefore at most one lease per request granted, R per second, whatever the number
-// of replicas (and at most 16 per second per replica once the schedule is saturated
-// or contended),
-// and conflicts stay rare: measured with 4, 16 and 100 saturating replicas on one
-// 10,000 RPM limit (BenchmarkReplicas; numbers in docs/capacity.md).
+// another replica's, since fewer, larger leases collide less. A compare-and-set that
+// loses to another replica is retried after a random pause of up to u·2^(attempt-1), u
+// the recent duration of one attempt (at least 0.5 ms; at most 250 ms in all), so
+// replicas that collided spread out instead of colliding again, however slow the
+// server is. The KV traffic is therefore at most one lease per request granted (R per
+// second) whatever the number of replicas, and at most 16 leases per second per
+// replica once the schedule is saturated or contended; conflicts stay rare (measured
+// with 4, 16 and 100 saturating replicas on one 10,000 RPM limit: BenchmarkReplicas,
+// numbers in docs/capacity.md).
 //
 // A lease far ahead holds the budget for callers that wait for it; callers that give
 // up leave their requests unused (the budget is not exceeded, only unused). After a
