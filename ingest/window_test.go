@@ -18,13 +18,7 @@ import (
 // failed items from the ordered log) and reprocess is refused, saying why.
 func TestRetryAndReprocessAfterTheItemsExpired(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.ContractWith(t, js, contract.Config{ItemsMaxAge: time.Second, ResultsMaxAge: time.Second})
-	pub, err := ingest.NewPublisher(js, c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, c, pub := setupWith(t, contract.Config{ItemsMaxAge: time.Second, ResultsMaxAge: time.Second})
 	ctx := context.Background()
 	its := items(10)
 	sub, err := pub.Submit(ctx, ingest.Batch{ID: "old", Items: its})
@@ -53,13 +47,7 @@ func TestRetryAndReprocessAfterTheItemsExpired(t *testing.T) {
 // ordered log), retry and reprocess refuse it, naming the window.
 func TestRetryRefusedAfterTheLogExpired(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.ContractWith(t, js, contract.Config{MaxAge: time.Second})
-	pub, err := ingest.NewPublisher(js, c, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, c, pub := setupWith(t, contract.Config{MaxAge: time.Second})
 	ctx := context.Background()
 	its := items(5)
 	sub, err := pub.Submit(ctx, ingest.Batch{ID: "gone", Items: its})

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // A short heartbeat TTL for the tests: replicas heartbeat every 200 ms, and one is
@@ -50,10 +49,7 @@ func TestLiveReplicaCount(t *testing.T) {
 // most of it.
 func TestFallbackNeverExceedsTheBudget(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	r := &rig{srv: srv, url: srv.ClientURL()}
-	_, r.js = natstest.Connect(t, r.url)
-	r.c = natstest.Contract(t, r.js)
+	r := newRig(t)
 	const n = 8
 	var ls []*ratelimit.Limiter
 	for range n {
@@ -84,7 +80,7 @@ func TestFallbackNeverExceedsTheBudget(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool { return len(g.sorted()) >= 100 }, "no grants with NATS up")
 
 	down := time.Now()
-	srv.Shutdown()
+	r.srv.Shutdown()
 	eventually(t, 10*time.Second, func() bool {
 		for _, l := range ls {
 			if !l.Stats().Fallback {
@@ -118,10 +114,7 @@ func TestFallbackNeverExceedsTheBudget(t *testing.T) {
 // the others' shares already add up to the budget.
 func TestNewReplicaSpendsNothingInAFallback(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Server(t)
-	r := &rig{srv: srv, url: srv.ClientURL()}
-	_, r.js = natstest.Connect(t, r.url)
-	r.c = natstest.Contract(t, r.js)
+	r := newRig(t)
 	old := r.limiter(t, ratelimit.Config{RPM: testRPM, HeartbeatTTL: time.Minute})
 	young := r.limiter(t, ratelimit.Config{RPM: testRPM, HeartbeatTTL: time.Minute})
 	if st := young.Stats(); st.Replicas != 2 || st.FallbackShare != 0 {
@@ -130,7 +123,7 @@ func TestNewReplicaSpendsNothingInAFallback(t *testing.T) {
 	if st := old.Stats(); st.Replicas != 1 {
 		t.Fatalf("the old replica counts %d before its next heartbeat, want 1", st.Replicas)
 	}
-	srv.Shutdown()
+	r.srv.Shutdown()
 	if !blocked(young, 3*time.Second) {
 		t.Error("a replica not yet counted by the others was granted a request with NATS down")
 	}
