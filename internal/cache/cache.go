@@ -99,16 +99,17 @@ func (e Entry) encode() ([]byte, error) {
 
 // Cache is the answer cache.
 type Cache struct {
-	js       jetstream.JetStream
-	kv       jetstream.KeyValue
-	claims   jetstream.KeyValue
-	stream   string
-	bucket   string
-	sf       singleflight.Group
-	opTime   time.Duration
-	claimTTL time.Duration
-	id       string // this replica, in its claims
-	log      *slog.Logger
+	js        jetstream.JetStream
+	kv        jetstream.KeyValue
+	claims    jetstream.KeyValue
+	claimsCfg jetstream.KeyValueConfig
+	stream    string
+	bucket    string
+	sf        singleflight.Group
+	opTime    time.Duration
+	claimTTL  time.Duration
+	id        string // this replica, in its claims
+	log       *slog.Logger
 }
 
 // New opens (creating or updating) the cache bucket.
@@ -142,18 +143,19 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
-	claims, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	ccfg := jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket + claimsBucketSuffix,
 		Description: "flashpipe: answers being paid for, by the replica paying",
 		History:     1,
 		TTL:         cfg.ClaimTTL,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    cfg.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket+claimsBucketSuffix, err)
 	}
-	return &Cache{js: js, kv: kv, claims: claims, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket,
+	claims, err := js.CreateOrUpdateKeyValue(ctx, ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("cache: open bucket %s: %w", ccfg.Bucket, err)
+	}
+	return &Cache{js: js, kv: kv, claims: claims, claimsCfg: ccfg, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket,
 		opTime: cfg.OpTimeout, claimTTL: cfg.ClaimTTL, id: nuid.Next(),
 		log: cfg.Logger.With("component", "cache")}, nil
 }

@@ -28,10 +28,30 @@ const DefaultClaimTTL = 30 * time.Second
 const claimsBucketSuffix = "_CLAIMS"
 
 // claim tries to claim key for this replica. It returns the claim's revision when it
-// got it, or when the current claim, held by another replica, expires.
+// got it, or when the current claim, held by another replica, expires. The claims
+// bucket is in memory: a NATS server that restarted has lost it, and claim creates it
+// again.
 func (c *Cache) claim(ctx context.Context, key string) (rev uint64, until time.Time, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opTime)
 	defer cancel()
+	rev, until, err = c.tryClaim(ctx, key)
+	if err != nil && bucketGone(err) {
+		if _, cerr := c.js.CreateOrUpdateKeyValue(ctx, c.claimsCfg); cerr != nil {
+			return 0, time.Time{}, fmt.Errorf("%w (and re-creating the claims bucket: %w)", err, cerr)
+		}
+		c.log.Info("claims bucket re-created (the NATS server lost it)", "bucket", c.claimsCfg.Bucket)
+		rev, until, err = c.tryClaim(ctx, key)
+	}
+	return rev, until, err
+}
+
+// bucketGone reports whether err says the bucket's stream does not exist.
+func bucketGone(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, nats.ErrNoResponders)
+}
+
+func (c *Cache) tryClaim(ctx context.Context, key string) (rev uint64, until time.Time, err error) {
 	for {
 		rev, err = c.claims.Create(ctx, key, []byte(c.id))
 		if !errors.Is(err, jetstream.ErrKeyExists) {

@@ -186,3 +186,22 @@ func TestWaitForClaimEndsWithContext(t *testing.T) {
 		t.Fatalf("Do returned %v, want the context's deadline", err)
 	}
 }
+
+// The claims bucket lives in memory: after a NATS server restart lost it, the next
+// look-up creates it again and pays as usual (no item waits forever).
+func TestClaimsBucketLostIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	cs, _ := replicasOn(t, srv, c, 1, cache.Config{})
+	if err := js.DeleteKeyValue(context.Background(), c.Name(cache.DefaultBucketSuffix)+"_CLAIMS"); err != nil {
+		t.Fatal(err)
+	}
+	e, hit, err := cs[0].Do(context.Background(), "s1.m.after-restart", func() (cache.Entry, error) {
+		return entry(1, "m", "v"), nil
+	})
+	if err != nil || hit || string(e.Value) != `"v"` {
+		t.Fatalf("Do after the claims bucket was lost: %s, hit %v, err %v", e.Value, hit, err)
+	}
+}
