@@ -26,9 +26,15 @@ func items(n int) []flashpipe.Item {
 // publisher.
 func setup(t *testing.T) (jetstream.JetStream, *contract.Contract, *ingest.Publisher) {
 	t.Helper()
+	return setupWith(t, contract.Config{})
+}
+
+// setupWith is setup with stream settings of the test's own.
+func setupWith(t *testing.T, cfg contract.Config) (jetstream.JetStream, *contract.Contract, *ingest.Publisher) {
+	t.Helper()
 	srv := natstest.Server(t)
 	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.Contract(t, js)
+	c := natstest.ContractWith(t, js, cfg)
 	pub, err := ingest.NewPublisher(js, c, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -81,6 +81,10 @@ func (p *Publisher) nextGeneration(ctx context.Context, batchID string) (flashpi
 		return flashpipe.Manifest{}, 0, err
 	}
 	latest, seq, err := p.manifestAt(ctx, batchID)
+	if errors.Is(err, flashpipe.ErrNotFound) {
+		return flashpipe.Manifest{BatchID: batchID}, 0, fmt.Errorf("%w (never submitted, or its manifests are older than the batches stream keeps them, %s: --stream-max-age)",
+			err, window(p.c.Config().MaxAge))
+	}
 	if err != nil {
 		return latest, 0, err
 	}
@@ -154,7 +158,7 @@ func (p *Publisher) Reprocess(ctx context.Context, batchID string) (*Submission,
 	if n, err := p.itemsOf(ctx, batchID); err != nil {
 		return nil, fmt.Errorf("reprocess %s: %w", batchID, err)
 	} else if n < latest.Count {
-		return nil, fmt.Errorf("reprocess %s: the items stream holds %d of the batch's %d items (expired? see --stream-max-age)", batchID, n, latest.Count)
+		return nil, fmt.Errorf("reprocess %s: %w", batchID, p.itemsExpired(n, latest.Count))
 	}
 	next := latest
 	next.Generation = latest.Generation + 1
@@ -248,9 +252,26 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 		return published, err
 	}
 	if seen != m.Count {
-		return published, fmt.Errorf("the items stream holds %d of the batch's %d items (expired? see --stream-max-age)", seen, m.Count)
+		return published, p.itemsExpired(seen, m.Count)
 	}
 	return published, nil
+}
+
+// ErrItemsExpired is returned by Reprocess for a batch whose items the items stream no
+// longer holds (they are kept for the contract's ItemsMaxAge).
+var ErrItemsExpired = errors.New("items expired")
+
+func (p *Publisher) itemsExpired(have, want int) error {
+	return fmt.Errorf("%w: the items stream holds %d of the batch's %d items; it keeps items for %s (--items-max-age), so reprocess within that window of a submission, or submit the batch again",
+		ErrItemsExpired, have, want, window(p.c.Config().ItemsMaxAge))
+}
+
+// window says a stream's max age (0: forever).
+func window(d time.Duration) string {
+	if d == 0 {
+		return "ever"
+	}
+	return d.String()
 }
 
 // seqsPublished reads the headers of a batch's items and reports, by seq (1..count),

@@ -176,6 +176,14 @@ func (s *Sink) Replay(ctx context.Context, batchID string) (int, error) {
 	if err == nil {
 		err = flush()
 	}
+	if errors.Is(err, flashpipe.ErrNotFound) && applied == 0 {
+		keep := "ever"
+		if d := s.c.Config().MaxAge; d > 0 {
+			keep = d.String()
+		}
+		return 0, fmt.Errorf("replay %s: no events in the ordered stream (never submitted, or older than it keeps events, %s: --stream-max-age): %w",
+			batchID, keep, flashpipe.ErrNotFound)
+	}
 	if err != nil {
 		return applied, fmt.Errorf("replay %s: %w", batchID, err)
 	}

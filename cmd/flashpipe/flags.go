@@ -39,14 +39,19 @@ type StreamFlags struct {
 	Prefix          string        `help:"Subject prefix; stream names derive from it." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
 	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"1" env:"FLASHPIPE_STREAM_REPLICAS"`
 	StreamStorage   string        `help:"Stream storage: file or memory." default:"file" enum:"file,memory" env:"FLASHPIPE_STREAM_STORAGE"`
-	StreamMaxAge    time.Duration `help:"How long messages stay replayable (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
+	StreamMaxAge    time.Duration `help:"How long the ordered log and the manifests stay: how long a batch can be replayed and retried (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
 	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
+	// The in-flight streams are kept shorter than the log (docs/capacity.md).
+	ItemsMaxAge       time.Duration `help:"How long work items stay: the longest an item may wait to be processed, and how long after its submission a batch can be reprocessed (negative: forever)." default:"48h" env:"FLASHPIPE_ITEMS_MAX_AGE"`
+	ResultsMaxAge     time.Duration `help:"How long results stay: the longest a result may wait to be ordered by the sequencer (negative: forever)." default:"48h" env:"FLASHPIPE_RESULTS_MAX_AGE"`
+	StreamCompression string        `help:"Stream compression: s2 or none (file storage, NATS 2.10+)." default:"s2" enum:"s2,none" env:"FLASHPIPE_STREAM_COMPRESSION"`
 }
 
 func (f StreamFlags) contractConfig() contract.Config {
 	return contract.Config{
 		Prefix: f.Prefix, Replicas: f.StreamReplicas, Storage: f.StreamStorage,
 		MaxAge: f.StreamMaxAge, DuplicateWindow: f.DuplicateWindow,
+		ItemsMaxAge: f.ItemsMaxAge, ResultsMaxAge: f.ResultsMaxAge, Compression: f.StreamCompression,
 	}
 }
 
@@ -183,9 +188,9 @@ type RateLimitFlags struct {
 	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"0.8" env:"RATE_LIMIT_BUFFER"`
 	RateLimitTPM    int     `help:"API tokens per minute for all replicas together (0: none)." default:"0" env:"RATE_LIMIT_TPM"`
 	// While NATS is unreachable a replica cannot coordinate and spends a local share
-	// of the budget: budget / assumed replicas. Set it to at least the number of
-	// processor replicas, or the sum can exceed the budget during an outage.
-	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/this many (set it to at least the number of processor replicas)." default:"4" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
+	// of the budget: budget / the live replica count it last read (heartbeats). This
+	// optional floor vouches for the count (see internal/ratelimit).
+	RateLimitAssumedReplicas int `help:"While NATS is unreachable, each replica spends budget/N, N the live processor replicas it last counted; this sets a floor on N (0: the live count alone)." default:"0" env:"RATE_LIMIT_ASSUMED_REPLICAS"`
 }
 
 // config maps the flags to the limiter's configuration (RPM -1: the default).

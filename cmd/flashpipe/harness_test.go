@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +51,7 @@ type pipeline struct {
 	c     *contract.Contract
 	sim   *llmsim.Simulator
 	store flashpipe.Store
+	dbURL string // the store's database (a schema of the test's own)
 	pub   *app.Client
 }
 
@@ -61,7 +64,7 @@ func newPipeline(t *testing.T, sim llmsim.Config) *pipeline {
 func newPipelineWith(t *testing.T, cfg apptest.Config) *pipeline {
 	t.Helper()
 	p := apptest.New(t, cfg)
-	return &pipeline{Pipeline: p, t: t, js: p.JS, c: p.Contract, sim: p.Sim, store: p.Store, pub: p.Client}
+	return &pipeline{Pipeline: p, t: t, js: p.JS, c: p.Contract, sim: p.Sim, store: p.Store, dbURL: p.PostgresURL, pub: p.Client}
 }
 
 func (p *pipeline) startProcessor(cfg processor.Config) func() {
@@ -159,4 +162,23 @@ func splitTSV(t *testing.T, data string) [][]string {
 		out[i] = strings.Split(l, "\t")
 	}
 	return out
+}
+
+// service runs one hand-wired part (a test that builds replicas itself) until its stop
+// function is called or the test ends.
+func (p *pipeline) service(name string, run func(context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				p.t.Errorf("%s: %v", name, err)
+			}
+		})
+	}
+	p.t.Cleanup(stop)
+	return stop
 }

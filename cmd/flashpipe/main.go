@@ -46,6 +46,7 @@ type CLI struct {
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
 	Reprocess   ReprocessCmd   `cmd:"" help:"Run a complete batch again from the items stream (free through the cache)."`
 	Replay      ReplayCmd      `cmd:"" help:"Rebuild the database rows of batches from the ordered stream (e.g. into an empty database after a restore)."`
+	Prune       PruneCmd       `cmd:"" help:"Delete old complete batches from the database (running batches are never deleted)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
 	DeadLetters DeadLettersCmd `cmd:"" name:"deadletters" help:"List, or replay once fixed, the events the database refused (set aside with their reasons)."`

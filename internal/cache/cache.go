@@ -8,8 +8,9 @@
 // Entries are permanent unless Config.TTL is set or the user clears them.
 //
 // Concurrency: identical look-ups in flight in one process share one computation
-// (singleflight); across processes, two replicas racing on the same key may each pay
-// once. All methods are safe for concurrent use.
+// (singleflight); across processes, the replica that pays for an answer first claims
+// its key (see claim.go), and the others wait for its answer, so identical look-ups on
+// any number of replicas pay once. All methods are safe for concurrent use.
 package cache
 
 import (
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/flashpipe/flashpipe"
@@ -50,7 +52,11 @@ type Config struct {
 	Storage  string
 	// OpTimeout bounds one read or write (DefaultOpTimeout).
 	OpTimeout time.Duration
-	Logger    *slog.Logger
+	// ClaimTTL is how long other replicas wait for one that died while paying for an
+	// answer they also look up (DefaultClaimTTL); a live one renews its claim every
+	// ClaimTTL/3. All replicas sharing a Bucket must use the same.
+	ClaimTTL time.Duration
+	Logger   *slog.Logger
 }
 
 // Entry is one cached answer.
@@ -93,13 +99,17 @@ func (e Entry) encode() ([]byte, error) {
 
 // Cache is the answer cache.
 type Cache struct {
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	stream string
-	bucket string
-	sf     singleflight.Group
-	opTime time.Duration
-	log    *slog.Logger
+	js        jetstream.JetStream
+	kv        jetstream.KeyValue
+	claims    jetstream.KeyValue // nil for a client's cache (Open), which pays for nothing
+	claimsCfg jetstream.KeyValueConfig
+	stream    string
+	bucket    string
+	sf        singleflight.Group
+	opTime    time.Duration
+	claimTTL  time.Duration
+	id        string // this replica, in its claims
+	log       *slog.Logger
 }
 
 // withDefaults fills in the bucket name, replicas, storage, timeout and logger.
@@ -111,7 +121,22 @@ func (cfg Config) withDefaults(c *contract.Contract) Config {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.OpTimeout = cmp.Or(cfg.OpTimeout, DefaultOpTimeout)
+	cfg.ClaimTTL = cmp.Or(cfg.ClaimTTL, DefaultClaimTTL)
 	return cfg
+}
+
+// ClaimsConfig is the configuration of the bucket where replicas claim the answers
+// they are paying for (in memory: a claim lives only as long as its TTL).
+func ClaimsConfig(c *contract.Contract, cfg Config) jetstream.KeyValueConfig {
+	cfg = cfg.withDefaults(c)
+	return jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket + claimsBucketSuffix,
+		Description: "flashpipe: answers being paid for, by the replica paying",
+		History:     1,
+		TTL:         cfg.ClaimTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    cfg.Replicas,
+	}
 }
 
 // BucketConfig is the configuration New creates the cache bucket with.
@@ -137,11 +162,21 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		return nil, errors.New("cache: Config.TTL must not be negative")
 	}
 	cfg = cfg.withDefaults(c)
+	if cfg.ClaimTTL < 300*time.Millisecond {
+		return nil, fmt.Errorf("cache: Config.ClaimTTL must be at least 300ms, got %s", cfg.ClaimTTL)
+	}
 	kv, err := contract.OpenKeyValue(ctx, js, BucketConfig(c, cfg), cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("cache: open bucket %s: %w", cfg.Bucket, err)
 	}
-	return newCache(js, kv, cfg), nil
+	ccfg := ClaimsConfig(c, cfg)
+	claims, err := contract.OpenKeyValue(ctx, js, ccfg, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("cache: open bucket %s: %w", ccfg.Bucket, err)
+	}
+	cc := newCache(js, kv, cfg)
+	cc.claims, cc.claimsCfg = claims, ccfg
+	return cc, nil
 }
 
 // Open opens the existing cache bucket without creating or changing anything (what a
@@ -160,7 +195,7 @@ func Open(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg
 
 func newCache(js jetstream.JetStream, kv jetstream.KeyValue, cfg Config) *Cache {
 	return &Cache{js: js, kv: kv, bucket: cfg.Bucket, stream: "KV_" + cfg.Bucket, opTime: cfg.OpTimeout,
-		log: cfg.Logger.With("component", "cache")}
+		claimTTL: cfg.ClaimTTL, id: nuid.Next(), log: cfg.Logger.With("component", "cache")}
 }
 
 var unsafeToken = regexp.MustCompile(`[^A-Za-z0-9_-]`)

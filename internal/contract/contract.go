@@ -30,15 +30,26 @@ import (
 	"github.com/flashpipe/flashpipe"
 )
 
-// Defaults for Config.
+// Defaults for Config. The retention windows are sized for ten million items a day
+// (docs/capacity.md): the ordered log and the manifests for a week, the items and
+// results, which only a batch in progress and reprocess read, for two days.
 const (
 	DefaultPrefix          = "flashpipe"
 	DefaultReplicas        = 1
 	DefaultMaxAge          = 7 * 24 * time.Hour
+	DefaultItemsMaxAge     = 48 * time.Hour
+	DefaultResultsMaxAge   = 48 * time.Hour
 	DefaultDuplicateWindow = 10 * time.Minute
+	DefaultCompression     = CompressionS2
 	// DefaultRefusedMaxAge and DefaultRefusedMaxBytes bound the refused messages kept.
 	DefaultRefusedMaxAge   = 30 * 24 * time.Hour
 	DefaultRefusedMaxBytes = 1 << 30
+)
+
+// Stream compression kinds for Config.Compression.
+const (
+	CompressionS2   = "s2"
+	CompressionNone = "none"
 )
 
 // Storage kinds for Config.Storage.
@@ -58,9 +69,24 @@ type Config struct {
 	Replicas int
 	// Storage is StorageFile (default) or StorageMemory.
 	Storage string
-	// MaxAge bounds how long messages stay replayable. Zero means DefaultMaxAge; a
-	// negative value keeps them forever.
+	// MaxAge bounds how long the ordered log and the manifests stay (the BATCHES and
+	// ORDERED streams): how long a batch can be replayed, retried and reprocessed.
+	// Zero means DefaultMaxAge; a negative value keeps them forever.
 	MaxAge time.Duration
+	// ItemsMaxAge bounds how long work items stay in the ITEMS stream: how long an
+	// item may wait to be processed, and how long after its submission a batch can be
+	// reprocessed (retry needs only the ordered log). Zero means DefaultItemsMaxAge; a
+	// negative value keeps them forever.
+	ItemsMaxAge time.Duration
+	// ResultsMaxAge bounds how long results stay in the RESULTS stream: how long a
+	// result may wait to be ordered by the sequencer (nothing reads it once its
+	// generation is complete). Zero means DefaultResultsMaxAge; a negative value keeps
+	// them forever.
+	ResultsMaxAge time.Duration
+	// Compression is the streams' storage compression: CompressionS2 (default) or
+	// CompressionNone. It applies to file storage (nats-server 2.10+), compresses
+	// blocks as they are written and is transparent to readers.
+	Compression string
 	// DuplicateWindow is how long JetStream remembers Nats-Msg-Ids.
 	DuplicateWindow time.Duration
 	// RefusedMaxAge and RefusedMaxBytes bound the refused-messages stream
@@ -74,14 +100,24 @@ func (c Config) withDefaults() Config {
 	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
 	c.Replicas = cmp.Or(c.Replicas, DefaultReplicas)
 	c.Storage = cmp.Or(c.Storage, StorageFile)
-	c.MaxAge = cmp.Or(c.MaxAge, DefaultMaxAge)
-	if c.MaxAge < 0 {
-		c.MaxAge = 0
-	}
+	c.MaxAge = maxAgeOr(c.MaxAge, DefaultMaxAge)
+	c.ItemsMaxAge = maxAgeOr(c.ItemsMaxAge, DefaultItemsMaxAge)
+	c.ResultsMaxAge = maxAgeOr(c.ResultsMaxAge, DefaultResultsMaxAge)
 	c.DuplicateWindow = cmp.Or(c.DuplicateWindow, DefaultDuplicateWindow)
+	c.Compression = cmp.Or(c.Compression, DefaultCompression)
 	c.RefusedMaxAge = cmp.Or(c.RefusedMaxAge, DefaultRefusedMaxAge)
 	c.RefusedMaxBytes = cmp.Or(c.RefusedMaxBytes, DefaultRefusedMaxBytes)
 	return c
+}
+
+// maxAgeOr is a max age with its default filled in: zero means def, negative forever
+// (JetStream's 0).
+func maxAgeOr(d, def time.Duration) time.Duration {
+	d = cmp.Or(d, def)
+	if d < 0 {
+		return 0
+	}
+	return d
 }
 
 func (c Config) validate() error {
@@ -97,9 +133,20 @@ func (c Config) validate() error {
 	if c.DuplicateWindow < 0 {
 		return fmt.Errorf("contract: Config.DuplicateWindow must not be negative")
 	}
-	if c.MaxAge > 0 && c.DuplicateWindow > c.MaxAge {
-		return fmt.Errorf("contract: Config.DuplicateWindow (%s) must not be longer than Config.MaxAge (%s): JetStream cannot remember a message id longer than it keeps the message; shorten --duplicate-window or lengthen --stream-max-age",
-			c.DuplicateWindow, c.MaxAge)
+	if c.Compression != CompressionS2 && c.Compression != CompressionNone {
+		return fmt.Errorf("contract: Config.Compression must be %q or %q, got %q", CompressionS2, CompressionNone, c.Compression)
+	}
+	for _, f := range []struct {
+		name, flag string
+		d          time.Duration
+	}{{"MaxAge", "--stream-max-age", c.MaxAge}, {"ItemsMaxAge", "--items-max-age", c.ItemsMaxAge}, {"ResultsMaxAge", "--results-max-age", c.ResultsMaxAge}} {
+		if f.d > 0 && f.d < time.Second {
+			return fmt.Errorf("contract: Config.%s must be at least 1s (or negative: forever), got %s", f.name, f.d)
+		}
+		if f.d > 0 && c.DuplicateWindow > f.d {
+			return fmt.Errorf("contract: Config.DuplicateWindow (%s) must not be longer than Config.%s (%s): JetStream cannot remember a message id longer than it keeps the message; shorten --duplicate-window or lengthen %s",
+				c.DuplicateWindow, f.name, f.d, f.flag)
+		}
 	}
 	return nil
 }
@@ -192,9 +239,25 @@ func StorageTypeOf(s string) jetstream.StorageType {
 func (c *Contract) ScheduleBucket() string { return c.Name("SCHEDULE") }
 
 // StreamConfigs returns the configuration of the streams.
+//
+// No stream limits messages per subject: a retry or reprocess generation adds a message
+// to each of its items' subjects, and reprocess reads every item's generation 0 message
+// back from the items stream, so keeping only the last one per subject would make a
+// batch that was retried impossible to reprocess; the sequencer reads the last result
+// per subject but skips other generations', and the ordered subject of a batch is its
+// whole log. What bounds every stream is its age (and with it the subject count, which
+// costs the server memory per subject: docs/capacity.md).
 func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 	storage := c.StorageType()
-	mk := func(name, subject, desc string) jetstream.StreamConfig {
+	compression := jetstream.S2Compression
+	if c.cfg.Compression == CompressionNone {
+		compression = jetstream.NoCompression
+	}
+	mk := func(name, subject, desc string, maxAge time.Duration) jetstream.StreamConfig {
+		dup := c.cfg.DuplicateWindow
+		if maxAge > 0 && dup > maxAge {
+			dup = maxAge // JetStream requires the duplicate window within the max age
+		}
 		return jetstream.StreamConfig{
 			Name:        name,
 			Description: desc,
@@ -203,28 +266,28 @@ func (c *Contract) StreamConfigs() []jetstream.StreamConfig {
 			Discard:     jetstream.DiscardOld,
 			Storage:     storage,
 			Replicas:    c.cfg.Replicas,
-			MaxAge:      c.cfg.MaxAge,
-			Duplicates:  c.cfg.DuplicateWindow,
+			MaxAge:      maxAge,
+			Duplicates:  dup,
+			Compression: compression,
 			AllowDirect: true,
 		}
 	}
-	ordered := mk(c.OrderedStream(), c.prefix+".ordered.*", "flashpipe ordered events per batch")
+	ordered := mk(c.OrderedStream(), c.prefix+".ordered.*", "flashpipe ordered events per batch", c.cfg.MaxAge)
 	// The sequencer appends runs of events as atomic batches where the server supports
 	// them (nats-server 2.12+); older servers ignore the flag and it appends one by one.
 	ordered.AllowAtomicPublish = true
 	// The scheduler dispatches items here in fair order; a processor's ack removes
 	// them. The scheduler keeps only a window of them ahead of the processors, and an
 	// item waiting here must never expire (no max age).
-	ready := mk(c.ReadyStream(), c.prefix+".ready.*.*", "flashpipe items dispatched to the processors, in fair order")
-	ready.Retention, ready.MaxAge = jetstream.WorkQueuePolicy, 0
-	refused := mk(c.RefusedStream(), c.prefix+".refused.*", "flashpipe messages refused, with the reason (kept for the operator and the upstream)")
-	refused.MaxAge, refused.MaxBytes = c.cfg.RefusedMaxAge, c.cfg.RefusedMaxBytes
-	refused.Duplicates = min(c.cfg.DuplicateWindow, c.cfg.RefusedMaxAge)
+	ready := mk(c.ReadyStream(), c.prefix+".ready.*.*", "flashpipe items dispatched to the processors, in fair order", 0)
+	ready.Retention = jetstream.WorkQueuePolicy
+	refused := mk(c.RefusedStream(), c.prefix+".refused.*", "flashpipe messages refused, with the reason (kept for the operator and the upstream)", c.cfg.RefusedMaxAge)
+	refused.MaxBytes = c.cfg.RefusedMaxBytes
 	return []jetstream.StreamConfig{
-		mk(c.BatchesStream(), c.prefix+".batches.*", "flashpipe batch manifests"),
-		mk(c.ItemsStream(), c.prefix+".items.*.*", "flashpipe work items, one per message"),
+		mk(c.BatchesStream(), c.prefix+".batches.*", "flashpipe batch manifests", c.cfg.MaxAge),
+		mk(c.ItemsStream(), c.prefix+".items.*.*", "flashpipe work items, one per message", c.cfg.ItemsMaxAge),
 		ready,
-		mk(c.ResultsStream(), c.prefix+".results.*.*", "flashpipe results, one per item and generation"),
+		mk(c.ResultsStream(), c.prefix+".results.*.*", "flashpipe results, one per item and generation", c.cfg.ResultsMaxAge),
 		ordered,
 		refused,
 	}

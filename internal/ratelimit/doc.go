@@ -13,16 +13,17 @@
 // # The request budget: a shared schedule
 //
 // Let R be the budget in requests per second: RPM × Buffer × factor / 60, and T = 1/R
-// the spacing of requests. The key "<key>.sched" holds one number, the schedule's end
-// (GCRA's "theoretical arrival time", Unix nanoseconds). A replica with callers waiting
-// leases k requests at once: the lease starts at max(end, now), its requests take the
-// slots start, start+T, ... start+(k-1)T, and it is granted only if its last slot is
-// at most Window/2 ahead of now; the key then moves to start+kT. The write is a
+// the spacing of requests. The key "<key>.sched" holds the schedule's end (GCRA's
+// "theoretical arrival time") and the clock of the replica that wrote it, both Unix
+// nanoseconds. A replica with callers waiting leases k requests at once, one for each
+// caller that has none yet: the lease starts at max(end, now), its requests take the
+// slots start, start+T, ... start+(k-1)T, and the key moves to start+kT. The write is a
 // compare-and-set (kv.Create for the first lease ever, kv.Update with the revision read
-// otherwise); a replica that loses the race reads again and retries, and one that finds
-// the schedule full sleeps exactly until its lease fits. The leased requests go to the
-// replica's waiting callers at once, first come first served; a request no caller takes
-// (the caller gave up) expires Window/2 - T after its slot.
+// otherwise). A lease is granted however far ahead its slots are: the replica holds
+// its requests and hands each part of at most a chunk of max(1, R·Window/16) requests
+// to its waiting callers, first come first served, from Window/2 before the part's
+// last slot on. A request no caller takes (the caller gave up) expires Window/2 - T
+// after its slot.
 //
 // The bound: every granted request has its own slot, slots are T apart, and a request
 // is granted no earlier than Window/2 before its slot and no later than Window/2 - T
@@ -41,11 +42,28 @@
 // long as that is ahead of now, so busy replicas together get the whole budget, and the
 // bucket holds a handful of keys per limit that never need a TTL.
 //
-// No replica owns a share: replicas lease only for callers waiting in Wait, at most a
-// chunk of max(1, R·Window/16) requests at a time, so an idle replica holds nothing and
-// a busy one can use all of the budget. That also bounds the KV traffic: about 16
-// leases per second per limit whatever the rate, plus the compare-and-set retries of
-// replicas racing for the same slots.
+// # Coordination cost with many replicas
+//
+// No replica owns a share: replicas lease only for callers waiting in Wait, so an idle
+// replica holds nothing and a busy one can use all of the budget. A lease is never
+// refused, so no replica polls a full schedule, and replicas do not wake up together:
+// each leases when its own callers come back. When the schedule is saturated (its end,
+// as last seen, is more than Window/2 + Window/16 ahead), a lease taken now would start
+// at that end anyway, so the replica first waits Window/16 for more of its callers and
+// leases for all of them at once; it does the same after a lease that collided with
+// another replica's, since fewer, larger leases collide less. A compare-and-set that
+// loses to another replica is retried after a random pause of up to u·2^(attempt-1), u
+// the recent duration of one attempt (at least 0.5 ms; at most 250 ms in all), so
+// replicas that collided spread out instead of colliding again, however slow the
+// server is. The KV traffic is therefore at most one lease per request granted (R per
+// second) whatever the number of replicas, and at most 16 leases per second per
+// replica once the schedule is saturated or contended; conflicts stay rare (measured
+// with 4, 16 and 100 saturating replicas on one 10,000 RPM limit: BenchmarkReplicas,
+// numbers in docs/capacity.md).
+//
+// A lease far ahead holds the budget for callers that wait for it; callers that give
+// up leave their requests unused (the budget is not exceeded, only unused). After a
+// 429, leased requests whose slots fall in the cooldown are dropped; later ones stay.
 //
 // # Cooldown and rate factor
 //
@@ -77,25 +95,43 @@
 //
 // When the connection is down or a KV operation fails (each is bounded by
 // Config.OpTimeout), the replica falls back to a local share: a golang.org/x/time/rate
-// limiter at budget × factor / Config.AssumedReplicas requests per second with a burst
-// of one, and the same share of the tokens budget counted over its own requests. Set
-// AssumedReplicas to the number of replicas you run (default 4): if more run, the sum
-// can exceed the budget during the outage. Cooldowns then apply to this replica only.
-// It logs the fallback, probes every ProbeInterval (re-creating the bucket if the
-// server lost it), and when the bucket answers again it restarts its watches, logs, and
-// coordinates again. Wait never spins and never grants more than the share meanwhile.
+// limiter at budget × factor / n requests per second with a burst of one (starting
+// empty), and the same share of the tokens budget counted over its own requests. n is
+// the live replica count: every replica puts "<key>.<id>" into the replicas bucket
+// (<Bucket>_REPLICAS, whose MaxAge is Config.HeartbeatTTL, 15 s by default) every
+// HeartbeatTTL/3 and then counts the keys of its limit; the last count read before the
+// outage is used. Requests it leased from the shared schedule and had not granted are
+// dropped when it falls back. So when NATS goes away for all replicas at once, the
+// shares add up to at most the budget: a replica stopped within the last HeartbeatTTL
+// is still counted (its share is unused), and a replica that started less than two
+// heartbeat periods ago, which the others may not count yet, spends nothing until NATS
+// is back. Config.AssumedReplicas, when set, is a floor on n and vouches for the count
+// (a new replica then spends its share at once). With n replicas the shares can add a
+// burst of n requests after an idle spell, within the bound while n ≤ R·Window.
+//
+// What the fallback cannot see: a partition that cuts some replicas off while others
+// still reach NATS. The others keep using the whole schedule, so each cut-off replica's
+// share comes on top; a processor cut off from NATS cannot fetch items or publish
+// results, so it only finishes the calls of the items in hand. Cooldowns apply to the
+// replica alone during a fallback. It logs the fallback, probes every ProbeInterval
+// (re-creating the buckets if the server lost them), and when the buckets answer again
+// it restarts its watches, heartbeats, logs, and coordinates again. Wait never spins
+// and never grants more than the share meanwhile.
 //
 // # Deployment notes
 //
-// The bucket (default <PREFIX>_RATELIMIT) is in memory, keeps one revision per key and
-// has the contract's replica count: its state is worth seconds to minutes, and a server
-// that restarts without it forgets at most a cooldown and half a Window of schedule. It
-// uses only compare-and-set, single-key watches and direct gets, so it works with
+// The buckets (default <PREFIX>_RATELIMIT and <PREFIX>_RATELIMIT_REPLICAS) are in
+// memory, keep one revision per key and have the contract's replica count: their state
+// is worth seconds to minutes, and a server that restarts without them forgets at most
+// a cooldown and the requests leased ahead. They use only compare-and-set, single-key
+// watches, direct gets, a bucket-wide MaxAge and stream info, so they work with
 // nats-server 2.9 and newer (no per-key TTLs, which need 2.11). Replicas compare their
 // own clock with the schedule others wrote: keep clocks synchronised (NTP); a skew of d
-// adds R·d to the bound, and a schedule more than Window + T ahead of the local clock is
-// taken for skew, ignored and logged. All replicas sharing a Key must use the same RPM,
-// TPM, Buffer and Window.
+// adds R·d to the bound, and a schedule written by a clock more than Window + T ahead
+// of the local one is taken for skew, ignored and logged. All replicas sharing a Key
+// must use the same RPM, TPM, Buffer, Window and HeartbeatTTL, and the same version of
+// this package: the schedule's value changed in the version that added the live
+// replica count, so stop every older processor before starting newer ones.
 //
 // A Limiter is safe for concurrent use by any number of goroutines.
 package ratelimit

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"math"
 	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"golang.org/x/time/rate"
 
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -34,9 +36,8 @@ const (
 	DefaultMinRateFactor = 0.25
 	// DefaultRecoverEvery is how often the rate factor recovers one RecoverStep.
 	DefaultRecoverEvery = 10 * time.Second
-	// DefaultAssumedReplicas is how many replicas a replica assumes share the budget
-	// while it cannot reach NATS.
-	DefaultAssumedReplicas = 4
+	// DefaultHeartbeatTTL is how long a replica that stopped stays in the live count.
+	DefaultHeartbeatTTL = 15 * time.Second
 	// DefaultOpTimeout bounds each KV operation.
 	DefaultOpTimeout = 2 * time.Second
 )
@@ -52,7 +53,8 @@ const (
 	DefaultCooldown = time.Second
 	// MaxCooldown caps any cooldown.
 	MaxCooldown = 5 * time.Minute
-	// ChunkDivisor sizes leases: at most max(1, R·Window/ChunkDivisor) requests each.
+	// ChunkDivisor sizes the parts of a lease that are granted together: at most
+	// max(1, R·Window/ChunkDivisor) requests each.
 	ChunkDivisor = 16
 	// ProbeInterval is how often a replica that fell back checks whether NATS is back.
 	ProbeInterval = time.Second
@@ -62,6 +64,12 @@ const (
 	minWindow = 10 * time.Millisecond
 	// maxCAS bounds the compare-and-set attempts of one operation.
 	maxCAS = 32
+	// casPause and casPauseMax shape the random pause before a compare-and-set is
+	// retried after a conflict.
+	casPause    = 500 * time.Microsecond
+	casPauseMax = 250 * time.Millisecond
+	// replicasBucketSuffix names the heartbeat bucket after Config.Bucket.
+	replicasBucketSuffix = "_REPLICAS"
 )
 
 // ErrClosed is returned by Wait once the Limiter is closed.
@@ -93,9 +101,16 @@ type Config struct {
 	// RecoverEvery is how often the factor recovers one RecoverStep
 	// (DefaultRecoverEvery).
 	RecoverEvery time.Duration
-	// AssumedReplicas is how many replicas a replica assumes share the budget while it
-	// cannot reach NATS (DefaultAssumedReplicas): it then spends budget/AssumedReplicas.
+	// AssumedReplicas, when set, is a floor on the number of replicas the budget is
+	// split over while NATS is unreachable, and vouches for it: a replica then spends
+	// budget/max(live count, AssumedReplicas) from its first moment. Zero (the
+	// default) uses the live count alone, and a replica too new to be counted by the
+	// others spends nothing (see the package doc).
 	AssumedReplicas int
+	// HeartbeatTTL is how long a replica that stopped stays in the live count
+	// (DefaultHeartbeatTTL); replicas heartbeat every HeartbeatTTL/3. All replicas
+	// sharing a Bucket must use the same.
+	HeartbeatTTL time.Duration
 	// OpTimeout bounds each KV operation (DefaultOpTimeout).
 	OpTimeout time.Duration
 	// Clock tells the time (default time.Now); for tests.
@@ -123,8 +138,8 @@ func (c Config) withDefaults(ct *contract.Contract) Config {
 	if c.RecoverEvery == 0 {
 		c.RecoverEvery = DefaultRecoverEvery
 	}
-	if c.AssumedReplicas == 0 {
-		c.AssumedReplicas = DefaultAssumedReplicas
+	if c.HeartbeatTTL == 0 {
+		c.HeartbeatTTL = DefaultHeartbeatTTL
 	}
 	if c.OpTimeout == 0 {
 		c.OpTimeout = DefaultOpTimeout
@@ -158,6 +173,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("ratelimit: Config.AssumedReplicas %d is negative", c.AssumedReplicas)
 	case c.OpTimeout < 0:
 		return fmt.Errorf("ratelimit: Config.OpTimeout %v is negative", c.OpTimeout)
+	case c.HeartbeatTTL < 3*minWindow:
+		return fmt.Errorf("ratelimit: Config.HeartbeatTTL %v is shorter than %v", c.HeartbeatTTL, 3*minWindow)
 	}
 	return nil
 }
@@ -176,12 +193,17 @@ type Stats struct {
 	// Leases counts leases taken from the shared schedule; Conflicts the
 	// compare-and-set writes another replica won (each retried).
 	Leases, Conflicts int64
+	// Replicas is the live replica count last read (this one included).
+	Replicas int
 	// Errors counts failed KV operations (not conflicts).
 	Errors int64
 	// Fallback is true while NATS is unreachable and the local share applies;
-	// Fallbacks counts how often that began.
-	Fallback  bool
-	Fallbacks int64
+	// Fallbacks counts how often that began. FallbackShare is the fraction of the
+	// budget this replica spends in a fallback now (0 while it is too new to be
+	// counted by the others).
+	Fallback      bool
+	Fallbacks     int64
+	FallbackShare float64
 	// Tokens is the total Observe reported to this replica; MinuteTokens the tokens of
 	// the last minute as this replica sees them (all replicas', with its own share only
 	// in the fallback), the figure the TPM budget is checked against.
@@ -197,8 +219,10 @@ type Limiter struct {
 	nc        *nats.Conn
 	kv        jetstream.KeyValue
 	bucketCfg jetstream.KeyValueConfig
+	hb        jetstream.KeyValue // the replicas bucket: heartbeats
+	hbCfg     jetstream.KeyValueConfig
 
-	keySched, keyThrottle, keyTokens string
+	keySched, keyThrottle, keyTokens, keyHeartbeat string
 
 	perSec   float64 // request budget per second at factor 1 (0: none)
 	perMin   float64 // token budget per minute at factor 1 (0: none)
@@ -225,8 +249,13 @@ type Limiter struct {
 	fallback      bool
 	fb            *rate.Limiter // the local share while fallback
 	loggedFactor  float64
+	replicas      int       // live replicas of this limit, as last counted
+	countedSince  time.Time // first heartbeat since New or the last fallback
+	schedEnd      time.Time // the schedule's end as last seen (for lingering)
+	contended     bool      // the last lease lost a compare-and-set to another replica
 
 	skewLogged atomic.Int64 // Unix seconds of the last clock-skew warning
+	casTime    atomic.Int64 // moving average of a compare-and-set attempt, ns
 	st         struct {
 		granted, waited, cooldowns, leases, conflicts, errors, fallbacks, tokens atomic.Int64
 	}
@@ -238,9 +267,12 @@ type waiter struct {
 	expiry  time.Time // of the request granted
 }
 
-// batch is n leased requests that expire together.
+// batch is n leased requests that are granted from the same moment on and expire
+// together.
 type batch struct {
 	n      int
+	first  time.Time // the slot of its first request (zero: unknown)
+	from   time.Time // granted from then on (zero: at once)
 	expiry time.Time
 }
 
@@ -272,6 +304,18 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", cfg.Bucket, err)
 	}
+	hcfg := jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket + replicasBucketSuffix,
+		Description: "flashpipe: live processor replicas per rate limit (heartbeats)",
+		History:     1,
+		TTL:         cfg.HeartbeatTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    c.Config().Replicas,
+	}
+	hb, err := js.CreateOrUpdateKeyValue(ctx, hcfg)
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", hcfg.Bucket, err)
+	}
 	lctx, cancel := context.WithCancel(context.Background())
 	l := &Limiter{
 		cfg:          cfg,
@@ -280,9 +324,12 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		nc:           js.Conn(),
 		kv:           kv,
 		bucketCfg:    bcfg,
+		hb:           hb,
+		hbCfg:        hcfg,
 		keySched:     cfg.Key + ".sched",
 		keyThrottle:  cfg.Key + ".throttle",
 		keyTokens:    cfg.Key + ".tokens",
+		keyHeartbeat: cfg.Key + "." + nuid.Next(),
 		perSec:       float64(cfg.RPM) * cfg.Buffer / 60,
 		perMin:       float64(cfg.TPM) * cfg.Buffer,
 		lookLead:     cfg.Window / 2,
@@ -297,6 +344,11 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("ratelimit: watch %s: %w", cfg.Bucket, err)
+	}
+	if err := l.heartbeat(ctx); err != nil {
+		ws.stop()
+		cancel()
+		return nil, err
 	}
 	l.loggedFactor = l.Stats().Factor
 	l.wg.Add(1)
@@ -358,7 +410,7 @@ func (l *Limiter) Wait(ctx context.Context) error {
 	l.mu.Lock()
 	if len(l.queue) == 0 && !l.gateLocked(now).After(now) {
 		l.expireLocked(now)
-		if len(l.held) > 0 {
+		if l.activeLocked(now) {
 			l.takeLocked()
 			l.mu.Unlock()
 			l.count(start)
@@ -504,6 +556,7 @@ func (l *Limiter) Stats() Stats {
 	until := l.cooldownUntil
 	fallback := l.fallback
 	minuteTokens := l.tokenViewLocked().sum(now.Unix())
+	replicas, share := l.replicas, l.shareLocked(now)
 	l.mu.Unlock()
 	return Stats{
 		Granted:       l.st.granted.Load(),
@@ -516,6 +569,8 @@ func (l *Limiter) Stats() Stats {
 		Errors:        l.st.errors.Load(),
 		Fallback:      fallback,
 		Fallbacks:     l.st.fallbacks.Load(),
+		FallbackShare: share,
+		Replicas:      replicas,
 		Tokens:        l.st.tokens.Load(),
 		MinuteTokens:  minuteTokens,
 	}
@@ -538,7 +593,11 @@ func (l *Limiter) gateLocked(now time.Time) time.Time {
 func (l *Limiter) tokenGateLocked(now time.Time) time.Time {
 	limit := l.perMin * l.throttle.factorAt(now, l.cfg.RecoverEvery)
 	if l.fallback {
-		limit /= float64(l.cfg.AssumedReplicas)
+		share := l.shareLocked(now)
+		if share == 0 { // nothing to spend: look again after the next probe
+			return now.Add(ProbeInterval)
+		}
+		limit *= share
 	}
 	return l.tokenViewLocked().openAt(now.Unix(), limit)
 }
@@ -560,7 +619,8 @@ func (l *Limiter) extendCooldownLocked(until, now time.Time) bool {
 	}
 	started := !l.cooldownUntil.After(now)
 	l.cooldownUntil = until
-	l.held = l.held[:0] // requests leased before the 429 are not sent
+	// Requests leased for the cooldown are not sent; those leased for after it are.
+	l.held = slices.DeleteFunc(l.held, func(b batch) bool { return b.first.Before(until) })
 	if started {
 		l.st.cooldowns.Add(1)
 	}
@@ -568,13 +628,7 @@ func (l *Limiter) extendCooldownLocked(until, now time.Time) bool {
 }
 
 func (l *Limiter) expireLocked(now time.Time) {
-	i := 0
-	for i < len(l.held) && l.held[i].expiry.Before(now) {
-		i++
-	}
-	if i > 0 {
-		l.held = append(l.held[:0], l.held[i:]...)
-	}
+	l.held = slices.DeleteFunc(l.held, func(b batch) bool { return b.expiry.Before(now) })
 }
 
 func (l *Limiter) heldLocked() int {
@@ -585,7 +639,22 @@ func (l *Limiter) heldLocked() int {
 	return n
 }
 
-// takeLocked removes one held request (there must be one) and returns its expiry.
+// activeLocked reports whether a held request may be granted at now (held is in
+// slot order: the first batch is granted first).
+func (l *Limiter) activeLocked(now time.Time) bool {
+	return len(l.held) > 0 && !l.held[0].from.After(now)
+}
+
+// nextActiveLocked is when the first held batch may be granted (zero: none held).
+func (l *Limiter) nextActiveLocked() time.Time {
+	if len(l.held) == 0 {
+		return time.Time{}
+	}
+	return l.held[0].from
+}
+
+// takeLocked removes one active held request (there must be one) and returns its
+// expiry.
 func (l *Limiter) takeLocked() time.Time {
 	b := &l.held[0]
 	exp := b.expiry
@@ -603,7 +672,7 @@ func (l *Limiter) distributeLocked(now time.Time) {
 	}
 	l.expireLocked(now)
 	n := 0
-	for n < len(l.queue) && len(l.held) > 0 {
+	for n < len(l.queue) && l.activeLocked(now) {
 		w := l.queue[n]
 		w.expiry = l.takeLocked()
 		w.granted = true
@@ -614,141 +683,6 @@ func (l *Limiter) distributeLocked(now time.Time) {
 		clear(l.queue[:n])
 		l.queue = append(l.queue[:0], l.queue[n:]...)
 	}
-}
-
-// --- the leaser: takes requests from the shared schedule for queued callers ---
-
-// interval is the spacing of requests at factor f.
-func (l *Limiter) interval(f float64) time.Duration {
-	return time.Duration(math.Ceil(float64(time.Second) / (l.perSec * f)))
-}
-
-// chunk is the most requests one lease takes at factor f.
-func (l *Limiter) chunk(f float64) int {
-	return max(1, int(l.perSec*f*l.cfg.Window.Seconds()/ChunkDivisor))
-}
-
-// hold is how long after its slot a leased request may still be granted.
-func (l *Limiter) hold(interval time.Duration) time.Duration {
-	return max(0, l.cfg.Window/2-interval)
-}
-
-func (l *Limiter) leaser() {
-	defer l.wg.Done()
-	for !l.closed() {
-		now := l.now()
-		l.mu.Lock()
-		l.distributeLocked(now)
-		waiting := len(l.queue)
-		need := waiting - l.heldLocked()
-		gate := l.gateLocked(now)
-		fallback := l.fallback
-		factor := l.throttle.factorAt(now, l.cfg.RecoverEvery)
-		l.mu.Unlock()
-		switch {
-		case waiting == 0 || (need <= 0 && !gate.After(now)):
-			select {
-			case <-l.done:
-			case <-l.kick:
-			case <-l.changed:
-			}
-		case gate.After(now):
-			// A new caller re-checks too: with a test clock, time may have jumped.
-			l.sleep(gate.Sub(now), l.kick)
-		case fallback:
-			l.fallbackStep(now, factor)
-		default:
-			l.leaseStep(need, factor)
-		}
-	}
-}
-
-// sleep waits d, or until the state changes, a signal on also, or Close. It reports
-// whether the whole d passed.
-func (l *Limiter) sleep(d time.Duration, also chan struct{}) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-l.changed:
-	case <-also: // nil: never
-	case <-l.done:
-	}
-	return false
-}
-
-func (l *Limiter) leaseStep(need int, factor float64) {
-	interval := l.interval(factor)
-	n, first, retryAt, err := l.lease(min(need, l.chunk(factor)), interval)
-	if err != nil {
-		if !l.closed() {
-			l.enterFallback(err)
-		}
-		return
-	}
-	if n == 0 {
-		l.sleep(retryAt.Sub(l.now()), nil)
-		return
-	}
-	now := l.now()
-	expiry := first.Add(l.hold(interval))
-	if expiry.Before(now) {
-		expiry = now // the callers that asked for them take them now
-	}
-	l.mu.Lock()
-	l.held = append(l.held, batch{n: n, expiry: expiry})
-	l.distributeLocked(now)
-	l.mu.Unlock()
-}
-
-// fallbackStep grants one request of the local share.
-func (l *Limiter) fallbackStep(now time.Time, factor float64) {
-	share := rate.Limit(l.perSec * factor / float64(l.cfg.AssumedReplicas))
-	l.mu.Lock()
-	fb := l.fb
-	l.mu.Unlock()
-	if fb.Limit() != share {
-		fb.SetLimitAt(now, share)
-	}
-	r := fb.ReserveN(now, 1)
-	if !r.OK() {
-		l.sleep(time.Second, nil)
-		return
-	}
-	if d := r.DelayFrom(now); d > 0 && !l.sleep(d, nil) {
-		r.CancelAt(l.now())
-		return
-	}
-	now = l.now()
-	l.mu.Lock()
-	l.held = append(l.held, batch{n: 1, expiry: now})
-	l.distributeLocked(now)
-	l.mu.Unlock()
-}
-
-// enterFallback switches to the local share after a failed KV operation.
-func (l *Limiter) enterFallback(err error) {
-	l.st.errors.Add(1)
-	now := l.now()
-	l.mu.Lock()
-	if l.fallback || l.closed() {
-		l.mu.Unlock()
-		return
-	}
-	l.fallback = true
-	factor := l.throttle.factorAt(now, l.cfg.RecoverEvery)
-	share := l.perSec * factor / float64(l.cfg.AssumedReplicas)
-	l.fb = rate.NewLimiter(rate.Limit(share), 1)
-	l.mu.Unlock()
-	l.st.fallbacks.Add(1)
-	l.log.Warn("NATS unreachable: using a local share of the rate limit until it is back",
-		"err", err, "assumed_replicas", l.cfg.AssumedReplicas,
-		"rpm_share", share*60, "tpm_share", l.perMin*factor/float64(l.cfg.AssumedReplicas))
-	signal(l.changed)
 }
 
 func (l *Limiter) logFactor(old, f float64) {

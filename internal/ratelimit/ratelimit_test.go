@@ -350,8 +350,9 @@ func TestSimulatorNeverAnswers429(t *testing.T) {
 	}
 }
 
-// (f) With NATS down, Wait falls back to the local share (budget / AssumedReplicas)
-// without spinning, and coordinates again once NATS is back.
+// (f) With NATS down, Wait falls back to the local share (budget / N, here the floor
+// AssumedReplicas = 4 over a live count of 1) without spinning, and coordinates again
+// once NATS is back.
 func TestFallbackWhenNATSIsDown(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Server(t)
@@ -513,6 +514,7 @@ func TestConfigValidation(t *testing.T) {
 		{ratelimit.Config{MinRateFactor: 2}, "MinRateFactor"},
 		{ratelimit.Config{RecoverEvery: -time.Second}, "RecoverEvery"},
 		{ratelimit.Config{AssumedReplicas: -1}, "AssumedReplicas"},
+		{ratelimit.Config{HeartbeatTTL: time.Millisecond}, "HeartbeatTTL"},
 		{ratelimit.Config{OpTimeout: -time.Second}, "OpTimeout"},
 	} {
 		_, err := ratelimit.New(context.Background(), r.js, r.c, tc.cfg)

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -158,14 +158,20 @@ func isConflict(err error) bool {
 }
 
 // cas runs one compare-and-set of key: read, let next compute the new value (nil:
-// nothing to write), write with the revision read. It retries conflicts (counted) and
-// returns the value and revision it wrote or found.
+// nothing to write), write with the revision read. A conflict (another writer won) is
+// counted and retried after a random pause that grows with the attempts, so that
+// writers racing for the key spread out instead of racing again. It returns the value
+// and revision it wrote or found.
 func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) []byte) (val []byte, rev uint64, err error) {
-	for range maxCAS {
+	for attempt := range maxCAS {
+		if attempt > 0 && !l.pause(attempt) {
+			return nil, 0, ErrClosed
+		}
 		if !l.nc.IsConnected() {
 			return nil, 0, errDisconnected
 		}
 		ctx, cancel := context.WithTimeout(parent, l.cfg.OpTimeout)
+		began := time.Now()
 		var cur []byte
 		rev = 0
 		e, err := l.kv.Get(ctx, key)
@@ -189,6 +195,7 @@ func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) 
 			wrote, err = l.kv.Update(ctx, key, val, rev)
 		}
 		cancel()
+		l.timeAttempt(time.Since(began))
 		switch {
 		case isConflict(err):
 			l.st.conflicts.Add(1)
@@ -201,49 +208,30 @@ func (l *Limiter) cas(parent context.Context, key string, next func(cur []byte) 
 	return nil, 0, errTooManyConflicts
 }
 
-var errTooManyConflicts = errors.New("ratelimit: too many concurrent writers")
-
-// lease takes k requests from the shared schedule (see the package doc). It returns
-// n == k and the first request's slot, or n == 0 and when k requests will fit.
-func (l *Limiter) lease(k int, interval time.Duration) (n int, first, retryAt time.Time, err error) {
-	lead, iv := int64(l.lookLead), int64(interval)
-	var start int64
-	_, _, err = l.cas(l.ctx, l.keySched, func(cur []byte) []byte {
-		now := l.now().UnixNano()
-		tat, perr := strconv.ParseInt(string(cur), 10, 64)
-		if perr != nil && cur != nil {
-			l.log.Warn("unreadable schedule replaced", "value", string(cur))
-		}
-		start = max(tat, now)
-		if start > now+lead+iv+int64(l.cfg.Window) {
-			l.warnSkew(time.Duration(start - now))
-			start = now
-		}
-		if last := start + int64(k-1)*iv; last > now+lead {
-			retryAt = time.Unix(0, last-lead)
-			return nil
-		}
-		retryAt = time.Time{}
-		return strconv.AppendInt(nil, start+int64(k)*iv, 10)
-	})
-	switch {
-	case errors.Is(err, errTooManyConflicts):
-		return 0, time.Time{}, l.now(), nil // contended: yield and try again
-	case err != nil:
-		return 0, time.Time{}, time.Time{}, err
-	case !retryAt.IsZero():
-		return 0, time.Time{}, retryAt, nil
+// pause sleeps before the attempt-th retry of a compare-and-set: a random time up to
+// u·2^(attempt-1), u the longer of casPause and the recent duration of one attempt (a
+// loaded server widens the window in which writers collide), at most casPauseMax. It
+// reports false if the Limiter closed.
+func (l *Limiter) pause(attempt int) bool {
+	u := max(casPause, time.Duration(l.casTime.Load()))
+	d := min(u<<min(attempt-1, 10), casPauseMax)
+	t := time.NewTimer(rand.N(d) + 1)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-l.done:
+		return false
 	}
-	l.st.leases.Add(1)
-	return k, time.Unix(0, start), time.Time{}, nil
 }
 
-func (l *Limiter) warnSkew(ahead time.Duration) {
-	now := time.Now().Unix()
-	if last := l.skewLogged.Load(); now-last >= 60 && l.skewLogged.CompareAndSwap(last, now) {
-		l.log.Warn("shared schedule is far ahead of this replica's clock: clock skew? ignoring it",
-			"ahead", ahead, "window", l.cfg.Window)
-	}
+var errTooManyConflicts = errors.New("ratelimit: too many concurrent writers")
+
+// timeAttempt folds the duration of a compare-and-set attempt into the moving average
+// pause uses (weight 1/8; racing updates may drop one, which does not matter).
+func (l *Limiter) timeAttempt(d time.Duration) {
+	old := l.casTime.Load()
+	l.casTime.Store(old + (int64(d)-old)/8)
 }
 
 // shareThrottle records a 429's cooldown (and maybe a lower factor) in the bucket.
@@ -432,12 +420,14 @@ func (l *Limiter) apply(e jetstream.KeyValueEntry) {
 	}
 }
 
-// control applies watched changes, flushes observed tokens, probes NATS while in the
-// fallback and logs the factor's recovery.
+// control applies watched changes, flushes observed tokens, heartbeats, probes NATS
+// while in the fallback and logs the factor's recovery.
 func (l *Limiter) control(ws *watchers) {
 	defer l.wg.Done()
 	probe := time.NewTicker(ProbeInterval)
 	defer probe.Stop()
+	beat := time.NewTicker(l.refreshEvery())
+	defer beat.Stop()
 	var flush <-chan time.Time
 	if l.perMin > 0 {
 		t := time.NewTicker(FlushInterval)
@@ -463,6 +453,16 @@ func (l *Limiter) control(ws *watchers) {
 			l.onUpdate(&ws, e, ok)
 		case <-flush:
 			l.flushTokens(l.ctx)
+		case <-beat.C:
+			l.mu.Lock()
+			fallback := l.fallback
+			l.mu.Unlock()
+			if fallback { // the count stays as last read; recover heartbeats again
+				continue
+			}
+			if err := l.heartbeat(l.ctx); err != nil && !l.closed() {
+				l.enterFallback(err)
+			}
 		case <-probe.C:
 			l.mu.Lock()
 			fallback := l.fallback
@@ -501,10 +501,28 @@ func (l *Limiter) recover(old *watchers) *watchers {
 		l.log.Debug("rate limit bucket still unreachable", "err", err)
 		return nil
 	}
+	if _, err := l.js.CreateOrUpdateKeyValue(ctx, l.hbCfg); err != nil {
+		l.st.errors.Add(1)
+		l.log.Debug("replicas bucket still unreachable", "err", err)
+		return nil
+	}
 	ws, err := l.watch(ctx)
 	if err != nil {
 		l.st.errors.Add(1)
 		l.log.Debug("rate limit watch failed", "err", err)
+		return nil
+	}
+	// After a fallback, counted again from now: others may have dropped this replica
+	// from their count meanwhile.
+	l.mu.Lock()
+	if l.fallback {
+		l.countedSince = time.Time{}
+	}
+	l.mu.Unlock()
+	if err := l.heartbeat(ctx); err != nil {
+		l.st.errors.Add(1)
+		ws.stop()
+		l.log.Debug("heartbeat failed", "err", err)
 		return nil
 	}
 	l.mu.Lock()

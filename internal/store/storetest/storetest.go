@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) flashpipe.Store) {
 		{"ConflictingManifestRefused", testConflictingManifestRefused},
 		{"ReplacementNeverMixes", testReplacementNeverMixes},
 		{"DeadLetters", testDeadLetters},
+		{"Prune", testPrune},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
