@@ -184,6 +184,12 @@ func NewSequencer(ctx context.Context, d Deps, cfg SequencerConfig) (*Service, e
 	sc.ID, sc.Logger, sc.Refusals = cmp.Or(sc.ID, d.Replica), cmp.Or(sc.Logger, d.Logger), refusals
 	dc := cfg.Scheduler
 	dc.ID, dc.Logger = cmp.Or(dc.ID, d.Replica), cmp.Or(dc.Logger, d.Logger)
+	// One lease bucket, one TTL: the scheduler's lease is the sequencers'.
+	sc.LeaseTTL = cmp.Or(sc.LeaseTTL, sequencer.DefaultLeaseTTL)
+	if dc.LeaseTTL != 0 && dc.LeaseTTL != sc.LeaseTTL {
+		return nil, fmt.Errorf("app: SequencerConfig.Scheduler.LeaseTTL (%s) must be SequencerConfig.Sequencer.LeaseTTL (%s): both leases live in one bucket", dc.LeaseTTL, sc.LeaseTTL)
+	}
+	dc.LeaseTTL = sc.LeaseTTL
 	dc.Refusals = refusal.New(d.JS, d.Contract, "scheduler", d.Logger, d.Metrics)
 	if d.Metrics != nil {
 		sc.Metrics = sequencer.NewMetrics(d.Metrics)

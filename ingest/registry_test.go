@@ -81,7 +81,7 @@ func TestIDReusedAfterTheMessagesExpired(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Server(t)
 	_, js := natstest.Connect(t, srv.ClientURL())
-	c := natstest.ContractWith(t, js, contract.Config{MaxAge: 2 * time.Second, DuplicateWindow: time.Second})
+	c := natstest.ContractWith(t, js, contract.Config{MaxAge: 2 * time.Second, ItemsMaxAge: 2 * time.Second, ResultsMaxAge: 2 * time.Second, DuplicateWindow: time.Second})
 	pub, err := ingest.NewPublisher(js, c, nil)
 	if err != nil {
 		t.Fatal(err)

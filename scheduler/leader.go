@@ -258,7 +258,9 @@ func (l *leader) startAudit(ctx context.Context, wg *sync.WaitGroup) (*service.F
 		FilterSubject: s.c.AllItems(),
 		AckPolicy:     jetstream.AckNonePolicy,
 		HeadersOnly:   true,
-		DeliverPolicy: jetstream.DeliverNewPolicy,
+		// From the start of the stream when first created (items published before any
+		// scheduler ran are audited too); from where it stopped afterwards.
+		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("scheduler: audit consumer: %w", err)
@@ -339,7 +341,8 @@ func (l *leader) latestManifest(ctx context.Context, batch string, now time.Time
 	found := false
 	if err == nil {
 		if raw, err := st.GetLastMsgForSubject(ctx, l.s.c.ManifestSubject(batch)); err == nil {
-			if m, err = contract.DecodeManifest(raw.Header, raw.Data); err == nil {
+			// A manifest that is refused (it contradicts itself) is no manifest.
+			if m, err = contract.DecodeManifest(raw.Header, raw.Data); err == nil && m.Validate() == nil {
 				found = true
 			}
 		}

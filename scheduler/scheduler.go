@@ -58,7 +58,9 @@ const (
 	DefaultMinWindow     = 32
 	DefaultItemDeadline  = 15 * time.Minute
 	DefaultOrphanGrace   = 30 * time.Second
-	DefaultLeaseTTL      = 15 * time.Second
+	// DefaultLeaseTTL is the sequencers': the lease lives in their bucket, whose TTL
+	// is the lease's.
+	DefaultLeaseTTL      = sequencer.DefaultLeaseTTL
 	DefaultFlushInterval = 250 * time.Millisecond
 	DefaultPollInterval  = 10 * time.Millisecond
 	// LeaseKey is the scheduler's lease in the sequencers' lease bucket (no batch id
@@ -97,7 +99,8 @@ type Config struct {
 	// e.g. its share of the API's rate limit (two calls per item).
 	TenantRates map[string]float64
 	// LeaseTTL is how soon another replica takes over from a leader that stopped
-	// renewing (DefaultLeaseTTL).
+	// renewing (DefaultLeaseTTL). It must be the sequencers' lease TTL: both live in
+	// one bucket, whose TTL is the lease's (app.NewSequencer sets it so).
 	LeaseTTL time.Duration
 	// FlushInterval is how often the cursors are written to the bucket
 	// (DefaultFlushInterval); PollInterval how often a full window is checked again

@@ -298,7 +298,7 @@ func TestClientWithDefaultFlagsLeavesStreamsAlone(t *testing.T) {
 	prefix := natstest.UniquePrefix(t)
 	dir := t.TempDir()
 	out, stderr, code := flashpipeCmd(t, dir, "streams", "apply", "--yes", "--nats-url", srv.ClientURL(), "--prefix", prefix,
-		"--stream-max-age", "25s", "--duplicate-window", "5s")
+		"--stream-max-age", "25s", "--items-max-age", "25s", "--results-max-age", "25s", "--duplicate-window", "5s")
 	if code != 0 {
 		t.Fatalf("streams apply: exit %d\n%s%s", code, out, stderr)
 	}

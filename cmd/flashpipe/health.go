@@ -24,7 +24,7 @@ import (
 // checks: its NATS connection, the streams it reads and writes, its durable consumer
 // and, for the sink, the database.
 func processorChecks(nc *nats.Conn, js jetstream.JetStream, c *contract.Contract) []health.Check {
-	return readiness(nc, js, c.ItemsStream(), processor.DefaultDurable, c.ResultsStream())
+	return readiness(nc, js, c.ReadyStream(), processor.DefaultDurable, c.ResultsStream())
 }
 
 func sequencerChecks(nc *nats.Conn, js jetstream.JetStream, c *contract.Contract) []health.Check {

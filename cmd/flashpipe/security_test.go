@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"crypto/rand"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
@@ -184,11 +185,12 @@ func leastPrivilegeServer(t *testing.T, conf string) func(role string) NATSFlags
 		t.Fatal(err)
 	}
 	// Random passwords: a secret holding a word ("sequencer") would have that word
-	// redacted from every log line.
+	// redacted from every log line. Secrets come from crypto/rand, not nuid: the nuids
+	// of one process share a prefix, and the services draw theirs (replica ids).
 	var users []string
 	passwords := map[string]string{}
 	for _, r := range permissions.Roles(c) {
-		passwords[r.Name] = nuid.Next()
+		passwords[r.Name] = rand.Text()
 		users = append(users, fmt.Sprintf("{user: %s, password: %q, permissions: $%s}", r.Name, passwords[r.Name], permissions.Variable(c, r.Name)))
 	}
 	srv := natsauth.Start(t, conf+"\nauthorization { users = [\n"+strings.Join(users, "\n")+"\n] }\n")
@@ -211,7 +213,7 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), leastPrivilegeServer(t, string(conf)))
+	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+rand.Text(), leastPrivilegeServer(t, string(conf)))
 	s.setUp()
 	stop := s.startServices()
 	items := loadItems(t, "../../examples/test_5_words.csv")
@@ -237,7 +239,7 @@ func TestLeastPrivilegePipeline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	jsW, c := s.connect(permissions.Submit)
-	answers, err := cache.New(ctx, jsW, c, cache.Config{})
+	answers, err := cache.Open(ctx, jsW, c, cache.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +287,7 @@ func TestMissingPermissionFailsVisibly(t *testing.T) {
 			roles[i].Publish = slices.DeleteFunc(slices.Clone(r.Publish), func(rule permissions.Rule) bool { return rule.Subject == c.Prefix()+".ordered.>" })
 		}
 	}
-	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), leastPrivilegeServer(t, permissions.RenderRoles(c, roles)))
+	s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+rand.Text(), leastPrivilegeServer(t, permissions.RenderRoles(c, roles)))
 	s.setUp()
 	s.startServices()
 	jsW, c := s.connect(permissions.Submit)
@@ -324,7 +326,7 @@ func TestEveryAuthMethodRunsThePipeline(t *testing.T) {
 	for _, m := range natsauth.All(t) {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
-			s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+nuid.Next(), func(string) NATSFlags { return flagsOf(m.Good) })
+			s := newSecurePipeline(t, llmsim.Config{}, "sk-or-v1-"+rand.Text(), func(string) NATSFlags { return flagsOf(m.Good) })
 			s.setUp()
 			defer s.startServices()()
 			items := loadItems(t, "../../examples/test_5_words.csv")
@@ -343,7 +345,7 @@ func TestNoSecretFragmentAnywhereAfterKeyEchoes(t *testing.T) {
 	t.Parallel()
 	m := natsauth.Token(t)
 	inURL := strings.Replace(m.Good.URL, "://", "://"+m.Good.Token+"@", 1)
-	key := "sk-or-v1-" + nuid.Next() + nuid.Next()
+	key := "sk-or-v1-" + rand.Text() + rand.Text()
 	s := newSecurePipeline(t, llmsim.Config{Seed: 5, Faults: llmsim.Faults{RateEchoKey: 0.3}}, key, func(role string) NATSFlags {
 		if role == permissions.Processor || role == permissions.Submit {
 			return flagsOf(natsx.ConnOptions{URL: inURL})

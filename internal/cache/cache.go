@@ -130,7 +130,7 @@ func (cfg Config) withDefaults(c *contract.Contract) Config {
 func ClaimsConfig(c *contract.Contract, cfg Config) jetstream.KeyValueConfig {
 	cfg = cfg.withDefaults(c)
 	return jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket + claimsBucketSuffix,
+		Bucket:      cfg.Bucket + ClaimsBucketSuffix,
 		Description: "flashpipe: answers being paid for, by the replica paying",
 		History:     1,
 		TTL:         cfg.ClaimTTL,
@@ -250,8 +250,11 @@ func (c *Cache) Put(ctx context.Context, key string, e Entry) error {
 
 // Do returns the entry at key, or computes it with fn, stores it and returns it. hit
 // reports whether the answer came from the cache (or from an identical computation
-// already in flight in this process), so it cost nothing. A failure to store a computed
-// answer is logged, not returned: the answer was paid for and is good.
+// already in flight in this process or on another replica), so it cost nothing. While
+// another replica computes the same key, Do waits for its answer (or for its claim to
+// expire, see claim.go) until ctx ends. A client's cache (Open) claims nothing. A
+// failure to store a computed answer is logged, not returned: the answer was paid for
+// and is good.
 func (c *Cache) Do(ctx context.Context, key string, fn func() (Entry, error)) (e Entry, hit bool, err error) {
 	type outcome struct {
 		e   Entry
@@ -261,26 +264,55 @@ func (c *Cache) Do(ctx context.Context, key string, fn func() (Entry, error)) (e
 	v, err, shared := c.sf.Do(key, func() (any, error) {
 		leader = true
 		e, found, err := c.Get(ctx, key)
-		if err != nil || found {
-			return outcome{e, true}, err
+		for err == nil && !found {
+			if c.claims == nil { // a client's cache: nothing to claim among replicas
+				e, err = c.compute(ctx, key, fn)
+				return outcome{e, false}, err
+			}
+			rev, until, cerr := c.claim(ctx, key)
+			switch {
+			case cerr != nil:
+				// Another replica may be paying: try again later rather than pay twice.
+				return outcome{}, flashpipe.AsTransient(fmt.Errorf("%w: claim: %w", ErrUnavailable, cerr))
+			case rev == 0:
+				if err := c.await(ctx, key, until); err != nil {
+					return outcome{}, err
+				}
+				e, found, err = c.Get(ctx, key)
+				continue
+			default:
+				defer c.hold(key, rev)()
+				// The claim may have been released by a replica that stored the
+				// answer since the look-up above: look again before paying.
+				if e, found, err = c.Get(ctx, key); err != nil || found {
+					return outcome{e, true}, err
+				}
+			}
+			e, err = c.compute(ctx, key, fn)
+			return outcome{e, false}, err
 		}
-		e, err = fn()
-		if err != nil {
-			return outcome{}, err
-		}
-		if e.CreatedAt.IsZero() {
-			e.CreatedAt = time.Now().UTC()
-		}
-		if perr := c.Put(context.WithoutCancel(ctx), key, e); perr != nil {
-			c.log.Warn("answer not cached", "key", key, "err", perr)
-		}
-		return outcome{e, false}, nil
+		return outcome{e, true}, err
 	})
 	if err != nil {
 		return Entry{}, false, err
 	}
 	o := v.(outcome)
 	return o.e, o.hit || (shared && !leader), nil
+}
+
+// compute pays for the answer at key with fn and stores it.
+func (c *Cache) compute(ctx context.Context, key string, fn func() (Entry, error)) (Entry, error) {
+	e, err := fn()
+	if err != nil {
+		return Entry{}, err
+	}
+	if e.CreatedAt.IsZero() {
+		e.CreatedAt = time.Now().UTC()
+	}
+	if perr := c.Put(context.WithoutCancel(ctx), key, e); perr != nil {
+		c.log.Warn("answer not cached", "key", key, "err", perr)
+	}
+	return e, nil
 }
 
 // Stats describes the cache's content.

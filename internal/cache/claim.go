@@ -25,8 +25,8 @@ import (
 // for a replica that died while paying for an answer.
 const DefaultClaimTTL = 30 * time.Second
 
-// claimsBucketSuffix names the claims bucket after the cache bucket.
-const claimsBucketSuffix = "_CLAIMS"
+// ClaimsBucketSuffix names the claims bucket after the cache bucket (in memory).
+const ClaimsBucketSuffix = "_CLAIMS"
 
 // claim tries to claim key for this replica. It returns the claim's revision when it
 // got it, or when the current claim, held by another replica, expires. The claims
@@ -130,7 +130,7 @@ func (c *Cache) hold(key string, rev uint64) (release func()) {
 // plain subscription: no consumer to create for each look-up that waits).
 func (c *Cache) await(ctx context.Context, key string, until time.Time) error {
 	ch := make(chan *nats.Msg, 8)
-	sub, err := c.js.Conn().ChanSubscribe("$KV."+c.bucket+claimsBucketSuffix+"."+key, ch)
+	sub, err := c.js.Conn().ChanSubscribe("$KV."+c.bucket+ClaimsBucketSuffix+"."+key, ch)
 	if err != nil {
 		return fmt.Errorf("%w: watch claim: %w", ErrUnavailable, err)
 	}

@@ -87,7 +87,9 @@ type Config struct {
 	// CompressionNone. It applies to file storage (nats-server 2.10+), compresses
 	// blocks as they are written and is transparent to readers.
 	Compression string
-	// DuplicateWindow is how long JetStream remembers Nats-Msg-Ids.
+	// DuplicateWindow is how long JetStream remembers Nats-Msg-Ids. Zero means
+	// DefaultDuplicateWindow, shortened on a stream that keeps its messages for less; a
+	// value set here must not be longer than any positive max age.
 	DuplicateWindow time.Duration
 	// RefusedMaxAge and RefusedMaxBytes bound the refused-messages stream
 	// (DefaultRefusedMaxAge, DefaultRefusedMaxBytes): a flood of bad input drops the
@@ -120,7 +122,7 @@ func maxAgeOr(d, def time.Duration) time.Duration {
 	return d
 }
 
-func (c Config) validate() error {
+func (c Config) validate(explicitWindow bool) error {
 	if !prefixPattern.MatchString(c.Prefix) {
 		return fmt.Errorf("contract: Config.Prefix %q must be dot-separated tokens of letters, digits, '-' and '_'", c.Prefix)
 	}
@@ -143,7 +145,7 @@ func (c Config) validate() error {
 		if f.d > 0 && f.d < time.Second {
 			return fmt.Errorf("contract: Config.%s must be at least 1s (or negative: forever), got %s", f.name, f.d)
 		}
-		if f.d > 0 && c.DuplicateWindow > f.d {
+		if explicitWindow && f.d > 0 && c.DuplicateWindow > f.d {
 			return fmt.Errorf("contract: Config.DuplicateWindow (%s) must not be longer than Config.%s (%s): JetStream cannot remember a message id longer than it keeps the message; shorten --duplicate-window or lengthen %s",
 				c.DuplicateWindow, f.name, f.d, f.flag)
 		}
@@ -161,8 +163,9 @@ type Contract struct {
 
 // New returns the contract for cfg.
 func New(cfg Config) (*Contract, error) {
+	explicitWindow := cfg.DuplicateWindow != 0
 	cfg = cfg.withDefaults()
-	if err := cfg.validate(); err != nil {
+	if err := cfg.validate(explicitWindow); err != nil {
 		return nil, err
 	}
 	return &Contract{

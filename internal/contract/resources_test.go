@@ -23,7 +23,7 @@ func TestExistingStreamsAreNeverChangedByServices(t *testing.T) {
 	_, js := natstest.Connect(t, srv.ClientURL())
 	ctx := context.Background()
 	prefix := natstest.UniquePrefix(t)
-	operator, err := contract.New(contract.Config{Prefix: prefix, MaxAge: 25 * time.Second, DuplicateWindow: 5 * time.Second})
+	operator, err := contract.New(contract.Config{Prefix: prefix, MaxAge: 25 * time.Second, ItemsMaxAge: 25 * time.Second, ResultsMaxAge: 25 * time.Second, DuplicateWindow: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func TestExistingStreamsAreNeverChangedByServices(t *testing.T) {
 		}
 	}
 	out := logs.String()
-	for _, want := range []string{"stream " + defaults.ItemsStream() + " differs", "max_age is 25s (configured: 168h0m0s)", "duplicate_window is 5s (configured: 10m0s)", "flashpipe streams apply"} {
+	for _, want := range []string{"stream " + defaults.ItemsStream() + " differs", "max_age is 25s (configured: 48h0m0s)", "duplicate_window is 5s (configured: 10m0s)", "flashpipe streams apply"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the service's warning lacks %q:\n%s", want, out)
 		}
@@ -124,14 +124,19 @@ func TestBucketsAreCreatedOnceAndNeverChanged(t *testing.T) {
 }
 
 func TestDuplicateWindowLongerThanMaxAgeIsRefused(t *testing.T) {
-	_, err := contract.New(contract.Config{MaxAge: 25 * time.Second})
+	_, err := contract.New(contract.Config{MaxAge: 25 * time.Second, DuplicateWindow: 10 * time.Minute})
 	if err == nil || !strings.Contains(err.Error(), "Config.DuplicateWindow (10m0s) must not be longer than Config.MaxAge (25s)") {
-		t.Fatalf("New with a 25s max age and the default 10m window = %v", err)
+		t.Fatalf("New with a 25s max age and a 10m window = %v", err)
 	}
 	if _, err := contract.New(contract.Config{MaxAge: 25 * time.Second, DuplicateWindow: 20 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := contract.New(contract.Config{MaxAge: -1}); err != nil {
 		t.Fatalf("forever with the default window: %v", err)
+	}
+	// The default window is not the operator's choice: a stream kept for less
+	// remembers ids as long as it keeps the messages.
+	if _, err := contract.New(contract.Config{MaxAge: 25 * time.Second}); err != nil {
+		t.Fatalf("a short max age with the default window: %v", err)
 	}
 }

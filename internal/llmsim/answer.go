@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/llm/wire"
@@ -59,6 +60,8 @@ func (s *Simulator) chat(w http.ResponseWriter, r *http.Request) {
 	stage := 0
 	if inErr == nil {
 		stage = in.Stage()
+		n, _ := s.termCalls.LoadOrStore(in.Term, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
 	}
 	switch stage {
 	case 1:

@@ -197,6 +197,8 @@ type Simulator struct {
 	decoders sync.Pool
 	closing  chan struct{}
 	once     sync.Once
+	// termCalls counts requests by the term of their input block (CallsFor).
+	termCalls sync.Map
 
 	mu  sync.Mutex
 	srv *http.Server
@@ -414,6 +416,15 @@ func (c *counters) countStatus(code int) {
 	if code >= 0 && code < len(c.status) {
 		c.status[code].Add(1)
 	}
+}
+
+// CallsFor returns how many requests asked about term, any stage and outcome: a
+// test's check that a refused item cost nothing.
+func (s *Simulator) CallsFor(term string) int64 {
+	if n, ok := s.termCalls.Load(term); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
 }
 
 // Stats returns the counters so far. It is cheap and safe to call at any time; the

@@ -68,8 +68,8 @@ const (
 	// retried after a conflict.
 	casPause    = 500 * time.Microsecond
 	casPauseMax = 250 * time.Millisecond
-	// replicasBucketSuffix names the heartbeat bucket after Config.Bucket.
-	replicasBucketSuffix = "_REPLICAS"
+	// ReplicasBucketSuffix names the heartbeat bucket (in memory) after Config.Bucket.
+	ReplicasBucketSuffix = "_REPLICAS"
 )
 
 // ErrClosed is returned by Wait once the Limiter is closed.
@@ -305,14 +305,14 @@ func New(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg 
 		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", cfg.Bucket, err)
 	}
 	hcfg := jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket + replicasBucketSuffix,
+		Bucket:      cfg.Bucket + ReplicasBucketSuffix,
 		Description: "flashpipe: live processor replicas per rate limit (heartbeats)",
 		History:     1,
 		TTL:         cfg.HeartbeatTTL,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    c.Config().Replicas,
 	}
-	hb, err := js.CreateOrUpdateKeyValue(ctx, hcfg)
+	hb, err := contract.OpenKeyValue(ctx, js, hcfg, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("ratelimit: open bucket %s: %w", hcfg.Bucket, err)
 	}

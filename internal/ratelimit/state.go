@@ -501,7 +501,7 @@ func (l *Limiter) recover(old *watchers) *watchers {
 		l.log.Debug("rate limit bucket still unreachable", "err", err)
 		return nil
 	}
-	if _, err := l.js.CreateOrUpdateKeyValue(ctx, l.hbCfg); err != nil {
+	if _, _, err := contract.EnsureKeyValue(ctx, l.js, l.hbCfg); err != nil {
 		l.st.errors.Add(1)
 		l.log.Debug("replicas bucket still unreachable", "err", err)
 		return nil
