@@ -117,7 +117,7 @@ func TestMalformedPublishesAreRefusedAndNeverWedge(t *testing.T) {
 		failed  []string // reasons expected among its failed items
 	}
 	cases := map[string]want{}
-	dispatched := 0 // valid items, each costing two API calls at most
+	dispatched := 0   // valid items, each costing two API calls at most
 	var free []string // the terms of the refused or failed items, which must cost nothing
 
 	// Items with no manifest at all.
