@@ -45,6 +45,28 @@ func ValidateBatchID(id string) error {
 	return nil
 }
 
+// MaxTenantLength is the longest tenant name; MaxPriority bounds a batch's priority
+// either way.
+const (
+	MaxTenantLength = 64
+	MaxPriority     = 1000
+)
+
+// ValidateTenant checks a tenant name: empty (the default tenant), or up to
+// MaxTenantLength letters, digits, '-' and '_', starting with a letter or digit (it is
+// a metric label and a key in the scheduler's state).
+func ValidateTenant(t string) error {
+	switch {
+	case t == "":
+		return nil
+	case len(t) > MaxTenantLength:
+		return fmt.Errorf("tenant %q is longer than %d characters", t, MaxTenantLength)
+	case !batchIDPattern.MatchString(t):
+		return fmt.Errorf("tenant %q may contain only letters, digits, '-' and '_', and must start with a letter or digit", t)
+	}
+	return nil
+}
+
 // Item is one vocabulary item as the user submitted it, after validation and
 // normalisation (see NormalizeType).
 type Item struct {
@@ -114,6 +136,11 @@ func (m Manifest) Validate() error {
 		return fmt.Errorf("seqs: generation 0 runs every item and lists none")
 	case m.IsReplacement() && len(m.Seqs) > 0:
 		return fmt.Errorf("seqs: a replacement runs every item and lists none")
+	case m.Priority < -MaxPriority || m.Priority > MaxPriority:
+		return fmt.Errorf("priority %d: want %d to %d", m.Priority, -MaxPriority, MaxPriority)
+	}
+	if err := ValidateTenant(m.Tenant); err != nil {
+		return fmt.Errorf("tenant: %w", err)
 	}
 	for i, s := range m.Seqs {
 		if s < 1 || s > m.Count || (i > 0 && s <= m.Seqs[i-1]) {

@@ -77,6 +77,10 @@ func TestManifestValidate(t *testing.T) {
 		"seqs in generation 0": {Manifest{BatchID: "b", Count: 5, Seqs: []int{1}}, "seqs"},
 		"seq beyond count":     {Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{2, 6}}, "seqs[1] = 6"},
 		"seqs not ascending":   {Manifest{BatchID: "b", Count: 5, Generation: 1, Seqs: []int{3, 3}}, "seqs[1] = 3"},
+		"tenant and priority":  {Manifest{BatchID: "b", Count: 1, Tenant: "team-a_2", Priority: -MaxPriority}, ""},
+		"tenant with a dot":    {Manifest{BatchID: "b", Count: 1, Tenant: "a.b"}, "tenant: tenant \"a.b\" may contain only"},
+		"tenant too long":      {Manifest{BatchID: "b", Count: 1, Tenant: strings.Repeat("t", MaxTenantLength+1)}, "longer than 64"},
+		"priority too high":    {Manifest{BatchID: "b", Count: 1, Priority: MaxPriority + 1}, "priority 1001"},
 	} {
 		err := tc.m.Validate()
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {

@@ -125,6 +125,12 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if b.Items == nil || b.Items.Len() == 0 {
 		return nil, errors.New("ingest: batch has no items")
 	}
+	if err := flashpipe.ValidateTenant(b.Tenant); err != nil {
+		return nil, err
+	}
+	if b.Priority < -flashpipe.MaxPriority || b.Priority > flashpipe.MaxPriority {
+		return nil, fmt.Errorf("priority %d: want %d to %d", b.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)
+	}
 	hash, err := b.Items.Hash(ctx) // also checks the order, before anything is published
 	if err != nil {
 		return nil, err

@@ -24,7 +24,7 @@ const maxRound = 256
 func (l *leader) loop(ctx context.Context) error {
 	s := l.s
 	l.window = l.windowSize(ctx)
-	flushAt, orphansAt, windowAt := time.Now(), time.Now(), time.Now()
+	flushAt, orphansAt, windowAt, inflightAt := time.Now(), time.Now(), time.Now(), time.Time{}
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -48,7 +48,8 @@ func (l *leader) loop(ctx context.Context) error {
 			l.window = l.windowSize(ctx)
 		}
 		room := l.window - l.inflight
-		if room <= 0 {
+		if room <= 0 || now.Sub(inflightAt) >= time.Second || (l.tenants.anyCapped() && now.Sub(inflightAt) >= s.cfg.PollInterval) {
+			inflightAt = now
 			l.refreshInflight(ctx)
 			if room = l.window - l.inflight; room <= 0 {
 				l.wait(ctx, idle, s.cfg.PollInterval)
@@ -119,13 +120,56 @@ func (l *leader) windowSize(ctx context.Context) int {
 	return max(DefaultMinWindow, 2*cons.CachedInfo().Config.MaxAckPending)
 }
 
-// refreshInflight reads how many items wait in the ready stream (dispatched, not yet
-// acknowledged by a processor: its work-queue retention drops them on ack).
+// refreshInflight reads which items are in the ready stream (dispatched and not yet
+// acknowledged by a processor: its work-queue retention drops them on ack), in all and
+// by tenant, and sets the metrics from the leader's state.
 func (l *leader) refreshInflight(ctx context.Context) {
-	info, err := l.ready.Info(ctx)
-	if err == nil {
-		l.inflight = int(info.State.Msgs)
+	info, err := l.ready.Info(ctx, jetstream.WithSubjectFilter(l.s.c.AllReady()))
+	if err != nil {
+		return
 	}
+	l.inflight = int(info.State.Msgs)
+	byBatch := make(map[string]int, len(l.tenantOf))
+	for subject, n := range info.State.Subjects {
+		if batch, _, ok := l.s.c.SubjectKeys(subject); ok {
+			byBatch[batch] += int(n)
+		}
+	}
+	byTenant := make(map[string]int, len(l.tenants.order))
+	for batch, name := range l.tenantOf {
+		if byBatch[batch] == 0 && l.active[batch] == 0 {
+			delete(l.tenantOf, batch)
+			continue
+		}
+		byTenant[name] += byBatch[batch]
+	}
+	for _, t := range l.tenants.order {
+		t.inflight = byTenant[t.name]
+	}
+	l.observe(byTenant)
+}
+
+// observe sets the gauges from the leader's state: per tenant, the generations with
+// items left to dispatch, those items, and the items in the ready stream.
+func (l *leader) observe(inReady map[string]int) {
+	m := l.s.cfg.Metrics
+	if m == nil {
+		return
+	}
+	snap := make(map[string]TenantLoad, len(l.tenants.order)+len(inReady))
+	for _, t := range l.tenants.order {
+		tl := TenantLoad{Batches: len(t.gens)}
+		for _, g := range t.gens {
+			tl.Waiting += g.n - g.Next
+		}
+		snap[t.name] = tl
+	}
+	for name, n := range inReady {
+		tl := snap[name]
+		tl.InProcessors = n
+		snap[name] = tl
+	}
+	m.observe(snap)
 }
 
 // dispatch is one item on its way to the ready stream.
@@ -179,6 +223,7 @@ func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
 		select {
 		case <-f.Ok():
 			l.inflight++
+			out[i].g.tenant.inflight++
 			l.s.cfg.Metrics.dispatched(out[i].g.Manifest.Tenant)
 		case err := <-f.Err():
 			if _, ok := failed[out[i].g]; !ok {
@@ -362,7 +407,6 @@ func (l *leader) check(ctx context.Context, g *gen, raw *jetstream.RawStreamMsg)
 	msg.Subject = l.s.c.ReadySubject(m.BatchID, seq)
 	d := &dispatch{g: g, index: g.Next, prevPos: g.LastPosition, msg: msg, msgID: contract.MsgID(m.BatchID, wi.Position, wi.Generation)}
 	g.Next, g.LastPosition, g.dirty = g.Next+1, wi.Position, true
-	l.s.cfg.Metrics.queue(m.Tenant, 0, -1)
 	return d, nil
 }
 
@@ -388,7 +432,6 @@ func (l *leader) failInPlace(ctx context.Context, g *gen, it flashpipe.Item, seq
 	if it.Position > g.LastPosition {
 		g.LastPosition = it.Position
 	}
-	l.s.cfg.Metrics.queue(m.Tenant, 0, -1)
 	l.s.cfg.Metrics.failedInPlace()
 	return nil
 }

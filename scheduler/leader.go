@@ -37,6 +37,10 @@ type leader struct {
 	queued   int // items fetched and held across generations
 	window   int
 	inflight int // items in the ready stream (last read) plus those dispatched since
+	// tenantOf maps the batches with items in the ready stream (or being dispatched)
+	// to their tenant, to count each tenant's items there.
+	tenantOf map[string]string
+	active   map[string]int // generations being dispatched, by batch
 	multiGet bool
 
 	admitted chan *gen     // from the manifest intake
@@ -86,7 +90,7 @@ func (s *Scheduler) lead(ctx context.Context, le *lease.Lease, kv jetstream.KeyV
 	})
 	l := &leader{s: s, kv: kv, reg: reg, gens: map[string]*gen{}, tenants: tenants{byName: map[string]*tenant{}},
 		admitted: make(chan *gen, 256), audits: make(chan auditMsg, 4096), orphans: map[string]orphan{},
-		manifest: map[string]cachedManifest{}, multiGet: true}
+		manifest: map[string]cachedManifest{}, tenantOf: map[string]string{}, active: map[string]int{}, multiGet: true}
 	var err error
 	if l.items, err = s.js.Stream(ctx, s.c.ItemsStream()); err != nil {
 		return err
@@ -143,10 +147,12 @@ func (l *leader) add(g *gen) {
 		return
 	}
 	m := g.Manifest
-	g.tenant = l.tenants.get(m.Tenant, l.s.cfg.TenantWeights[m.Tenant], l.s.cfg.TenantRates[m.Tenant])
+	cfg := l.s.cfg
+	g.tenant = l.tenants.get(m.Tenant, cfg.TenantWeights[m.Tenant], cfg.TenantRates[m.Tenant], cfg.TenantConcurrency[m.Tenant])
 	g.tenant.add(g)
 	l.gens[g.key] = g
-	l.s.cfg.Metrics.queue(m.Tenant, 1, g.n-g.Next)
+	l.tenantOf[m.BatchID] = m.Tenant
+	l.active[m.BatchID]++
 }
 
 func (l *leader) remove(g *gen) {
@@ -156,7 +162,11 @@ func (l *leader) remove(g *gen) {
 	if len(g.tenant.gens) == 0 {
 		l.tenants.drop(g.tenant)
 	}
-	l.s.cfg.Metrics.queue(g.Manifest.Tenant, -1, 0)
+	// tenantOf keeps the batch while its last items may still be in the ready stream;
+	// refreshInflight forgets it once none are.
+	if l.active[g.Manifest.BatchID]--; l.active[g.Manifest.BatchID] <= 0 {
+		delete(l.active, g.Manifest.BatchID)
+	}
 }
 
 // startIntake consumes the manifests: each checked one becomes a generation to

@@ -1,14 +1,32 @@
 package scheduler
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are a scheduler replica's Prometheus metrics. A nil *Metrics records nothing.
 type Metrics struct {
 	leader      prometheus.Gauge
 	generations *prometheus.GaugeVec
 	queued      *prometheus.GaugeVec
+	inReady     *prometheus.GaugeVec
 	dispatches  *prometheus.CounterVec
 	failed      prometheus.Counter
+
+	mu      sync.Mutex
+	tenants map[string]bool // the tenant labels set last
+}
+
+// TenantLoad is a tenant's work as the leader sees it.
+type TenantLoad struct {
+	// Batches is the tenant's generations with items left to dispatch; Waiting those
+	// items.
+	Batches, Waiting int
+	// InProcessors is the tenant's items in the ready stream: waiting for a processor
+	// or held by one.
+	InProcessors int
 }
 
 // NewMetrics registers the scheduler's metrics with reg.
@@ -23,6 +41,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		queued: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "flashpipe_scheduler_waiting_items", Help: "Items not yet dispatched to the processors, by tenant.",
 		}, []string{"tenant"}),
+		inReady: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flashpipe_scheduler_in_processors_items", Help: "Items dispatched and not yet done (waiting for a processor or held by one), by tenant.",
+		}, []string{"tenant"}),
 		dispatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashpipe_scheduler_dispatched_total", Help: "Items dispatched to the processors, by tenant.",
 		}, []string{"tenant"}),
@@ -30,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "flashpipe_scheduler_failed_in_place_total", Help: "Items failed in place without an API call (bad term, refused body, never published).",
 		}),
 	}
-	reg.MustRegister(m.leader, m.generations, m.queued, m.dispatches, m.failed)
+	reg.MustRegister(m.leader, m.generations, m.queued, m.inReady, m.dispatches, m.failed)
 	return m
 }
 
@@ -43,15 +64,31 @@ func (m *Metrics) lead(on bool) {
 		return
 	}
 	m.leader.Set(0)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.generations.Reset()
 	m.queued.Reset()
+	m.inReady.Reset()
+	m.tenants = nil
 }
 
-// queue adds gens generations and items waiting items of a tenant.
-func (m *Metrics) queue(tenant string, gens, items int) {
-	if m != nil {
-		m.generations.WithLabelValues(tenant).Add(float64(gens))
-		m.queued.WithLabelValues(tenant).Add(float64(items))
+// observe sets the per-tenant gauges to snap, dropping the tenants no longer in it.
+func (m *Metrics) observe(snap map[string]TenantLoad) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for t := range m.tenants {
+		if _, ok := snap[t]; !ok {
+			m.generations.DeleteLabelValues(t)
+			m.queued.DeleteLabelValues(t)
+			m.inReady.DeleteLabelValues(t)
+		}
+	}
+	m.tenants = make(map[string]bool, len(snap))
+	for t, tl := range snap {
+		m.tenants[t] = true
+		m.generations.WithLabelValues(t).Set(float64(tl.Batches))
+		m.queued.WithLabelValues(t).Set(float64(tl.Waiting))
+		m.inReady.WithLabelValues(t).Set(float64(tl.InProcessors))
 	}
 }
 

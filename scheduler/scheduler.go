@@ -98,6 +98,11 @@ type Config struct {
 	// TenantRates caps a tenant's dispatch rate in items per second (none by default),
 	// e.g. its share of the API's rate limit (two calls per item).
 	TenantRates map[string]float64
+	// TenantConcurrency caps a tenant's items in the ready stream, that is waiting for
+	// a processor or held by one (none by default): its share of the processors'
+	// concurrency. The count is read from the ready stream at least every
+	// PollInterval while a tenant is at its cap.
+	TenantConcurrency map[string]int
 	// LeaseTTL is how soon another replica takes over from a leader that stopped
 	// renewing (DefaultLeaseTTL). It must be the sequencers' lease TTL: both live in
 	// one bucket, whose TTL is the lease's (app.NewSequencer sets it so).
@@ -151,6 +156,11 @@ func (c Config) validate() error {
 	for t, r := range c.TenantRates {
 		if r <= 0 {
 			return fmt.Errorf("scheduler: Config.TenantRates[%q] must be positive, got %g", t, r)
+		}
+	}
+	for t, n := range c.TenantConcurrency {
+		if n < 1 {
+			return fmt.Errorf("scheduler: Config.TenantConcurrency[%q] must be at least 1, got %d", t, n)
 		}
 	}
 	return nil

@@ -60,7 +60,13 @@ type tenant struct {
 	rr      int           // round robin among the top priority's generations
 	weight  int           // items per turn
 	limiter *rate.Limiter // nil: no cap
+	// inflight is the tenant's items in the ready stream (last read, plus those
+	// dispatched since); maxInflight caps it (0: no cap).
+	inflight, maxInflight int
 }
+
+// capped reports whether the tenant is at its concurrency cap.
+func (t *tenant) capped() bool { return t.maxInflight > 0 && t.inflight >= t.maxInflight }
 
 func (t *tenant) add(g *gen) {
 	t.gens = append(t.gens, g)
@@ -104,11 +110,11 @@ type tenants struct {
 	used   int // items the tenant at turn took this turn
 }
 
-func (ts *tenants) get(name string, weight int, r float64) *tenant {
+func (ts *tenants) get(name string, weight int, r float64, maxInflight int) *tenant {
 	if t, ok := ts.byName[name]; ok {
 		return t
 	}
-	t := &tenant{name: name, weight: max(weight, 1)}
+	t := &tenant{name: name, weight: max(weight, 1), maxInflight: maxInflight}
 	if r > 0 {
 		t.limiter = rate.NewLimiter(rate.Limit(r), max(1, int(r)))
 	}
@@ -127,8 +133,14 @@ func (ts *tenants) drop(t *tenant) {
 	}
 }
 
+// anyCapped reports whether a tenant with work is at its concurrency cap.
+func (ts *tenants) anyCapped() bool {
+	return slices.ContainsFunc(ts.order, (*tenant).capped)
+}
+
 // pick returns the generation to dispatch one item of now: tenants in turn, each
-// taking up to its weight in items per turn (within its rate cap), and within a tenant
+// taking up to its weight in items per turn (within its rate and concurrency caps),
+// and within a tenant
 // see tenant.next. Nil when no generation is ready.
 func (ts *tenants) pick(now time.Time, ready func(*gen) bool) *gen {
 	for range len(ts.order) + 1 {
@@ -137,7 +149,7 @@ func (ts *tenants) pick(now time.Time, ready func(*gen) bool) *gen {
 		}
 		ts.turn %= len(ts.order)
 		t := ts.order[ts.turn]
-		if ts.used < t.weight && (t.limiter == nil || t.limiter.TokensAt(now) >= 1) {
+		if ts.used < t.weight && !t.capped() && (t.limiter == nil || t.limiter.TokensAt(now) >= 1) {
 			if g := t.next(ready); g != nil {
 				ts.used++
 				if t.limiter != nil {

@@ -248,18 +248,19 @@ type SequencerFlags struct {
 	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once." default:"16" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
 	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches (and the scheduling) of a crashed sequencer." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 	// The scheduler runs beside the sequencer (one replica leads).
-	SchedulerWindow int                `help:"Items dispatched ahead of the processors (0: twice their --concurrent-max): small keeps the fair order, too small starves them." default:"0" env:"FLASHPIPE_SCHEDULER_WINDOW"`
-	ItemDeadline    time.Duration      `help:"How long a batch waits for an item that was never published before that item fails in its place." default:"15m" env:"FLASHPIPE_ITEM_DEADLINE"`
-	OrphanGrace     time.Duration      `help:"How long an item whose batch has no manifest waits for one before it is refused." default:"30s" env:"FLASHPIPE_ORPHAN_GRACE"`
-	TenantWeight    map[string]int     `help:"A tenant's share of the processors relative to others (TENANT=N; default 1 each). Repeatable." env:"FLASHPIPE_TENANT_WEIGHT"`
-	TenantRate      map[string]float64 `help:"Cap on a tenant's items per second (TENANT=R), e.g. its share of the API's rate limit (2 calls per item). Repeatable." env:"FLASHPIPE_TENANT_RATE"`
+	SchedulerWindow   int                `help:"Items dispatched ahead of the processors (0: twice their --concurrent-max): small keeps the fair order, too small starves them." default:"0" env:"FLASHPIPE_SCHEDULER_WINDOW"`
+	ItemDeadline      time.Duration      `help:"How long a batch waits for an item that was never published before that item fails in its place." default:"15m" env:"FLASHPIPE_ITEM_DEADLINE"`
+	OrphanGrace       time.Duration      `help:"How long an item whose batch has no manifest waits for one before it is refused." default:"30s" env:"FLASHPIPE_ORPHAN_GRACE"`
+	TenantWeight      map[string]int     `help:"A tenant's share of the processors relative to others (TENANT=N; default 1 each). Repeatable." env:"FLASHPIPE_TENANT_WEIGHT"`
+	TenantRate        map[string]float64 `help:"Cap on a tenant's items per second (TENANT=R), e.g. its share of the API's rate limit (2 calls per item). Repeatable." env:"FLASHPIPE_TENANT_RATE"`
+	TenantConcurrency map[string]int     `help:"Cap on a tenant's items at the processors at once, waiting for one or held (TENANT=N). Repeatable." env:"FLASHPIPE_TENANT_CONCURRENCY"`
 }
 
 func (f SequencerFlags) config() app.SequencerConfig {
 	return app.SequencerConfig{
 		Sequencer: sequencer.Config{Window: f.SequencerWindow, MaxBatches: f.SequencerMaxBatches, LeaseTTL: f.SequencerLeaseTTL},
 		Scheduler: scheduler.Config{Window: f.SchedulerWindow, ItemDeadline: f.ItemDeadline, OrphanGrace: f.OrphanGrace,
-			TenantWeights: f.TenantWeight, TenantRates: f.TenantRate},
+			TenantWeights: f.TenantWeight, TenantRates: f.TenantRate, TenantConcurrency: f.TenantConcurrency},
 	}
 }
 

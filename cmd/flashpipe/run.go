@@ -26,6 +26,8 @@ type InputFlags struct {
 	Batch       string `help:"Batch id (default: the file name and a hash of its items, so the same file is the same batch; stdin-HASH for standard input)." env:"FLASHPIPE_BATCH"`
 	Format      string `help:"Input format: csv or jsonl (default: from the file name, else sniffed from the content, as for standard input)." enum:",csv,jsonl" default:""`
 	SkipBadRows bool   `help:"Leave bad rows out (listing them) instead of rejecting the batch."`
+	Tenant      string `help:"Who the batch is for (an upstream system, a team, a user): the processors share their capacity between tenants first, then between a tenant's batches (default: the default tenant)." env:"FLASHPIPE_TENANT"`
+	Priority    int    `help:"The batch's priority among its tenant's batches: higher is served first (-1000 to 1000)." default:"0"`
 }
 
 // source names the input in messages and default batch ids.
@@ -68,6 +70,14 @@ func (f InputFlags) load(ctx context.Context) (*ingest.File, string, error) {
 	if err := flashpipe.ValidateBatchID(id); err != nil {
 		batch.Close()
 		return nil, "", &exitError{code: 2, err: fmt.Errorf("--batch: %w", err)}
+	}
+	if err := flashpipe.ValidateTenant(f.Tenant); err != nil {
+		batch.Close()
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--tenant: %w", err)}
+	}
+	if f.Priority < -flashpipe.MaxPriority || f.Priority > flashpipe.MaxPriority {
+		batch.Close()
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--priority %d: want %d to %d", f.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)}
 	}
 	return batch, id, nil
 }
@@ -136,7 +146,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
 	view := newProgress(batch.Len(), r.Quiet)
 	sum, err := st.RunBatch(ctx, app.BatchRun{
-		Batch:  ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace},
+		Batch:  ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace, Tenant: r.Tenant, Priority: r.Priority},
 		Output: &out, OnProgress: view.update,
 	})
 	view.finish()
