@@ -165,8 +165,9 @@ func Roles(c *contract.Contract) []Role {
 		{
 			Name:        Reader,
 			Description: "follows batches without changing anything (a dashboard, a batch's TSV while it runs); status and export read the database and need no NATS user",
-			Publish:     concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)")),
-			Subscribe:   inbox,
+			Publish: concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)"),
+				watchOnly(scheduleB, "list the batches queued for the processors (status)")),
+			Subscribe: inbox,
 		},
 	}
 }
