@@ -14,10 +14,12 @@ import (
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/processor"
 	"github.com/flashpipe/flashpipe/scheduler"
+	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
 
@@ -248,5 +250,53 @@ func TestMalformedPublishesAreRefusedAndNeverWedge(t *testing.T) {
 	}
 	if s := p.sim.Stats(); s.Requests > int64(2*dispatched) {
 		t.Errorf("%d API calls, want at most %d (two per valid item)", s.Requests, 2*dispatched)
+	}
+}
+
+// A burst of stuck batches (manifests whose last items never come) does not delay a
+// healthy batch submitted after them: it completes about as fast as alone. The
+// numbers: go test ./cmd/flashpipe -run TestHealthyBatchBesideFiftyStuckOnes -v
+func TestHealthyBatchBesideFiftyStuckOnes(t *testing.T) {
+	t.Parallel()
+	p := newPipelineWith(t, apptest.Config{Sim: llmsim.Config{Latency: 50 * time.Millisecond}})
+	p.startProcessor(processor.Config{ConcurrentMax: 10})
+	p.startSequencer(sequencer.Config{})
+	p.startSink(sink.Config{})
+	words := loadItems(t, "../../examples/vocabulary_1000.csv")
+	timed := func(id string, items []flashpipe.Item) time.Duration {
+		start := time.Now()
+		p.submit(id, items)
+		p.waitStored(id, time.Minute)
+		return time.Since(start)
+	}
+	timed("warm-up", words[:5])
+	alone := timed("alone", words[5:35])
+
+	up := publisher{t: t, js: p.js, c: p.c}
+	const stuck = 50
+	for i := range stuck {
+		id := fmt.Sprintf("stuck%02d", i)
+		up.manifest(flashpipe.Manifest{BatchID: id, Count: 5})
+		for seq := 1; seq <= 2; seq++ {
+			up.item(id, seq, int64(seq), fmt.Sprintf("막힌%d-%d", i, seq), nil)
+		}
+	}
+	// Stuck: every one has its two items stored and waits for the other three.
+	ctx := context.Background()
+	natstest.Eventually(t, time.Minute, func() bool {
+		list, err := p.store.Batches(ctx, 100)
+		n := 0
+		for _, b := range list {
+			if strings.HasPrefix(b.Manifest.BatchID, "stuck") && b.Done == 2 && b.State != flashpipe.BatchComplete {
+				n++
+			}
+		}
+		return err == nil && n == stuck
+	}, "the %d stuck batches never got their first two items stored", stuck)
+
+	beside := timed("beside", words[35:65])
+	t.Logf("a 30-item batch: %s alone, %s after %d stuck batches (%.2fx)", alone.Round(time.Millisecond), beside.Round(time.Millisecond), stuck, float64(beside)/float64(alone))
+	if beside > 2*alone+time.Second {
+		t.Errorf("the healthy batch took %s beside %d stuck ones, %s alone: the stuck ones held it up", beside, stuck, alone)
 	}
 }
