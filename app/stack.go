@@ -46,7 +46,10 @@ type StackConfig struct {
 	Sim       llmsim.Config
 	Sequencer SequencerConfig
 	Sink      sink.Config
-	Logger    *slog.Logger
+	// NATSOnly starts the NATS server (with the streams) and nothing else: no store,
+	// no simulator, no services, for services run as processes of their own.
+	NATSOnly bool
+	Logger   *slog.Logger
 }
 
 // Stack is a running single-process pipeline. Its fields are set once it started.
@@ -97,6 +100,9 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	}
 	if err = s.Contract.EnsureStreams(ctx, s.JS, log); err != nil {
 		return nil, err
+	}
+	if cfg.NATSOnly {
+		return s, nil
 	}
 	store := cfg.Store
 	if store.PostgresURL == "" {
@@ -185,6 +191,9 @@ func (s *Stack) Stop() {
 
 // APIMode describes, for the user, which API the stack talks to.
 func (s *Stack) APIMode() string {
+	if s.APIURL == "" {
+		return "none (no services run here)"
+	}
 	if s.Sim != nil {
 		return "the built-in API simulator at " + s.APIURL + " (no API key set: no real API calls, no cost)"
 	}

@@ -172,13 +172,14 @@ type ProcessorFlags struct {
 	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good (crashes, and API failures that outlast --retry-max-attempts)." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
 	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"5" env:"CIRCUIT_BREAKER_THRESHOLD"`
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"30s" env:"CIRCUIT_BREAKER_TIMEOUT"`
+	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"30s" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 }
 
 func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout,
+		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout,
 	}
 }
 

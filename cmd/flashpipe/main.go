@@ -112,8 +112,13 @@ func main() {
 		// per item), which it should not triple.
 		debug.SetGCPercent(200)
 	}
+	// The first SIGTERM or Ctrl-C ends ctx: the services drain (see app.Service) and
+	// the commands stop cleanly. Once it has, the signals get their default action
+	// again, so a second one ends the process at once (nothing is lost: every part
+	// acknowledges only what is durable).
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop)
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	kctx.Bind(logger)
 	err := kctx.Run()

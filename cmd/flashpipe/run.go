@@ -165,6 +165,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 type DevCmd struct {
 	DataDir  string `help:"Where the embedded NATS server and SQLite database keep their state." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
 	NATSPort int    `name:"nats-port" help:"Port of the embedded NATS server (0: a free port)." default:"0" env:"FLASHPIPE_NATS_PORT"`
+	NATSOnly bool   `name:"nats-only" help:"Run only the NATS server (with the streams): no services, no simulator, no database, for services started as processes of their own."`
 	StackFlags
 }
 
@@ -174,11 +175,22 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cfg.NATSOnly = d.NATSOnly
 	st, err := app.StartStack(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer st.Stop()
+	if d.NATSOnly {
+		fmt.Printf("NATS:  %s (JetStream, streams created; no services run here)\n", st.NATS.ClientURL())
+		fmt.Printf("\nStart the services with --nats-url %s (or FLASHPIPE_NATS_URL).\nStop with Ctrl-C.\n", st.NATS.ClientURL())
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-st.Err():
+			return err
+		}
+	}
 	fmt.Printf("NATS:  %s\n", st.NATS.ClientURL())
 	fmt.Printf("API:   %s\n", st.APIMode())
 	fmt.Printf("Store: %s\n", st.StoreName)

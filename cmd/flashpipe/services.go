@@ -146,7 +146,11 @@ func (s *SimulateAPICmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("API simulator listening: use --api-base-url %s\n", url)
+	// The processors' rate limit must be the simulator's, not the real API's default.
+	fmt.Printf("API simulator listening: point the processors at it with --api-base-url %s --rate-limit-rpm %d\n", url, s.SimRPM)
+	if s.SimRPM == 0 {
+		fmt.Println("(it has no rate limit: --rate-limit-rpm 0 lets them go as fast as it answers)")
+	}
 	<-ctx.Done()
 	return sim.Close()
 }
