@@ -223,6 +223,12 @@ func (c *Contract) BatchResults(batch string) string { return c.prefix + ".resul
 func (c *Contract) AllOrdered() string               { return c.prefix + ".ordered.*" }
 func (c *Contract) AllReady() string                 { return c.prefix + ".ready.>" }
 func (c *Contract) AllResults() string               { return c.prefix + ".results.>" }
+func (c *Contract) AllRefused() string               { return c.prefix + ".refused.*" }
+
+// RefusedBatch is the batch id (or "_") a refused-messages subject names.
+func (c *Contract) RefusedBatch(subject string) string {
+	return strings.TrimPrefix(subject, c.prefix+".refused.")
+}
 
 // StorageType is the JetStream storage of the contract's streams and buckets.
 func (c *Contract) StorageType() jetstream.StorageType {

@@ -159,6 +159,7 @@ func Roles(c *contract.Contract) []Role {
 				follow(c),
 				bucket(cacheB, "look answers up for a dry run's estimate", false)[:2],
 				bucket(registryB, "record every batch id, and check a submitted one against it", false),
+				ordered(c.RefusedStream(), p+".refused.>", "read why its messages were refused"),
 			),
 			Subscribe: inbox,
 		},
@@ -166,7 +167,8 @@ func Roles(c *contract.Contract) []Role {
 			Name:        Reader,
 			Description: "follows batches without changing anything (a dashboard, a batch's TSV while it runs); status and export read the database and need no NATS user",
 			Publish: concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)"),
-				watchOnly(scheduleB, "list the batches queued for the processors (status)")),
+				watchOnly(scheduleB, "list the batches queued for the processors (status)"),
+				ordered(c.RefusedStream(), p+".refused.>", "read the refusals of a batch (status)")),
 			Subscribe: inbox,
 		},
 	}
