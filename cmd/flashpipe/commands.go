@@ -203,13 +203,14 @@ func (e *ExportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	return printSummary(sum, false)
 }
 
-// StatusCmd shows batches and, when NATS is named, the services.
+// StatusCmd shows batches and, when NATS is named, the queue, the refusals and the
+// services.
 type StatusCmd struct {
 	ID    string `arg:"" optional:"" help:"Batch id (omit to list recent batches)."`
 	Limit int    `help:"How many batches to list." default:"20"`
 	JSON  bool   `help:"Print JSON."`
 	localStore
-	NATSURL string `name:"nats-url" help:"Also show the live services (and a sink blocked by its database) from this NATS server." env:"FLASHPIPE_NATS_URL,NATS_URL"`
+	NATSURL string `name:"nats-url" help:"Also show, from this NATS server, the queue (work waiting and at the processors, by tenant and batch), the refused messages and the live services (and a sink blocked by its database)." env:"FLASHPIPE_NATS_URL,NATS_URL"`
 	NATSAuthFlags
 	Prefix string `help:"Subject prefix." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
 }
@@ -221,7 +222,7 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	defer store.Close()
-	services := s.services(ctx, log)
+	live := s.live(ctx, log)
 	if s.ID == "" {
 		list, err := store.Batches(ctx, s.Limit)
 		if err != nil {
@@ -239,10 +240,16 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		printServices(services)
+		live.print(os.Stdout)
 		return nil
 	}
 	report, err := app.Report(ctx, store, s.ID)
+	if errors.Is(err, flashpipe.ErrNotFound) && live.knows(s.ID) {
+		// Submitted, not in the database yet: queued, or refused.
+		fmt.Printf("batch %s: not started yet\n", s.ID)
+		live.printBatch(os.Stdout, s.ID)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -268,52 +275,8 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 	for _, f := range report.FailedItems {
 		fmt.Printf("  failed: position %d %q at %s after %d attempts: %s\n    next: %s\n", f.Position, f.Term, f.Stage, f.Attempts, f.Reason, f.NextStep)
 	}
-	printServices(services)
+	live.printBatch(os.Stdout, s.ID)
 	return nil
-}
-
-// services lists the live services when NATS is named; it says why it cannot when
-// NATS does not answer, and never fails the command.
-func (s *StatusCmd) services(ctx context.Context, log *slog.Logger) []app.ServiceState {
-	if s.NATSURL == "" && s.Context == "" {
-		return nil
-	}
-	nf := NATSFlags{NATSURL: s.NATSURL, NATSAuthFlags: s.NATSAuthFlags, StreamFlags: StreamFlags{Prefix: s.Prefix}}
-	cfg := nf.natsConfig("flashpipe-status", false)
-	cfg.ConnectTimeout = 3 * time.Second
-	nc, js, c, err := nf.dial(ctx, cfg, log)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "flashpipe: services not shown: %v\n", err)
-		return nil
-	}
-	defer nc.Close()
-	client, err := app.NewClient(js, c, app.ClientConfig{Logger: log})
-	if err != nil {
-		return nil
-	}
-	states, err := client.Services(ctx)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "flashpipe: services not shown: %v\n", err)
-	}
-	if states == nil {
-		states = []app.ServiceState{}
-	}
-	return states
-}
-
-// printServices prints the live services, the blocked ones with why.
-func printServices(states []app.ServiceState) {
-	if states == nil {
-		return
-	}
-	fmt.Printf("services: %d live\n", len(states))
-	for _, st := range states {
-		line := fmt.Sprintf("  %s %s: running since %s", st.Service, st.Replica, st.Started.Local().Format(time.DateTime))
-		if st.Blocked {
-			line = fmt.Sprintf("  %s %s: BLOCKED since %s: %s: %s", st.Service, st.Replica, st.Since.Local().Format(time.DateTime), st.Cause, st.Reason)
-		}
-		fmt.Println(line)
-	}
 }
 
 // generationFlags are the flags of the commands that start a new generation of a
