@@ -20,16 +20,14 @@ import (
 
 // Codes name the kind of refusal (the metric's label; the reason says the details).
 const (
-	InvalidManifest    = "invalid_manifest"
-	BatchConflict      = "batch_conflict"
-	NoManifest         = "no_manifest"
-	NotInManifest      = "not_in_manifest"
-	Mismatch           = "mismatch"
-	Undecodable        = "undecodable"
-	PositionOrder      = "position_order"
-	NeverPublished     = "never_published"
-	InvalidItem        = "invalid_item"
-	ObsoleteGeneration = "obsolete_generation"
+	InvalidManifest = "invalid_manifest"
+	BatchConflict   = "batch_conflict"
+	NoManifest      = "no_manifest"
+	NotInManifest   = "not_in_manifest"
+	Mismatch        = "mismatch"
+	Undecodable     = "undecodable"
+	PositionOrder   = "position_order"
+	NeverPublished  = "never_published"
 )
 
 // Recorder records refusals.
