@@ -19,6 +19,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+	"github.com/flashpipe/flashpipe/internal/testutil/race"
 )
 
 // The throughput tests use a budget of 3000 RPM (50 requests per second) and the
@@ -342,7 +343,7 @@ func TestSimulatorNeverAnswers429(t *testing.T) {
 	if st.RateLimited != 0 || throttled != 0 {
 		t.Errorf("the simulator answered %d 429s (clients saw %d)", st.RateLimited, throttled)
 	}
-	if achieved < 0.9 {
+	if achieved < 0.9 && !race.Enabled { // the race detector slows the clients, not the limit
 		t.Errorf("achieved %.1f%% of the simulator's RPM, want >= 90%%", 100*achieved)
 	}
 	if observed != tokens {
