@@ -239,7 +239,10 @@ func (s *Server) batchesPage(w http.ResponseWriter, r *http.Request) {
 // batchData is the batch page's.
 type batchData struct {
 	*BatchDetail
-	Percent  float64
+	Percent float64
+	// Rate is a complete batch's average (items over the time from the first result
+	// to the completion), "" otherwise: the live rate comes with the progress events.
+	Rate     string
 	Preview  []previewCard
 	Formats  []export.Format
 	CanRetry bool
@@ -270,6 +273,11 @@ func (s *Server) batchPage(w http.ResponseWriter, r *http.Request) {
 		CanRetry: d.State == flashpipe.BatchComplete && d.Failed > 0}
 	if d.Items > 0 {
 		data.Percent = 100 * float64(d.Done) / float64(d.Items)
+	}
+	if d.State == flashpipe.BatchComplete && d.StartedAt != nil && d.CompletedAt != nil {
+		if el := d.CompletedAt.Sub(*d.StartedAt).Seconds(); el > 0 {
+			data.Rate = fmt.Sprintf("%.1f items/s", float64(d.Done)/el)
+		}
 	}
 	if data.Preview, err = s.preview(ctx, id); err != nil {
 		s.pageError(w, r, err)

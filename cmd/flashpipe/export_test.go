@@ -25,7 +25,7 @@ import (
 // it is interrupted when the test ends.
 func startDev(t *testing.T, dir, dataDir string) string {
 	t.Helper()
-	cmd := exec.Command(binary, "dev", "--data-dir", dataDir)
+	cmd := exec.Command(binary, "dev", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0")
 	cmd.Dir = dir
 	cmd.Env = cleanEnv()
 	out, err := cmd.StdoutPipe()
