@@ -241,7 +241,8 @@ type batchData struct {
 	*BatchDetail
 	Percent float64
 	// Rate is a complete batch's average (items over the time from the first result
-	// to the completion), "" otherwise: the live rate comes with the progress events.
+	// to the completion; not after a retry, whose wait it would count), "" otherwise:
+	// the live rate comes with the progress events.
 	Rate     string
 	Preview  []previewCard
 	Formats  []export.Format
@@ -274,7 +275,7 @@ func (s *Server) batchPage(w http.ResponseWriter, r *http.Request) {
 	if d.Items > 0 {
 		data.Percent = 100 * float64(d.Done) / float64(d.Items)
 	}
-	if d.State == flashpipe.BatchComplete && d.StartedAt != nil && d.CompletedAt != nil {
+	if d.State == flashpipe.BatchComplete && d.Generation == 0 && d.StartedAt != nil && d.CompletedAt != nil {
 		if el := d.CompletedAt.Sub(*d.StartedAt).Seconds(); el > 0 {
 			data.Rate = fmt.Sprintf("%.1f items/s", float64(d.Done)/el)
 		}
