@@ -19,7 +19,7 @@ import (
 // Defaults of Config.
 const (
 	// DefaultMaxBodyBytes caps a request body: room for the 10,000-item word list
-	// with all its metadata columns (3.4 MB as CSV, about 6 MB as a JSON body) several
+	// with all its metadata columns (3.4 MB as CSV, 7 to 8 MB as a JSON body) four
 	// times over.
 	DefaultMaxBodyBytes = 32 << 20
 	// DefaultReadHeaderTimeout bounds how long a client may take to send its headers.
