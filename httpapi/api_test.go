@@ -265,7 +265,7 @@ func TestBodyLimitAnswers413(t *testing.T) {
 	for _, ct := range []string{"text/csv", "application/json"} {
 		body := io.MultiReader(strings.NewReader(big)) // hides the length
 		if ct == "application/json" {
-			body = io.MultiReader(strings.NewReader(`{"items":[`+strings.Repeat(`{"term":"단어"},`, 1<<10)+`{"term":"끝"}]}`))
+			body = io.MultiReader(strings.NewReader(`{"items":[` + strings.Repeat(`{"term":"단어"},`, 1<<10) + `{"term":"끝"}]}`))
 		}
 		e.call("POST", "/v1/batches", adminToken, ct, body, http.StatusRequestEntityTooLarge, &got)
 	}
