@@ -328,6 +328,14 @@ func TestFollowResultsAndProgressAsServerSentEvents(t *testing.T) {
 		t.Fatalf("last event %s %s", last.name, last.data)
 	}
 
+	// A client that reconnects with the last id it received gets the rest.
+	resp = e.do("GET", "/v1/batches/sse/results", adminToken, "", nil, "Accept", "text/event-stream", "Last-Event-ID", "38")
+	evs = events(t, resp.Body)
+	resp.Body.Close()
+	if len(evs) != 3 || evs[0].id != "39" || evs[1].id != "40" || evs[2].name != "complete" {
+		t.Fatalf("resumed after 38: %+v", evs)
+	}
+
 	// The progress: snapshots, then the completion once stored.
 	resp = e.do("GET", "/v1/batches/sse/progress", adminToken, "", nil, "Accept", "text/event-stream")
 	evs = events(t, resp.Body)

@@ -163,9 +163,20 @@ func (s *Server) end(r *http.Request, st *streamer, err error) {
 	panic(http.ErrAbortHandler)
 }
 
+// lastEventID is the seq of the last result an event stream's client received
+// before it reconnected (its Last-Event-ID header), 0 when none.
+func lastEventID(r *http.Request) int {
+	n, err := strconv.Atoi(r.Header.Get("Last-Event-ID"))
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
 // results streams a batch's final results in ascending seq as they are produced,
 // until the batch is complete: JSON Lines, or server-sent events (event result, id
-// the seq; then one complete event) when the client accepts text/event-stream.
+// the seq; then one complete event) when the client accepts text/event-stream. A
+// client that reconnects with Last-Event-ID gets the results after that seq.
 func (s *Server) results(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.streamContext(r)
 	defer cancel()
@@ -184,9 +195,13 @@ func (s *Server) results(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := newStreamer(ctx, w, wantsSSE(r))
+	after := lastEventID(r)
 	done := Completed{BatchID: id, Generation: m.Generation, Items: m.Count}
 	sum, err := s.client.Follow(ctx, m, app.FollowOptions{OnResult: func(res flashpipe.Result) error {
 		done.add(res)
+		if res.Seq <= after {
+			return nil // sent before the client reconnected
+		}
 		return st.send("result", strconv.Itoa(res.Seq), res)
 	}})
 	if err != nil {
@@ -212,9 +227,13 @@ func (s *Server) storedResults(ctx context.Context, w http.ResponseWriter, r *ht
 		return
 	}
 	st := newStreamer(ctx, w, wantsSSE(r))
+	after := lastEventID(r)
 	done := Completed{BatchID: id, Generation: status.Manifest.Generation, Items: status.Manifest.Count, CostUSD: status.Usage.Cost}
 	err = s.client.Results(ctx, id, flashpipe.ResultFilter{}, func(res flashpipe.Result) error {
 		done.add(res)
+		if res.Seq <= after {
+			return nil
+		}
 		return st.send("result", strconv.Itoa(res.Seq), res)
 	})
 	if err != nil {
