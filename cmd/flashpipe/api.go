@@ -7,8 +7,14 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/httpapi"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/health"
 	"github.com/flashpipe/flashpipe/internal/secret"
 )
 
@@ -47,9 +53,9 @@ func (f HTTPAPIFlags) config(addr string, log *slog.Logger) httpapi.Config {
 	}
 }
 
-// serve starts the HTTP API on addr over client and says where, on w; the caller
+// serveAPI starts the HTTP API on addr over client and says where, on w; the caller
 // closes it.
-func (f HTTPAPIFlags) serve(client *app.Client, addr string, w io.Writer, log *slog.Logger) (*httpapi.Server, error) {
+func (f HTTPAPIFlags) serveAPI(client *app.Client, addr string, w io.Writer, log *slog.Logger) (*httpapi.Server, error) {
 	srv, err := httpapi.New(client, f.config(addr, log))
 	if err != nil {
 		return nil, err
@@ -66,12 +72,23 @@ func (f HTTPAPIFlags) serve(client *app.Client, addr string, w io.Writer, log *s
 	return srv, nil
 }
 
+// apiChecks are the HTTP API's readiness checks: NATS, the streams it reads and
+// writes, and the database.
+func apiChecks(nc *nats.Conn, js jetstream.JetStream, c *contract.Contract, st flashpipe.Store) []health.Check {
+	checks := []health.Check{health.NATS(nc), health.Streams(js, c.BatchesStream(), c.ItemsStream(), c.OrderedStream())}
+	if p, ok := st.(health.Pinger); ok {
+		checks = append(checks, health.Database(p))
+	}
+	return checks
+}
+
 // APICmd serves the HTTP API.
 type APICmd struct {
 	APIAddr string `name:"api-addr" help:"Address of the HTTP API (a non-loopback one needs tokens)." default:"127.0.0.1:8080" env:"FLASHPIPE_API_ADDR"`
 	HTTPAPIFlags
 	NATSFlags
 	StoreFlags
+	MetricsFlags
 	ServiceFlags
 }
 
@@ -96,7 +113,10 @@ func (a *APICmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv, err := a.serve(client, a.APIAddr, os.Stdout, log)
+	if _, err := a.serve(ctx, log, apiChecks(nc, js, c, store)...); err != nil {
+		return err
+	}
+	srv, err := a.serveAPI(client, a.APIAddr, os.Stdout, log)
 	if err != nil {
 		return err
 	}

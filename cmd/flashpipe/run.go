@@ -147,7 +147,7 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Fprintf(os.Stderr, "flashpipe: using %s\n", st.APIMode())
 	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
 	if r.APIAddr != "" {
-		srv, err := r.serve(st.Client, r.APIAddr, os.Stderr, log)
+		srv, err := r.serveAPI(st.Client, r.APIAddr, os.Stderr, log)
 		if err != nil {
 			return err
 		}
@@ -206,7 +206,7 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Printf("API:   %s\n", st.APIMode())
 	fmt.Printf("Store: %s\n", st.StoreName)
 	if d.APIAddr != "" {
-		srv, err := d.serve(st.Client, d.APIAddr, os.Stdout, log)
+		srv, err := d.serveAPI(st.Client, d.APIAddr, os.Stdout, log)
 		if err != nil {
 			return err
 		}
