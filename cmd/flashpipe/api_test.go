@@ -83,3 +83,13 @@ func TestCurlAgainstTheHTTPAPIOfDev(t *testing.T) {
 		t.Errorf("bad file: %d %s", status, body)
 	}
 }
+
+// Without a token the HTTP API refuses a network address, before serving anything.
+func TestDevRefusesAnOpenAPIOnTheNetwork(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, stderr, code := flashpipeCmd(t, dir, "dev", "--api-addr", "0.0.0.0:0")
+	if code == 0 || !strings.Contains(stderr, "no API token") || !strings.Contains(stderr, "FLASHPIPE_API_TOKENS") {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+}
