@@ -33,7 +33,7 @@ func browserPrereqs(t *testing.T) (node, chromium string) {
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		t.Skip("the browser test needs Node.js (apt-get install -y nodejs npm)")
+		t.Skip("the browser test needs Node.js 20 or newer with npm")
 	}
 	chromium = os.Getenv("CHROMIUM")
 	if chromium == "" {
