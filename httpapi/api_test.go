@@ -178,6 +178,7 @@ func TestBadInputIsRefusedRowByRowAndPublishesNothing(t *testing.T) {
 		{"content type", "", "text/plain", "term\n물\n", 415, "", "text/csv"},
 		{"no content type", "", "", "term\n물\n", 415, "", "application/json"},
 		{"bad priority", "?priority=high", "text/csv", "term\n물\n", 400, "priority", "not an integer"},
+		{"priority out of range", "", "application/json", `{"priority":1001,"items":[{"term":"물"}]}`, 400, "priority", "-1000 to 1000"},
 		{"bad replace", "?replace=maybe", "text/csv", "term\n물\n", 400, "replace", "true or false"},
 		{"unknown parameter", "?batch=x", "text/csv", "term\n물\n", 400, "batch", "unknown parameter"},
 		{"no term column", "", "text/csv", "word,kind\n물,n\n", 422, "", "term"},

@@ -12,20 +12,16 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"regexp"
 	"strings"
 	"unicode"
+
+	"github.com/flashpipe/flashpipe"
 )
 
 // MinTokenLength is the shortest token accepted: a token is a password that anyone
 // reaching the port can try, so it must be too long to guess (openssl rand -hex 32
 // makes a good one).
 const MinTokenLength = 16
-
-// MaxTenantLength is the longest tenant name.
-const MaxTenantLength = 64
-
-var tenantPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 // Token is one bearer token the API accepts.
 type Token struct {
@@ -35,18 +31,6 @@ type Token struct {
 	// sees only that tenant's batches. A token without a tenant may name any tenant
 	// and sees every batch.
 	Tenant string
-}
-
-// ValidateTenant reports whether name can name a tenant: letters, digits, '.', '-'
-// and '_', starting with a letter or digit, at most MaxTenantLength long.
-func ValidateTenant(name string) error {
-	switch {
-	case len(name) > MaxTenantLength:
-		return fmt.Errorf("tenant %q is longer than %d characters", name, MaxTenantLength)
-	case !tenantPattern.MatchString(name):
-		return fmt.Errorf("tenant %q may contain only letters, digits, '.', '-' and '_', and must start with a letter or digit", name)
-	}
-	return nil
 }
 
 // ParseTokens reads tokens, one a line: the token, then optionally blanks and its
@@ -74,7 +58,7 @@ func ParseTokens(r io.Reader, source string) ([]Token, error) {
 		}
 		if len(fields) == 2 {
 			t.Tenant = fields[1]
-			if err := ValidateTenant(t.Tenant); err != nil {
+			if err := flashpipe.ValidateTenant(t.Tenant); err != nil {
 				return nil, fmt.Errorf("%s line %d: %w", source, line, err)
 			}
 		}

@@ -84,10 +84,8 @@ func (c Config) validate() error {
 		if len(t.Secret) < MinTokenLength {
 			return fmt.Errorf("httpapi: Config.Tokens[%d] is shorter than %d characters", i, MinTokenLength)
 		}
-		if t.Tenant != "" {
-			if err := ValidateTenant(t.Tenant); err != nil {
-				return fmt.Errorf("httpapi: Config.Tokens[%d]: %w", i, err)
-			}
+		if err := flashpipe.ValidateTenant(t.Tenant); err != nil {
+			return fmt.Errorf("httpapi: Config.Tokens[%d]: %w", i, err)
 		}
 		if seen[t.Secret] {
 			return fmt.Errorf("httpapi: Config.Tokens[%d] repeats an earlier token", i)

@@ -171,10 +171,11 @@ func (s *Server) submit(ctx context.Context, p principal, in *submission) (*inge
 		}
 		tenant = p.tenant
 	}
-	if tenant != "" {
-		if err := ValidateTenant(tenant); err != nil {
-			return nil, nil, fieldError("tenant", "%v", err)
-		}
+	if err := flashpipe.ValidateTenant(tenant); err != nil {
+		return nil, nil, fieldError("tenant", "%v", err)
+	}
+	if in.Priority < -flashpipe.MaxPriority || in.Priority > flashpipe.MaxPriority {
+		return nil, nil, fieldError("priority", "%d is out of range: want %d to %d", in.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)
 	}
 	source := cmp.Or(strings.TrimSpace(in.Source), DefaultSource)
 	batch, skipped, closeBatch, err := batchOf(ctx, in, source, tenant)
