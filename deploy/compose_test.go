@@ -221,3 +221,34 @@ func mounts(s types.ServiceConfig, source, target string) bool {
 func hasSuffixPath(path, suffix string) bool {
 	return len(path) >= len(suffix)+1 && path[len(path)-len(suffix)-1:] == "/"+suffix
 }
+
+// The HTTP API (profile api): the flashpipe image with real flags and variables, the
+// readiness healthcheck, a healthy NATS and database first, a token from the
+// environment (it serves a network address).
+func TestComposeAPIProfile(t *testing.T) {
+	t.Parallel()
+	p := loadCompose(t, "api")
+	s, ok := p.Services["api"]
+	if !ok {
+		t.Fatal("no api service in the api profile")
+	}
+	checkArgs(t, "compose api", s.Command)
+	var env []string
+	for k := range s.Environment {
+		env = append(env, k)
+	}
+	checkEnv(t, "compose api", s.Command[0], env)
+	want := []string{"CMD", "flashpipe", "healthcheck", "--url", "http://127.0.0.1:9090/readyz"}
+	if s.HealthCheck == nil || !slices.Equal(s.HealthCheck.Test, want) {
+		t.Errorf("api: healthcheck %v, want %v", s.HealthCheck, want)
+	}
+	if s.DependsOn["nats"].Condition != types.ServiceConditionHealthy || s.DependsOn["postgres"].Condition != types.ServiceConditionHealthy {
+		t.Error("api: must wait for a healthy nats and postgres")
+	}
+	if _, ok := s.Environment["FLASHPIPE_API_TOKENS"]; !ok {
+		t.Error("api: serves a network address, so it needs FLASHPIPE_API_TOKENS")
+	}
+	if url := s.Environment["FLASHPIPE_POSTGRES_URL"]; url == nil || *url == "" {
+		t.Error("api: no FLASHPIPE_POSTGRES_URL")
+	}
+}

@@ -75,7 +75,7 @@ func flashpipeCLI(t *testing.T) flashpipeHelp {
 			return
 		}
 		cliResult = flashpipeHelp{env: map[string]map[string]bool{}, flags: map[string]map[string]bool{}}
-		for _, cmd := range []string{"processor", "sequencer", "sink", "migrate", "simulate-api", "submit", "healthcheck", "run", "dev"} {
+		for _, cmd := range []string{"processor", "sequencer", "sink", "api", "migrate", "simulate-api", "submit", "healthcheck", "run", "dev"} {
 			var out bytes.Buffer
 			c := exec.Command(bin, cmd, "--help")
 			c.Stdout, c.Stderr = &out, &out

@@ -25,7 +25,14 @@ import (
 // it is interrupted when the test ends.
 func startDev(t *testing.T, dir, dataDir string) string {
 	t.Helper()
-	cmd := exec.Command(binary, "dev", "--data-dir", dataDir)
+	nats, _ := startDevWith(t, dir, dataDir)
+	return nats
+}
+
+// startDevWith is startDev with more flags; it also returns the HTTP API's URL.
+func startDevWith(t *testing.T, dir, dataDir string, args ...string) (natsURL, httpURL string) {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"dev", "--data-dir", dataDir, "--api-addr", "127.0.0.1:0"}, args...)...)
 	cmd.Dir = dir
 	cmd.Env = cleanEnv()
 	out, err := cmd.StdoutPipe()
@@ -47,26 +54,30 @@ func startDev(t *testing.T, dir, dataDir string) string {
 			<-exited
 		}
 	})
-	url := make(chan string, 1)
+	urls := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
+		var nats string
 		for sc.Scan() {
 			if u, ok := strings.CutPrefix(sc.Text(), "NATS:"); ok {
-				url <- strings.TrimSpace(u)
+				nats = strings.TrimSpace(u)
+			}
+			if u, ok := strings.CutPrefix(sc.Text(), "HTTP:"); ok {
+				urls <- [2]string{nats, strings.Fields(u)[0]}
 			}
 		}
 		_ = cmd.Wait()
 		close(exited)
 	}()
 	select {
-	case u := <-url:
-		return u
+	case u := <-urls:
+		return u[0], u[1]
 	case <-exited:
 		t.Fatalf("flashpipe dev exited:\n%s", stderr.String())
 	case <-time.After(time.Minute):
-		t.Fatalf("flashpipe dev printed no NATS URL within a minute:\n%s", stderr.String())
+		t.Fatalf("flashpipe dev printed no NATS and HTTP URLs within a minute:\n%s", stderr.String())
 	}
-	return ""
+	return "", ""
 }
 
 func runOK(t *testing.T, dir string, args ...string) string {

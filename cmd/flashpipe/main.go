@@ -41,6 +41,7 @@ type CLI struct {
 	Processor   ProcessorCmd   `cmd:"" help:"Run a processor replica: items through the two LLM stages."`
 	Sequencer   SequencerCmd   `cmd:"" help:"Run a sequencer replica: results back into batch order."`
 	Sink        SinkCmd        `cmd:"" help:"Run a sink replica: ordered results into the database."`
+	API         APICmd         `cmd:"" name:"api" help:"Serve the HTTP API and the web page: submit, follow, export and retry batches over HTTP."`
 	Migrate     MigrateCmd     `cmd:"" help:"Apply the database migrations."`
 	Export      ExportCmd      `cmd:"" help:"Write a stored batch as flashcards (TSV, Anki package, CSV, JSON Lines) or its failed-items report."`
 	Retry       RetryCmd       `cmd:"" help:"Re-run only the failed items of a complete batch (a new generation; their rows are updated in place)."`
@@ -100,7 +101,7 @@ func main() {
 	if level == "" {
 		level = "warn"
 		switch strings.Fields(kctx.Command())[0] {
-		case "processor", "sequencer", "sink", "dev", "simulate-api":
+		case "processor", "sequencer", "sink", "api", "dev", "simulate-api":
 			level = "info"
 		}
 	}

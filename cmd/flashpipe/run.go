@@ -90,6 +90,8 @@ type RunCmd struct {
 	JSON    bool   `help:"Print the summary as one JSON object on stdout."`
 	Quiet   bool   `help:"No progress display."`
 	Replace bool   `help:"If the batch id is already used by other items, replace that batch (its old rows are dropped) instead of refusing."`
+	APIAddr string `name:"api-addr" help:"Also serve the HTTP API and the web page here while the batch runs (empty: not)." env:"FLASHPIPE_API_ADDR"`
+	HTTPAPIFlags
 	OutputFlags
 	StackFlags
 }
@@ -144,6 +146,13 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Fprintf(os.Stderr, "flashpipe: batch %s, %d items from %s\n", id, batch.Len(), r.source())
 	fmt.Fprintf(os.Stderr, "flashpipe: using %s\n", st.APIMode())
 	fmt.Fprintf(os.Stderr, "flashpipe: state in %s (%s)\n", r.DataDir, st.StoreName)
+	if r.APIAddr != "" {
+		srv, err := r.serveAPI(st.Client, r.APIAddr, os.Stderr, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 	view := newProgress(batch.Len(), r.Quiet)
 	sum, err := st.RunBatch(ctx, app.BatchRun{
 		Batch:  ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace, Tenant: r.Tenant, Priority: r.Priority},
@@ -166,6 +175,8 @@ type DevCmd struct {
 	DataDir  string `help:"Where the embedded NATS server and SQLite database keep their state." default:".flashpipe" env:"FLASHPIPE_DATA_DIR"`
 	NATSPort int    `name:"nats-port" help:"Port of the embedded NATS server (0: a free port)." default:"0" env:"FLASHPIPE_NATS_PORT"`
 	NATSOnly bool   `name:"nats-only" help:"Run only the NATS server (with the streams): no services, no simulator, no database, for services started as processes of their own."`
+	APIAddr  string `name:"api-addr" help:"Address of the HTTP API and the web page (port 0: a free port; empty: none; a non-loopback one needs tokens; not with --nats-only)." default:"127.0.0.1:8080" env:"FLASHPIPE_API_ADDR"`
+	HTTPAPIFlags
 	StackFlags
 }
 
@@ -194,6 +205,13 @@ func (d *DevCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Printf("NATS:  %s\n", st.NATS.ClientURL())
 	fmt.Printf("API:   %s\n", st.APIMode())
 	fmt.Printf("Store: %s\n", st.StoreName)
+	if d.APIAddr != "" {
+		srv, err := d.serveAPI(st.Client, d.APIAddr, os.Stdout, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
 	fmt.Printf("\nSubmit with:  flashpipe submit FILE --nats-url %s --wait -o cards.tsv\n", st.NATS.ClientURL())
 	fmt.Println("Stop with Ctrl-C.")
 	select {

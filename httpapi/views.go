@@ -1,0 +1,153 @@
+package httpapi
+
+import (
+	"time"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/ingest"
+)
+
+// The API's own shapes: what the OpenAPI document describes, mapped from the domain
+// types in one place, so that a change inside the pipeline does not change the API.
+
+// Batch is a batch as the list and the status show it.
+type Batch struct {
+	BatchID     string     `json:"batch_id"`
+	Source      string     `json:"source"`
+	Tenant      string     `json:"tenant,omitempty"`
+	Priority    int        `json:"priority,omitempty"`
+	Generation  int        `json:"generation"`
+	Items       int        `json:"items"`
+	State       string     `json:"state"`
+	Done        int        `json:"done"`
+	OK          int        `json:"ok"`
+	Failed      int        `json:"failed"`
+	Usage       Usage      `json:"usage"`
+	SubmittedAt time.Time  `json:"submitted_at"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	SetAside    int        `json:"set_aside,omitempty"`
+	Problem     string     `json:"problem,omitempty"`
+}
+
+// Usage is what a batch cost so far.
+type Usage struct {
+	Stage1Calls      int     `json:"stage1_calls"`
+	Stage2Calls      int     `json:"stage2_calls"`
+	CacheHits        int     `json:"cache_hits"`
+	CacheMisses      int     `json:"cache_misses"`
+	PromptTokens     int64   `json:"prompt_tokens"`
+	CompletionTokens int64   `json:"completion_tokens"`
+	CostUSD          float64 `json:"cost_usd"`
+}
+
+// BatchDetail is a batch's status: the store's view, its failed items, and the live
+// service replicas (a blocked sink says why the batch does not move).
+type BatchDetail struct {
+	Batch
+	FailedItems []app.FailedItem `json:"failed_items"`
+	Services    []Service        `json:"services"`
+}
+
+// Service is a live service replica.
+type Service struct {
+	Service string     `json:"service"`
+	Replica string     `json:"replica"`
+	Started time.Time  `json:"started"`
+	Blocked bool       `json:"blocked"`
+	Cause   string     `json:"cause,omitempty"`
+	Reason  string     `json:"reason,omitempty"`
+	Since   *time.Time `json:"since,omitempty"`
+}
+
+// Submitted answers a submit.
+type Submitted struct {
+	BatchID    string `json:"batch_id"`
+	Generation int    `json:"generation"`
+	Items      int    `json:"items"`
+	// Published counts the item messages this request stored (0 for a resubmission
+	// of a complete batch).
+	Published   int        `json:"published"`
+	Resubmitted bool       `json:"resubmitted"`
+	Replaced    bool       `json:"replaced"`
+	Expired     bool       `json:"expired"`
+	Tenant      string     `json:"tenant,omitempty"`
+	Priority    int        `json:"priority,omitempty"`
+	Skipped     []RowError `json:"skipped_rows"`
+	Links       Links      `json:"links"`
+}
+
+// Retried answers a retry: the new generation and how many items it runs.
+type Retried struct {
+	BatchID    string `json:"batch_id"`
+	Generation int    `json:"generation"`
+	Items      int    `json:"items"`
+	Published  int    `json:"published"`
+	Links      Links  `json:"links"`
+}
+
+// Links are the URLs of a batch's resources.
+type Links struct {
+	Self    string `json:"self"`
+	Results string `json:"results"`
+	Export  string `json:"export"`
+}
+
+// RowError is one bad row of a rejected batch: the line of the file (for a JSON
+// body, the 1-based index in items, with Field naming it) and the reason.
+type RowError struct {
+	Line   int    `json:"line"`
+	Field  string `json:"field,omitempty"`
+	Reason string `json:"reason"`
+}
+
+// Original describes the batch already holding an id, in a 409.
+type Original struct {
+	BatchID     string    `json:"batch_id"`
+	Source      string    `json:"source"`
+	Items       int       `json:"items"`
+	Generation  int       `json:"generation"`
+	SubmittedAt time.Time `json:"submitted_at"`
+}
+
+func linksOf(id string) Links {
+	self := "/v1/batches/" + id
+	return Links{Self: self, Results: self + "/results", Export: self + "/export"}
+}
+
+func viewOf(b flashpipe.BatchStatus) Batch {
+	m := b.Manifest
+	return Batch{
+		BatchID: m.BatchID, Source: m.Source, Tenant: m.Tenant, Priority: m.Priority, Generation: m.Generation,
+		Items: m.Count, State: b.State, Done: b.Done, OK: b.OK, Failed: b.Failed, Usage: usageOf(b.Usage),
+		SubmittedAt: b.SubmittedAt, StartedAt: b.StartedAt, CompletedAt: b.CompletedAt,
+		SetAside: b.SetAside, Problem: b.Problem,
+	}
+}
+
+func usageOf(u flashpipe.Usage) Usage {
+	return Usage{Stage1Calls: u.Stage1Calls, Stage2Calls: u.Stage2Calls, CacheHits: u.CacheHits, CacheMisses: u.CacheMisses,
+		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, CostUSD: u.Cost}
+}
+
+func servicesOf(states []app.ServiceState) []Service {
+	out := make([]Service, 0, len(states))
+	for _, s := range states {
+		out = append(out, Service{Service: s.Service, Replica: s.Replica, Started: s.Started, Blocked: s.Blocked,
+			Cause: s.Cause, Reason: s.Reason, Since: s.Since})
+	}
+	return out
+}
+
+func submittedOf(sub *ingest.Submission, skipped []RowError) Submitted {
+	m := sub.Manifest
+	if skipped == nil {
+		skipped = []RowError{}
+	}
+	return Submitted{
+		BatchID: m.BatchID, Generation: m.Generation, Items: m.Count, Published: sub.Published,
+		Resubmitted: sub.Resubmitted, Replaced: sub.Replaced, Expired: sub.Expired, Tenant: m.Tenant,
+		Priority: m.Priority, Skipped: skipped, Links: linksOf(m.BatchID),
+	}
+}
