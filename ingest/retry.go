@@ -11,6 +11,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // ErrNothingToRetry is returned by Retry for a batch without failed items.
@@ -211,11 +212,6 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 	if err != nil {
 		return 0, err
 	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(1000), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return 0, err
-	}
-	defer it.Stop()
 	const chunk = 1000
 	published, seen := 0, 0
 	wis := make([]flashpipe.WorkItem, 0, chunk)
@@ -225,28 +221,26 @@ func (p *Publisher) republish(ctx context.Context, m flashpipe.Manifest) (int, e
 		wis = wis[:0]
 		return err
 	}
-	for range info.NumPending {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return published, err
-		}
+	err = natsx.ReadPending(ctx, oc, info.NumPending, 0, func(msg jetstream.Msg) error {
 		wi, err := contract.DecodeItem(msg.Headers(), msg.Data())
 		if err != nil {
-			return published, err
+			return err
 		}
 		if wi.Generation != m.Base {
-			continue
+			return nil
 		}
 		seen++
 		if wi.Seq >= 1 && wi.Seq < len(done) && done[wi.Seq] {
-			continue
+			return nil
 		}
 		wi.Generation = m.Generation
 		if wis = append(wis, wi); len(wis) == chunk {
-			if err := flush(); err != nil {
-				return published, err
-			}
+			return flush()
 		}
+		return nil
+	})
+	if err != nil {
+		return published, fmt.Errorf("read the items of %s: %w", m.BatchID, err)
 	}
 	if err := flush(); err != nil {
 		return published, err
@@ -288,23 +282,15 @@ func (p *Publisher) seqsPublished(ctx context.Context, batchID string, count, ge
 	if err != nil {
 		return nil, err
 	}
-	if info.NumPending == 0 {
-		return done, nil
-	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(1000), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return nil, err
-	}
-	defer it.Stop()
-	for range info.NumPending {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return nil, err
-		}
+	err = natsx.ReadPending(ctx, oc, info.NumPending, 0, func(msg jetstream.Msg) error {
 		k, err := contract.KeysOf(msg.Headers())
 		if err == nil && (gen < 0 || k.Generation == gen) && k.Seq >= 1 && k.Seq <= count {
 			done[k.Seq] = true
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the items of %s: %w", batchID, err)
 	}
 	return done, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 )
 
 // ErrIncomplete is returned by Results for a batch whose latest generation has not
@@ -222,27 +223,15 @@ func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, sub
 	if err != nil {
 		return fmt.Errorf("read %s: %w", subject, err)
 	}
-	total := info.NumPending
-	if total == 0 {
-		return nil
-	}
-	it, err := oc.Messages(jetstream.PullMaxMessages(500), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", subject, err)
-	}
-	defer it.Stop()
-	for n := uint64(0); n < total; n++ {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return fmt.Errorf("read %s: %w", subject, err)
-		}
+	err = natsx.ReadPending(ctx, oc, info.NumPending, 0, func(msg jetstream.Msg) error {
 		k, err := contract.KeysOf(msg.Headers())
 		if err != nil {
-			return fmt.Errorf("read %s: %w", subject, err)
-		}
-		if err := fn(msg, k); err != nil {
 			return err
 		}
+		return fn(msg, k)
+	})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", subject, err)
 	}
 	return nil
 }
