@@ -246,7 +246,7 @@ func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger, checks ...hea
 // SequencerFlags configure sequencer replicas.
 type SequencerFlags struct {
 	SequencerWindow     int           `help:"Out-of-order results a batch holds in memory; further ones are re-read from the stream." default:"512" env:"FLASHPIPE_SEQUENCER_WINDOW"`
-	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once." default:"16" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
+	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once (a batch waiting for its results costs a little memory, no consumer)." default:"1000" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
 	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches (and the scheduling) of a crashed sequencer." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 	// The scheduler runs beside the sequencer (one replica leads).
 	SchedulerWindow   int                `help:"Items dispatched ahead of the processors (0: twice their --concurrent-max): small keeps the fair order, too small starves them." default:"0" env:"FLASHPIPE_SCHEDULER_WINDOW"`
