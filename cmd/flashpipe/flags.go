@@ -172,7 +172,7 @@ type ProcessorFlags struct {
 	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good (crashes, and API failures that outlast --retry-max-attempts)." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
 	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"5" env:"CIRCUIT_BREAKER_THRESHOLD"`
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"30s" env:"CIRCUIT_BREAKER_TIMEOUT"`
-	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"30s" env:"FLASHPIPE_DRAIN_TIMEOUT"`
+	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 }
 
 func (f ProcessorFlags) config() processor.Config {
@@ -245,9 +245,9 @@ func (f MetricsFlags) serve(ctx context.Context, log *slog.Logger, checks ...hea
 
 // SequencerFlags configure sequencer replicas.
 type SequencerFlags struct {
-	SequencerWindow     int           `help:"Out-of-order results a batch holds in memory; further ones are re-read from the stream." default:"512" env:"FLASHPIPE_SEQUENCER_WINDOW"`
-	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once (a batch waiting for its results costs a little memory, no consumer)." default:"1000" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
-	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches (and the scheduling) of a crashed sequencer." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
+	SequencerWindow     int           `help:"Out-of-order results a batch holds in memory; further ones are re-read from the stream." default:"${sequencer_window}" env:"FLASHPIPE_SEQUENCER_WINDOW"`
+	SequencerMaxBatches int           `help:"Batches one sequencer replica orders at once (a batch waiting for its results costs a little memory, no consumer)." default:"${sequencer_max_batches}" env:"FLASHPIPE_SEQUENCER_MAX_BATCHES"`
+	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches (and the scheduling) of a crashed sequencer." default:"${sequencer_lease_ttl}" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 	// The scheduler runs beside the sequencer (one replica leads).
 	SchedulerWindow   int                `help:"Items dispatched ahead of the processors (0: twice their --concurrent-max): small keeps the fair order, too small starves them." default:"0" env:"FLASHPIPE_SCHEDULER_WINDOW"`
 	ItemDeadline      time.Duration      `help:"How long a batch waits for an item that was never published before that item fails in its place." default:"15m" env:"FLASHPIPE_ITEM_DEADLINE"`

@@ -25,6 +25,8 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
+	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/sequencer"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -95,6 +97,11 @@ func main() {
 			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
 			"api_timeout":  llm.DefaultTimeout.String(),
 			"formats":      export.Names(),
+			// The services' defaults, from their packages, so the two cannot drift.
+			"sequencer_window":      strconv.Itoa(sequencer.DefaultWindow),
+			"sequencer_max_batches": strconv.Itoa(sequencer.DefaultMaxBatches),
+			"sequencer_lease_ttl":   sequencer.DefaultLeaseTTL.String(),
+			"drain_timeout":         processor.DefaultDrainTimeout.String(),
 		},
 	)
 	level := cli.LogLevel

@@ -29,7 +29,7 @@ type StreamsCmd struct {
 // resourceFlags are the settings of the services' own buckets, for the plan.
 type resourceFlags struct {
 	NATSFlags
-	SequencerLeaseTTL time.Duration `help:"Lease TTL of the sequencers (their --sequencer-lease-ttl)." default:"30s" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
+	SequencerLeaseTTL time.Duration `help:"Lease TTL of the sequencers (their --sequencer-lease-ttl)." default:"${sequencer_lease_ttl}" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 }
 
 func (f resourceFlags) plan(ctx context.Context, name string, log *slog.Logger) (func(), func([]contract.Change) error, []contract.Change, error) {
