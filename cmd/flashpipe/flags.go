@@ -37,13 +37,13 @@ import (
 // apply` changes them. Clients use only the prefix.
 type StreamFlags struct {
 	Prefix          string        `help:"Subject prefix; stream names derive from it." default:"flashpipe" env:"FLASHPIPE_PREFIX"`
-	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"1" env:"FLASHPIPE_STREAM_REPLICAS"`
+	StreamReplicas  int           `help:"Replicas of each stream (3 on a cluster)." default:"${stream_replicas}" env:"FLASHPIPE_STREAM_REPLICAS"`
 	StreamStorage   string        `help:"Stream storage: file or memory." default:"file" enum:"file,memory" env:"FLASHPIPE_STREAM_STORAGE"`
-	StreamMaxAge    time.Duration `help:"How long the ordered log and the manifests stay: how long a batch can be replayed and retried (negative: forever)." default:"168h" env:"FLASHPIPE_STREAM_MAX_AGE"`
-	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"10m" env:"FLASHPIPE_DUPLICATE_WINDOW"`
+	StreamMaxAge    time.Duration `help:"How long the ordered log and the manifests stay: how long a batch can be replayed and retried (negative: forever)." default:"${stream_max_age}" env:"FLASHPIPE_STREAM_MAX_AGE"`
+	DuplicateWindow time.Duration `help:"How long JetStream remembers message ids for de-duplication." default:"${duplicate_window}" env:"FLASHPIPE_DUPLICATE_WINDOW"`
 	// The in-flight streams are kept shorter than the log (docs/capacity.md).
-	ItemsMaxAge       time.Duration `help:"How long work items stay: the longest an item may wait to be processed, and how long after its submission a batch can be reprocessed (negative: forever)." default:"48h" env:"FLASHPIPE_ITEMS_MAX_AGE"`
-	ResultsMaxAge     time.Duration `help:"How long results stay: the longest a result may wait to be ordered by the sequencer (negative: forever)." default:"48h" env:"FLASHPIPE_RESULTS_MAX_AGE"`
+	ItemsMaxAge       time.Duration `help:"How long work items stay: the longest an item may wait to be processed, and how long after its submission a batch can be reprocessed (negative: forever)." default:"${items_max_age}" env:"FLASHPIPE_ITEMS_MAX_AGE"`
+	ResultsMaxAge     time.Duration `help:"How long results stay: the longest a result may wait to be ordered by the sequencer (negative: forever)." default:"${results_max_age}" env:"FLASHPIPE_RESULTS_MAX_AGE"`
 	StreamCompression string        `help:"Stream compression: s2 or none (file storage, NATS 2.10+)." default:"s2" enum:"s2,none" env:"FLASHPIPE_STREAM_COMPRESSION"`
 }
 
@@ -165,13 +165,13 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 
 // ProcessorFlags configure processor replicas.
 type ProcessorFlags struct {
-	ConcurrentMax    int           `help:"Items in flight across all processor replicas (1: strictly sequential)." default:"50" env:"CONCURRENT_MAX"`
+	ConcurrentMax    int           `help:"Items in flight across all processor replicas (1: strictly sequential)." default:"${concurrent_max}" env:"CONCURRENT_MAX"`
 	Workers          int           `help:"Items in flight in this replica (default: --concurrent-max)." env:"FLASHPIPE_WORKERS"`
-	RetryMaxAttempts int           `help:"API attempts per stage for transient errors." default:"3" env:"RETRY_MAX_ATTEMPTS"`
-	AckWait          time.Duration `help:"Redelivery timeout of an item whose processor stopped answering." default:"60s" env:"FLASHPIPE_ACK_WAIT"`
-	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good (crashes, and API failures that outlast --retry-max-attempts)." default:"10" env:"FLASHPIPE_MAX_DELIVERIES"`
-	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"5" env:"CIRCUIT_BREAKER_THRESHOLD"`
-	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"30s" env:"CIRCUIT_BREAKER_TIMEOUT"`
+	RetryMaxAttempts int           `help:"API attempts per stage for transient errors." default:"${retry_max_attempts}" env:"RETRY_MAX_ATTEMPTS"`
+	AckWait          time.Duration `help:"Redelivery timeout of an item whose processor stopped answering." default:"${ack_wait}" env:"FLASHPIPE_ACK_WAIT"`
+	MaxDeliveries    int           `help:"Deliveries of one item before it fails for good (crashes, and API failures that outlast --retry-max-attempts)." default:"${max_deliveries}" env:"FLASHPIPE_MAX_DELIVERIES"`
+	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"${breaker_threshold}" env:"CIRCUIT_BREAKER_THRESHOLD"`
+	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 }
 
@@ -186,7 +186,7 @@ func (f ProcessorFlags) config() processor.Config {
 // RateLimitFlags set the API rate limit all processor replicas share.
 type RateLimitFlags struct {
 	RateLimitRPM    int     `help:"API requests per minute for all processor replicas together (0: none; default 600 against a real API, the simulator's own limit against it)." default:"-1" env:"RATE_LIMIT_RPM"`
-	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"0.8" env:"RATE_LIMIT_BUFFER"`
+	RateLimitBuffer float64 `help:"Fraction of the rate limit used, leaving headroom." default:"${rate_limit_buffer}" env:"RATE_LIMIT_BUFFER"`
 	RateLimitTPM    int     `help:"API tokens per minute for all replicas together (0: none)." default:"0" env:"RATE_LIMIT_TPM"`
 	// While NATS is unreachable a replica cannot coordinate and spends a local share
 	// of the budget: budget / the live replica count it last read (heartbeats). This
@@ -250,8 +250,8 @@ type SequencerFlags struct {
 	SequencerLeaseTTL   time.Duration `help:"How soon another replica takes over the batches (and the scheduling) of a crashed sequencer." default:"${sequencer_lease_ttl}" env:"FLASHPIPE_SEQUENCER_LEASE_TTL"`
 	// The scheduler runs beside the sequencer (one replica leads).
 	SchedulerWindow   int                `help:"Items dispatched ahead of the processors (0: twice their --concurrent-max): small keeps the fair order, too small starves them." default:"0" env:"FLASHPIPE_SCHEDULER_WINDOW"`
-	ItemDeadline      time.Duration      `help:"How long a batch waits for an item that was never published before that item fails in its place." default:"15m" env:"FLASHPIPE_ITEM_DEADLINE"`
-	OrphanGrace       time.Duration      `help:"How long an item whose batch has no manifest waits for one before it is refused." default:"30s" env:"FLASHPIPE_ORPHAN_GRACE"`
+	ItemDeadline      time.Duration      `help:"How long a batch waits for an item that was never published before that item fails in its place." default:"${item_deadline}" env:"FLASHPIPE_ITEM_DEADLINE"`
+	OrphanGrace       time.Duration      `help:"How long an item whose batch has no manifest waits for one before it is refused." default:"${orphan_grace}" env:"FLASHPIPE_ORPHAN_GRACE"`
 	TenantWeight      map[string]int     `help:"A tenant's share of the processors relative to others (TENANT=N; default 1 each). Repeatable." env:"FLASHPIPE_TENANT_WEIGHT"`
 	TenantRate        map[string]float64 `help:"Cap on a tenant's items per second (TENANT=R), e.g. its share of the API's rate limit (2 calls per item). Repeatable." env:"FLASHPIPE_TENANT_RATE"`
 	TenantConcurrency map[string]int     `help:"Cap on a tenant's items at the processors at once, waiting for one or held (TENANT=N). Repeatable." env:"FLASHPIPE_TENANT_CONCURRENCY"`
@@ -279,8 +279,8 @@ func (f StoreFlags) storeConfig(sqliteFallback string) app.StoreConfig {
 
 // SinkFlags configure sink replicas.
 type SinkFlags struct {
-	SinkBatchSize int           `help:"Most events the sink writes per transaction." default:"500" env:"FLASHPIPE_SINK_BATCH_SIZE"`
-	SinkAckWait   time.Duration `help:"Redelivery timeout of events a sink read but did not commit (after a sink crash)." default:"30s" env:"FLASHPIPE_SINK_ACK_WAIT"`
+	SinkBatchSize int           `help:"Most events the sink writes per transaction." default:"${sink_batch_size}" env:"FLASHPIPE_SINK_BATCH_SIZE"`
+	SinkAckWait   time.Duration `help:"Redelivery timeout of events a sink read but did not commit (after a sink crash)." default:"${sink_ack_wait}" env:"FLASHPIPE_SINK_ACK_WAIT"`
 }
 
 func (f SinkFlags) config() sink.Config {

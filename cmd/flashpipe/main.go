@@ -18,15 +18,20 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/alecthomas/kong"
 
+	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/sink"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -95,13 +100,29 @@ func main() {
 			"temperature":  strconv.FormatFloat(stages.DefaultTemperature, 'g', -1, 64),
 			"max_tokens1":  strconv.Itoa(stages.DefaultMaxTokens1),
 			"max_tokens2":  strconv.Itoa(stages.DefaultMaxTokens2),
-			"api_timeout":  llm.DefaultTimeout.String(),
+			"api_timeout":  shortDuration(llm.DefaultTimeout),
 			"formats":      export.Names(),
 			// The services' defaults, from their packages, so the two cannot drift.
 			"sequencer_window":      strconv.Itoa(sequencer.DefaultWindow),
 			"sequencer_max_batches": strconv.Itoa(sequencer.DefaultMaxBatches),
-			"sequencer_lease_ttl":   sequencer.DefaultLeaseTTL.String(),
-			"drain_timeout":         processor.DefaultDrainTimeout.String(),
+			"sequencer_lease_ttl":   shortDuration(sequencer.DefaultLeaseTTL),
+			"drain_timeout":         shortDuration(processor.DefaultDrainTimeout),
+			"concurrent_max":        strconv.Itoa(processor.DefaultConcurrentMax),
+			"retry_max_attempts":    strconv.Itoa(processor.DefaultMaxAttempts),
+			"ack_wait":              shortDuration(processor.DefaultAckWait),
+			"max_deliveries":        strconv.Itoa(processor.DefaultMaxDeliveries),
+			"breaker_threshold":     strconv.Itoa(processor.DefaultBreakerThreshold),
+			"breaker_timeout":       shortDuration(processor.DefaultBreakerTimeout),
+			"rate_limit_buffer":     strconv.FormatFloat(ratelimit.DefaultBuffer, 'g', -1, 64),
+			"item_deadline":         shortDuration(scheduler.DefaultItemDeadline),
+			"orphan_grace":          shortDuration(scheduler.DefaultOrphanGrace),
+			"sink_batch_size":       strconv.Itoa(sink.DefaultBatchSize),
+			"sink_ack_wait":         shortDuration(sink.DefaultAckWait),
+			"stream_replicas":       strconv.Itoa(contract.DefaultReplicas),
+			"stream_max_age":        shortDuration(contract.DefaultMaxAge),
+			"duplicate_window":      shortDuration(contract.DefaultDuplicateWindow),
+			"items_max_age":         shortDuration(contract.DefaultItemsMaxAge),
+			"results_max_age":       shortDuration(contract.DefaultResultsMaxAge),
 		},
 	)
 	level := cli.LogLevel
@@ -162,4 +183,16 @@ func newLogger(w io.Writer, level, format string, red *secret.Redactor) *slog.Lo
 		h = slog.NewJSONHandler(w, opts)
 	}
 	return slog.New(secret.NewHandler(h, red))
+}
+
+// shortDuration writes d as a flag default is written: 168h, 10m, 30s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
