@@ -31,7 +31,7 @@ func TestPipelineMessagesAreValid(t *testing.T) {
 	p.StartSink(sink.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	waitAuditing(ctx, t, p)
+	p.WaitScheduling(time.Minute)
 
 	p.Submit("ingested", []flashpipe.Item{
 		{Position: 1, Term: "사과", Type: "noun"}, {Position: 2, Term: "먹다", Type: "verb"}, {Position: 5, Term: "빨리", Type: "adverb"},
@@ -114,23 +114,6 @@ func TestPipelineMessagesAreValid(t *testing.T) {
 	for _, code := range []string{"not_in_manifest: ", "no_manifest: "} {
 		if !strings.Contains(strings.Join(reasons, "\n"), code) {
 			t.Errorf("no refusal %q among %q", code, reasons)
-		}
-	}
-}
-
-// waitAuditing waits until the scheduler audits the items stream: its audit consumer
-// delivers only the items published after it was first created.
-func waitAuditing(ctx context.Context, t *testing.T, p *apptest.Pipeline) {
-	t.Helper()
-	for {
-		_, err := p.JS.Consumer(ctx, p.Contract.ItemsStream(), scheduler.DefaultAuditDurable)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the scheduler's audit consumer was not created: %v", err)
-		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
