@@ -307,6 +307,11 @@ func TestSchemasRefuseWrongMessages(t *testing.T) {
 			{"seqs hold a string", "seqs", []any{"1"}},
 			{"a setting that is a number", "settings", map[string]any{"max": 3}},
 			{"priority is a string", "priority", "high"},
+			{"priority above 1000", "priority", 1001},
+			{"priority below -1000", "priority", -1001},
+			{"tenant with a space", "tenant", "js team"},
+			{"tenant starting with '-'", "tenant", "-js"},
+			{"tenant longer than 64", "tenant", strings.Repeat("t", 65)},
 		}},
 		{"manifest.schema.json", strings.Replace(manifest, `"generation":0`, `"generation":1,"seq_bitmap":"BA=="`, 1), []mutation{
 			{"seqs and seq_bitmap both", "seqs", []int{2}},

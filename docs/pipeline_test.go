@@ -31,7 +31,6 @@ func TestPipelineMessagesAreValid(t *testing.T) {
 	p.StartSink(sink.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p.WaitScheduling(time.Minute)
 
 	p.Submit("ingested", []flashpipe.Item{
 		{Position: 1, Term: "사과", Type: "noun"}, {Position: 2, Term: "먹다", Type: "verb"}, {Position: 5, Term: "빨리", Type: "adverb"},

@@ -27,7 +27,6 @@ import (
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/scheduler"
 	"github.com/flashpipe/flashpipe/sequencer"
 	"github.com/flashpipe/flashpipe/sink"
 )
@@ -190,27 +189,6 @@ func Run(t testing.TB, svc *app.Service) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-// WaitScheduling waits until a scheduler leads (StartSequencer starts one): until its
-// audit of the items stream exists, which sees only the items published from then on
-// (an item with no manifest, or beyond its manifest's count, published earlier is
-// never refused). It fails the test after within.
-func (p *Pipeline) WaitScheduling(within time.Duration) {
-	p.T.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for {
-		_, err := p.JS.Consumer(ctx, p.Contract.ItemsStream(), scheduler.DefaultAuditDurable)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			p.T.Fatalf("no scheduler leads after %s: %v", within, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // Submit submits a batch through the client, failing the test on error.
