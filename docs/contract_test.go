@@ -171,7 +171,7 @@ func samples(t *testing.T) []sample {
 		out = append(out, sample{fmt.Sprintf("manifest generation %d", m.Generation),
 			withID(must(c.ManifestMsg(m)), contract.ManifestMsgID(m.BatchID, m.Generation)), "manifest.schema.json", "headers.schema.json#/$defs/manifest"})
 	}
-	itemMsg := withID(must(c.ItemMsg(wi)), contract.MsgID(wi.BatchID, wi.Position, wi.Generation))
+	itemMsg := withID(must(c.ItemMsg(wi)), contract.ItemMsgID(wi.BatchID, wi.Seq, wi.Generation))
 	out = append(out, sample{"item", itemMsg, "item.schema.json", "headers.schema.json#/$defs/item"})
 	for _, r := range []*flashpipe.Result{ok, okBare, failed, inPlace} {
 		rm := withID(must(c.ResultMsg(r)), contract.MsgID(r.BatchID, r.Position, r.Generation))
@@ -286,7 +286,7 @@ func TestSchemasRefuseWrongMessages(t *testing.T) {
 		item     = `{"batch_id":"week-12","seq":1,"generation":0,"position":10,"term":"사과","type":"noun","metadata":{"level":"1"}}`
 		result   = `{"batch_id":"week-12","seq":3,"generation":0,"position":35,"term":"물","type":"noun","status":"failed","failure":{"stage":"stage1","reason":"HTTP 400","class":"permanent","next_step":"fix the input"},"attempts":1,"usage":{"stage1_calls":1,"stage2_calls":0,"cache_hits":0,"cache_misses":1,"prompt_tokens":0,"completion_tokens":0,"cost":0},"processed_at":"2026-03-01T12:00:01Z"}`
 		complete = `{"kind":"complete","completion":{"batch_id":"week-12","generation":0,"emitted":3,"completed_at":"2026-03-01T12:00:02Z"}}`
-		itemHd   = `{"Flashpipe-Batch":"week-12","Flashpipe-Seq":"1","Flashpipe-Position":"10","Flashpipe-Generation":"0","Nats-Msg-Id":"week-12:10:0"}`
+		itemHd   = `{"Flashpipe-Batch":"week-12","Flashpipe-Seq":"1","Flashpipe-Position":"10","Flashpipe-Generation":"0","Nats-Msg-Id":"week-12:item:1:0"}`
 		refusal  = `{"Flashpipe-Refused-Reason":"no_manifest: item refused: batch x has no manifest of generation 0","Flashpipe-Refused-Subject":"flashpipe.items.x.1","Flashpipe-Refused-By":"scheduler"}`
 	)
 	cases := []struct {

@@ -50,13 +50,13 @@ func TestPipelineMessagesAreValid(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		publish(ctx, t, js, im, contract.MsgID(m.BatchID, it.Position, 0))
+		publish(ctx, t, js, im, contract.ItemMsgID(m.BatchID, i+1, 0))
 	}
 	orphan, err := c.ItemMsg(flashpipe.WorkItem{BatchID: "orphan", Seq: 1, Item: flashpipe.Item{Position: 1, Term: "x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish(ctx, t, js, orphan, contract.MsgID("orphan", 1, 0))
+	publish(ctx, t, js, orphan, contract.ItemMsgID("orphan", 1, 0))
 
 	p.WaitStored("ingested", 0, 2*time.Minute)
 	p.WaitStored("direct", 0, 2*time.Minute)

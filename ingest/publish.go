@@ -462,7 +462,7 @@ func (p *Publisher) publishAsync(ctx context.Context, wis []flashpipe.WorkItem) 
 		if err != nil {
 			return 0, wis, err
 		}
-		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.MsgID(wi.BatchID, wi.Position, wi.Generation)),
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(contract.ItemMsgID(wi.BatchID, wi.Seq, wi.Generation)),
 			jetstream.WithStallWait(30*time.Second))
 		if err != nil {
 			failed = append(failed, wi)

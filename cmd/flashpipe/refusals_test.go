@@ -61,7 +61,7 @@ func (p publisher) item(batch string, seq int, pos int64, term string, tweak fun
 	if tweak != nil {
 		tweak(msg)
 	}
-	p.publish(msg, fmt.Sprintf("%s:%d:%d", batch, seq, pos))
+	p.publish(msg, contract.ItemMsgID(batch, seq, 0)) // the contract's id, as an upstream would
 }
 
 func (p publisher) publish(msg *nats.Msg, id string) {

@@ -25,11 +25,20 @@ const (
 	HeaderStatus = "Flashpipe-Status"
 )
 
-// MsgID returns the Nats-Msg-Id of a message about one item: the batch id, the item's
-// position and the generation, so publishing the same item or result twice is a no-op
-// within the duplicate window.
+// MsgID returns the Nats-Msg-Id of a result (and its result event, and a dispatched
+// item): the batch id, the item's position and the generation, so publishing the same
+// result twice is a no-op within the duplicate window.
 func MsgID(batch string, position int64, generation int) string {
 	return batch + ":" + strconv.FormatInt(position, 10) + ":" + strconv.Itoa(generation)
+}
+
+// ItemMsgID returns the Nats-Msg-Id of a work item on the items stream: the batch id,
+// the item's seq and the generation. By seq, not position: publishing the same item
+// twice is a no-op, while two items that claim one position are both kept, so the
+// scheduler refuses the second at once (position_order) instead of its seq waiting for
+// the item deadline.
+func ItemMsgID(batch string, seq, generation int) string {
+	return batch + ":item:" + strconv.Itoa(seq) + ":" + strconv.Itoa(generation)
 }
 
 // ManifestMsgID and CompleteMsgID are the Nats-Msg-Ids of a generation's manifest and

@@ -29,7 +29,7 @@ export function names(prefix) {
 
 // Message ids (contract.md, 5).
 export const manifestMsgID = (batch, generation) => `${batch}:manifest:${generation}`;
-export const itemMsgID = (batch, position, generation) => `${batch}:${position}:${generation}`;
+export const itemMsgID = (batch, seq, generation) => `${batch}:item:${seq}:${generation}`;
 
 // contentHash is flashpipe's content hash of items in seq order (contract.md, 4.1):
 // hex SHA-256 of each item's JSON, as Go writes it, followed by a newline.
@@ -113,7 +113,7 @@ export function itemMessage(n, batch, generation, seq, it) {
   return {
     subject: n.item(batch, seq), body,
     headers: { "Flashpipe-Batch": batch, "Flashpipe-Seq": String(seq), "Flashpipe-Position": String(it.position), "Flashpipe-Generation": String(generation) },
-    msgID: itemMsgID(batch, it.position, generation),
+    msgID: itemMsgID(batch, seq, generation),
   };
 }
 
