@@ -412,7 +412,8 @@ func (l *leader) check(ctx context.Context, g *gen, raw *jetstream.RawStreamMsg)
 
 // failInPlace publishes a failed result for the item at g's cursor (seq), which holds
 // its place in the batch with the reason, and moves the cursor on. No API call is
-// made. code, when set, counts the failure as a refusal too.
+// made. code, when set, records the failure as a refusal too (an item never
+// published).
 func (l *leader) failInPlace(ctx context.Context, g *gen, it flashpipe.Item, seq int, reason, code string) error {
 	m := g.Manifest
 	r := &flashpipe.Result{BatchID: m.BatchID, Seq: seq, Generation: m.Generation, Item: it, Status: flashpipe.StatusFailed,
@@ -426,7 +427,13 @@ func (l *leader) failInPlace(ctx context.Context, g *gen, it flashpipe.Item, seq
 		return fmt.Errorf("publish the failed result of %s seq %d: %w", m.BatchID, seq, err)
 	}
 	if code != "" {
-		l.s.log.Warn("item failed in place", "batch", m.BatchID, "seq", seq, "reason", reason)
+		// Recorded where the upstream sees its refusals, though no message arrived: the
+		// subject names the item that never came.
+		ref := contract.Refusal{BatchID: m.BatchID, Subject: l.s.c.ItemSubject(m.BatchID, seq), Reason: reason,
+			ID: fmt.Sprintf("%s:%s:%d:%d", code, m.BatchID, m.Generation, seq)}
+		if err := l.s.refusals.Refuse(ctx, code, ref); err != nil {
+			return err
+		}
 	}
 	g.Next, g.dirty = g.Next+1, true
 	if it.Position > g.LastPosition {

@@ -143,7 +143,7 @@ func TestMalformedPublishesAreRefusedAndNeverWedge(t *testing.T) {
 		up.item("short", seq, int64(seq), fmt.Sprint("짧은", seq), nil)
 	}
 	dispatched += 5
-	cases["short"] = want{ok: 5, failed: []string{"item never published", "item never published"}}
+	cases["short"] = want{refused: []string{refusal.NeverPublished, refusal.NeverPublished}, ok: 5, failed: []string{"item never published", "item never published"}}
 
 	// A manifest that contradicts itself, and one that contradicts the registry.
 	up.manifest(flashpipe.Manifest{BatchID: "empty", Count: 0})
