@@ -14,6 +14,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/registry"
 )
 
@@ -331,7 +332,13 @@ func (p *Publisher) Manifest(ctx context.Context, batchID string) (flashpipe.Man
 	return m, err
 }
 
-// manifestAt returns the latest manifest of a batch and its stream sequence.
+// manifestAt returns the latest manifest of a batch, the last one on its subject that
+// is valid and agrees with the batch id registry, and the stream sequence of the last
+// message on that subject (whatever it is: the expectation a next manifest's publish
+// carries, so that nothing published since is overtaken). A manifest
+// someone else published that contradicts them (the scheduler refused it) is passed
+// over, so it cannot make retry wait for a generation that never runs, or a
+// resubmission follow the wrong items.
 func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.Manifest, uint64, error) {
 	js, c := p.js, p.c
 	st, err := js.Stream(ctx, c.BatchesStream())
@@ -345,8 +352,55 @@ func (p *Publisher) manifestAt(ctx context.Context, batchID string) (flashpipe.M
 	if err != nil {
 		return flashpipe.Manifest{}, 0, fmt.Errorf("read manifest of %s: %w", batchID, err)
 	}
-	m, err := contract.DecodeManifest(raw.Header, raw.Data)
-	return m, raw.Sequence, err
+	trusts, err := p.trusts(ctx, batchID)
+	if err != nil {
+		return flashpipe.Manifest{}, 0, err
+	}
+	if m, err := contract.DecodeManifest(raw.Header, raw.Data); err == nil && trusts(m) {
+		return m, raw.Sequence, nil
+	}
+	// The last one is not to be trusted: the latest that is, reading them all (a batch
+	// has a manifest per generation, and the few refused ones).
+	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{c.ManifestSubject(batchID)}})
+	if err != nil {
+		return flashpipe.Manifest{}, 0, fmt.Errorf("read manifests of %s: %w", batchID, err)
+	}
+	info, err := oc.Info(ctx)
+	if err != nil {
+		return flashpipe.Manifest{}, 0, fmt.Errorf("read manifests of %s: %w", batchID, err)
+	}
+	var latest flashpipe.Manifest
+	found := false
+	err = natsx.ReadPending(ctx, oc, info.NumPending, 0, func(msg jetstream.Msg) error {
+		if m, err := contract.DecodeManifest(msg.Headers(), msg.Data()); err == nil && trusts(m) {
+			latest, found = m, true
+		}
+		return nil
+	})
+	if err != nil {
+		return flashpipe.Manifest{}, 0, fmt.Errorf("read manifests of %s: %w", batchID, err)
+	}
+	if !found {
+		return flashpipe.Manifest{}, 0, fmt.Errorf("batch %q: no valid manifest (every one was refused): %w", batchID, flashpipe.ErrNotFound)
+	}
+	return latest, raw.Sequence, nil
+}
+
+// trusts returns the test of a batch's manifests: valid and agreeing with the batch's
+// registry record, when it has one.
+func (p *Publisher) trusts(ctx context.Context, batchID string) (func(flashpipe.Manifest) bool, error) {
+	reg, err := registry.Open(ctx, p.js, p.c)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	rec, _, known, err := reg.Get(ctx, batchID)
+	if err != nil {
+		return nil, err
+	}
+	if !known {
+		return func(m flashpipe.Manifest) bool { return m.Validate() == nil }, nil
+	}
+	return rec.Trusts, nil
 }
 
 // publishMissing publishes the items of an existing batch that the items stream lacks

@@ -154,3 +154,38 @@ func registryRecord(t *testing.T, js jetstream.JetStream, c *contract.Contract, 
 	}
 	return rec
 }
+
+// A manifest someone else published that contradicts the registry (the scheduler
+// refuses it) is passed over: the batch's own latest manifest still decides retry,
+// reprocess and resubmission.
+func TestRefusedManifestIsPassedOver(t *testing.T) {
+	t.Parallel()
+	js, c, pub := setup(t)
+	ctx := context.Background()
+	its := items(6)
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "mine", Items: ingest.SliceItems(its)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	completeLog(t, js, c, sub.Manifest, its, map[int]bool{2: true})
+	// A hostile generation 1 with other items, under its own message id.
+	hostile := sub.Manifest
+	hostile.Generation, hostile.ContentHash, hostile.Seqs = 1, "other", []int{1}
+	hm, err := c.ManifestMsg(hostile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, hm, jetstream.WithMsgID("hostile")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := pub.Manifest(ctx, "mine"); err != nil || m.Generation != 0 || m.ContentHash != sub.Manifest.ContentHash {
+		t.Fatalf("latest manifest: %+v, %v; want the batch's own generation 0", m, err)
+	}
+	if again, err := pub.Submit(ctx, ingest.Batch{ID: "mine", Items: ingest.SliceItems(its)}); err != nil || !again.Resubmitted || again.Published != 0 {
+		t.Fatalf("resubmission: %+v, %v", again, err)
+	}
+	r, err := pub.Retry(ctx, "mine")
+	if err != nil || r.Manifest.Generation != 1 || len(r.Manifest.Seqs) != 1 || r.Manifest.Seqs[0] != 2 {
+		t.Fatalf("retry after the hostile manifest: %+v, %v; want generation 1 retrying seq 2", r, err)
+	}
+}

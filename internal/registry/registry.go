@@ -42,6 +42,26 @@ func RecordOf(m flashpipe.Manifest) Record {
 		Generation: m.Generation, Base: m.Base}
 }
 
+// Trusts reports whether m may be the latest manifest of the batch the record
+// describes, by the rules Admit applies: a valid manifest of the record's item list
+// (its base and content hash), of an older, replaced list, or a replacement numbered
+// after every generation the record knows. A manifest published by someone else that
+// contradicts the record (the scheduler refuses it) is not trusted, whatever its place
+// in the stream.
+func (r Record) Trusts(m flashpipe.Manifest) bool {
+	if m.Validate() != nil {
+		return false
+	}
+	switch {
+	case m.Base < r.Base:
+		return true
+	case m.Base == r.Base:
+		return m.ContentHash == r.ContentHash
+	default:
+		return m.Generation > r.Generation
+	}
+}
+
 // Describe says when, from where and with how many items a batch was submitted.
 func (r Record) Describe() string {
 	return fmt.Sprintf("submitted %s from %q with %d items", r.SubmittedAt.Local().Format(time.DateTime), r.Source, r.Count)
