@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/flashpipe/flashpipe/scheduler"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
 )
 
 // QueuedBatch is a batch generation the scheduler is dispatching: how much of it is

@@ -17,7 +17,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // DefaultRateLimitRPM is the API rate limit against a real API when none is

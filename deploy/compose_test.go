@@ -11,7 +11,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
-	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/internal/processor"
 )
 
 // loadCompose loads docker-compose.yml the way `docker compose` does (compose-go is the

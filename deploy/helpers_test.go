@@ -13,10 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashpipe/flashpipe/internal/refusal"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/scheduler"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // services are the long-running flashpipe services: each serves /metrics, /healthz and

@@ -28,7 +28,7 @@ import (
 
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/health"
-	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/internal/processor"
 )
 
 // scaledObject mirrors KEDA's ScaledObject (keda.sh/v1alpha1, apis/keda/v1alpha1/

@@ -7,7 +7,7 @@ import (
 	"net/http"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 )
 
 // Error is the body of every error answer: a message for a person, the request

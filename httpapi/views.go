@@ -5,7 +5,7 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
-	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 )
 
 // The API's own shapes: what the OpenAPI document describes, mapped from the domain

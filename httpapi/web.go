@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
 )
 

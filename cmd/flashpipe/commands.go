@@ -13,9 +13,9 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
-	"github.com/flashpipe/flashpipe/ingest"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
-	"github.com/flashpipe/flashpipe/processor"
+	"github.com/flashpipe/flashpipe/internal/processor"
 )
 
 // SubmitCmd validates and publishes a batch.

@@ -15,9 +15,9 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/health"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // processorChecks, sequencerChecks and sinkChecks are each service's readiness

@@ -28,10 +28,10 @@ import (
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/scheduler"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -12,7 +12,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/internal/testutil/tcpproxy"
-	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
 )
 
 // child is the built binary running as a service, its stderr kept.

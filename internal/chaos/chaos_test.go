@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/ingest"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/ingest"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // suiteParams sizes the suite: the short form (default) or the long one (-tags chaos).

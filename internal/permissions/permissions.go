@@ -20,10 +20,10 @@ import (
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/scheduler"
-	"github.com/flashpipe/flashpipe/sequencer"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // Rule allows one subject (wildcards allowed) and says why.

@@ -13,7 +13,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
 )
 
 type env struct {

@@ -45,8 +45,8 @@ import (
 	"github.com/flashpipe/flashpipe/internal/lease"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/registry"
-	"github.com/flashpipe/flashpipe/processor"
-	"github.com/flashpipe/flashpipe/sequencer"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
 )
 
 // Defaults for Config.

@@ -12,7 +12,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
-	"github.com/flashpipe/flashpipe/sink"
+	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
