@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -184,9 +185,46 @@ type dispatch struct {
 // round dispatches up to n items in fair order and waits for the ready stream to
 // store them. It returns how many items it moved on (dispatched or failed in place).
 func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
-	var out []dispatch
-	moved := 0
-	ready := func(g *gen) bool { return l.readyGen(ctx, g, now) }
+	out, moved, checkErr := l.choose(ctx, now, n, func(g *gen) bool { return l.readyGen(ctx, g, now) })
+	if len(out) == 0 {
+		return moved, checkErr
+	}
+	stored := make([]bool, len(out))
+	futures := make([]jetstream.PubAckFuture, 0, len(out))
+	var firstErr error
+	for _, d := range out {
+		f, err := l.s.js.PublishMsgAsync(d.msg, jetstream.WithMsgID(d.msgID))
+		if err != nil {
+			firstErr = err
+			break // the rest are not sent: settle takes them back
+		}
+		futures = append(futures, f)
+	}
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			stored[i] = true
+		case err := <-f.Err():
+			firstErr = cmp.Or(firstErr, err)
+		case <-ctx.Done():
+			l.settle(out, stored)
+			return moved, ctx.Err()
+		}
+	}
+	l.settle(out, stored)
+	if firstErr != nil {
+		return moved, fmt.Errorf("publish to the ready stream: %w", firstErr)
+	}
+	return moved, checkErr
+}
+
+// choose takes up to n items in fair order (tenants.pick over the generations ready
+// reports) and checks each. Each item is counted at its tenant's processors as it is
+// taken, so a tenant's concurrency cap holds item by item within a round; settle
+// takes back what is not stored. moved counts the items dispatched or failed in place.
+// A check that fails (a refusal or failed result not published) ends the choice with
+// its error, the item left at its generation's cursor to be read again.
+func (l *leader) choose(ctx context.Context, now time.Time, n int, ready func(*gen) bool) (out []dispatch, moved int, err error) {
 	for len(out) < n {
 		g := l.tenants.pick(now, ready)
 		if g == nil {
@@ -196,59 +234,42 @@ func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
 		g.queue, l.queued = g.queue[1:], l.queued-1
 		d, err := l.check(ctx, g, raw)
 		if err != nil {
-			return moved, err
+			l.queued -= len(g.queue)
+			g.queue = nil
+			return out, moved, err
 		}
 		moved++
 		if d != nil {
 			out = append(out, *d)
-		}
-	}
-	if len(out) == 0 {
-		return moved, nil
-	}
-	futures := make([]jetstream.PubAckFuture, len(out))
-	var firstErr error
-	for i, d := range out {
-		f, err := l.s.js.PublishMsgAsync(d.msg, jetstream.WithMsgID(d.msgID))
-		if err != nil {
-			firstErr = err
-			out = out[:i]
-			futures = futures[:i]
-			break
-		}
-		futures[i] = f
-	}
-	failed := map[*gen]dispatch{}
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
 			l.inflight++
-			out[i].g.tenant.inflight++
-			l.s.cfg.Metrics.dispatched(out[i].g.Manifest.Tenant)
-		case err := <-f.Err():
-			if _, ok := failed[out[i].g]; !ok {
-				failed[out[i].g] = out[i]
-			}
-			if firstErr == nil {
-				firstErr = err
-			}
-		case <-ctx.Done():
-			return moved, ctx.Err()
+			g.tenant.inflight++
 		}
 	}
-	if firstErr != nil && len(failed) == 0 && len(out) < len(futures) {
-		failed[out[len(out)-1].g] = out[len(out)-1]
+	return out, moved, nil
+}
+
+// settle accounts for a round's publishes, stored[i] telling whether out[i] is in the
+// ready stream: an item stored counts as dispatched; an item not stored (refused, or
+// never sent after an earlier publish failed) leaves the in-flight counts, and its
+// generation starts again from its first such item (what followed it and was stored
+// is dropped as a duplicate when dispatched again), so no item is skipped.
+func (l *leader) settle(out []dispatch, stored []bool) {
+	first := map[*gen]dispatch{}
+	for i, d := range out {
+		if stored[i] {
+			l.s.cfg.Metrics.dispatched(d.g.Manifest.Tenant)
+			continue
+		}
+		l.inflight--
+		d.g.tenant.inflight--
+		if _, ok := first[d.g]; !ok {
+			first[d.g] = d
+		}
 	}
-	// A generation whose item was not stored starts again from that item (what
-	// followed it and was stored is dropped as a duplicate when dispatched again).
-	for g, d := range failed {
+	for g, d := range first {
 		l.queued -= len(g.queue)
 		g.queue, g.Next, g.LastPosition, g.dirty = nil, d.index, d.prevPos, true
 	}
-	if firstErr != nil {
-		return moved, fmt.Errorf("publish to the ready stream: %w", firstErr)
-	}
-	return moved, nil
 }
 
 // readyGen reports whether g has an item to dispatch now, reading the next ones from
