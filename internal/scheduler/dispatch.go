@@ -316,32 +316,93 @@ func (l *leader) readyGen(ctx context.Context, g *gen, now time.Time) bool {
 		g.MissingSince = nil
 		return false
 	}
-	g.backoff = min(max(2*g.backoff, 50*time.Millisecond), 5*time.Second)
+	g.backoff = min(max(2*g.backoff, minBackoff), 5*time.Second)
 	g.waitUntil = now.Add(g.backoff)
 	return false
 }
 
+// maxReadAhead is the most subjects read from the items stream in one request: the
+// generation being served, and the next items of others still waiting for theirs.
+const maxReadAhead = 256
+
 // fetch reads the next items of g (up to Prefetch, within the bound on items held)
-// from the items stream, in seq order, stopping at the first not yet published.
+// from the items stream, in seq order, stopping at the first not yet published. Where
+// the server reads many subjects in one request, the same request reads ahead for the
+// other generations that hold no item (up to maxReadAhead subjects): with many small
+// batches, one request serves dozens of them instead of one each.
 func (l *leader) fetch(ctx context.Context, g *gen) error {
-	m := g.Manifest
-	want := min(l.s.cfg.Prefetch, g.n-g.Next, max(1, l.s.cfg.MaxPrefetched-l.queued))
-	subjects := make([]string, want)
-	for i := range want {
-		subjects[i] = l.s.c.ItemSubject(m.BatchID, m.Seq(g.Next+i))
+	budget := max(1, l.s.cfg.MaxPrefetched-l.queued)
+	type part struct {
+		g        *gen
+		subjects []string
 	}
-	got, err := l.lastMsgs(ctx, subjects)
+	want := func(g *gen, n int) part {
+		m := g.Manifest
+		p := part{g: g, subjects: make([]string, min(l.s.cfg.Prefetch, g.n-g.Next, n))}
+		for i := range p.subjects {
+			p.subjects[i] = l.s.c.ItemSubject(m.BatchID, m.Seq(g.Next+i))
+		}
+		return p
+	}
+	parts := []part{want(g, budget)}
+	all := parts[0].subjects
+	now := time.Now()
+	if l.multiGet {
+		// The tenants' generations in about the order they are served: the first of
+		// each tenant, then the second of each, and so on.
+		for i, more := 0, true; more; i++ {
+			more = false
+			for _, t := range l.tenants.order {
+				room := min(maxReadAhead-len(all), budget-len(all))
+				if room <= 0 {
+					break
+				}
+				if i >= len(t.gens) {
+					continue
+				}
+				more = true
+				o := t.gens[i]
+				if o == g || o.done() || len(o.queue) > 0 || now.Before(o.waitUntil) || o.MissingSince != nil {
+					continue
+				}
+				p := want(o, room)
+				parts, all = append(parts, p), append(all, p.subjects...)
+			}
+		}
+	}
+	got, err := l.lastMsgs(ctx, all)
 	if err != nil {
 		return err
 	}
+	for i, p := range parts {
+		if l.take(p.g, p.subjects, got) == 0 && i > 0 && !p.g.done() {
+			// Read ahead and not published yet: looked for just now, like a
+			// generation of its own (readyGen times its deadline when it is served).
+			p.g.waitUntil = now.Add(minBackoff)
+		}
+	}
+	return nil
+}
+
+// minBackoff is the first wait before a generation whose next item is not published
+// is looked up again (doubling to 5 s).
+const minBackoff = 50 * time.Millisecond
+
+// take queues the items read for g's next subjects, in seq order, up to the first
+// not yet published (or of an earlier generation); an item of a later generation ends
+// g (it was superseded).
+// It returns how many items it queued.
+func (l *leader) take(g *gen, subjects []string, got map[string]*jetstream.RawStreamMsg) int {
+	m := g.Manifest
+	n := 0
 	for _, subj := range subjects {
 		raw, ok := got[subj]
 		if !ok {
-			break
+			return n
 		}
 		k, _ := contract.KeysOf(raw.Header)
 		if k.Generation < m.Generation {
-			break // this generation's item is not published yet
+			return n // this generation's item is not published yet
 		}
 		if k.Generation > m.Generation {
 			// A later generation's items are out: this one is over (it completed
@@ -349,12 +410,13 @@ func (l *leader) fetch(ctx context.Context, g *gen) error {
 			l.s.log.Warn("generation superseded: its dispatch ends", "batch", m.BatchID, "generation", m.Generation, "later", k.Generation)
 			l.queued -= len(g.queue)
 			g.queue, g.Next, g.dirty = nil, g.n, true
-			return nil
+			return 0
 		}
 		g.queue = append(g.queue, raw)
 		l.queued++
+		n++
 	}
-	return nil
+	return n
 }
 
 // lastMsgs reads the last message of each subject in one request where the server
