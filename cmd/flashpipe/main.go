@@ -22,6 +22,7 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
@@ -110,6 +111,7 @@ func main() {
 			"concurrent_max":        strconv.Itoa(processor.DefaultConcurrentMax),
 			"retry_max_attempts":    strconv.Itoa(processor.DefaultMaxAttempts),
 			"ack_wait":              shortDuration(processor.DefaultAckWait),
+			"cache_claim_ttl":       shortDuration(cache.DefaultClaimTTL),
 			"max_deliveries":        strconv.Itoa(processor.DefaultMaxDeliveries),
 			"breaker_threshold":     strconv.Itoa(processor.DefaultBreakerThreshold),
 			"breaker_timeout":       shortDuration(processor.DefaultBreakerTimeout),
