@@ -96,7 +96,7 @@ func (s *securePipeline) connect(role string) (jetstream.JetStream, *contract.Co
 }
 
 // setUp creates the streams and the KV buckets as the admin, as an operator does once
-// with flashpipe nats-setup.
+// with flashpipe streams apply.
 // The rate limit bucket is left to the processor, which must be able to re-create it.
 func (s *securePipeline) setUp() {
 	s.t.Helper()
