@@ -87,7 +87,8 @@ func countUpTo(ts []time.Time, limit time.Time) int {
 
 // A small batch submitted while a big one runs completes within a few times its time
 // alone (two active batches share the processors), long before the big one: in
-// arrival order it would wait for all of the big batch.
+// arrival order it would wait for all of the big batch. Its time alone is measured
+// after a first batch, so that the services' start is not counted as its own.
 func TestSmallBatchBesideABigOne(t *testing.T) {
 	t.Parallel()
 	p := newFairPipeline(t, 25*time.Millisecond)
@@ -101,6 +102,7 @@ func TestSmallBatchBesideABigOne(t *testing.T) {
 		}
 		return time.Since(start)
 	}
+	run("warm-up", items("처음", 3)) // the services' first batch pays their start
 	alone := run("small-alone", items("혼자", 3))
 
 	// 600 items at 50 ms each, 16 at a time: about 2 s alone.
@@ -119,8 +121,11 @@ func TestSmallBatchBesideABigOne(t *testing.T) {
 	if big.State == flashpipe.BatchComplete {
 		t.Errorf("the small batch completed after the big one: it waited for it")
 	}
-	if beside > 6*alone {
-		t.Errorf("the small batch took %s beside the big one, %.1fx its %s alone; want within 6x", beside, beside.Seconds()/alone.Seconds(), alone)
+	// Expected: about 2x (two active batches) plus the window ahead of it (32 items,
+	// 2 x CONCURRENT_MAX: one more item time), 3 to 4.5x measured on a loaded machine;
+	// in arrival order it would be about 16x (the whole big batch).
+	if beside > 8*alone {
+		t.Errorf("the small batch took %s beside the big one, %.1fx its %s alone; want within 8x", beside, beside.Seconds()/alone.Seconds(), alone)
 	}
 }
 
