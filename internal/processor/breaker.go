@@ -32,6 +32,9 @@ type breaker struct {
 	timeout time.Duration
 	opened  atomic.Int64 // unix nanos of the last opening
 	state   atomic.Int32
+	// trips counts the openings; claimed, those already charged to an item's usage
+	// (see call).
+	trips, claimed atomic.Int64
 }
 
 func newBreaker(threshold int, timeout time.Duration, log *slog.Logger, m *Metrics) *breaker {
@@ -53,6 +56,7 @@ func newBreaker(threshold int, timeout time.Duration, log *slog.Logger, m *Metri
 			switch to {
 			case gobreaker.StateOpen:
 				b.opened.Store(time.Now().UnixNano())
+				b.trips.Add(1)
 				log.Error("circuit breaker open: the API looks down; taking no new items, releasing those in hand",
 					"from", from.String(), "retry_in", timeout)
 			case gobreaker.StateHalfOpen:
@@ -79,12 +83,32 @@ func isOutage(err error) bool {
 }
 
 // call makes one API call through the breaker; an open breaker returns errRelease.
-func (b *breaker) call(fn func() (*llm.Response, error)) (*llm.Response, error) {
+// A failed call during which the breaker opened adds 1 to *trips, unless another
+// call in flight already took that opening: each opening is charged to exactly one
+// failed call (the one that tripped it, unless two failed at the same instant).
+func (b *breaker) call(fn func() (*llm.Response, error), trips *int) (*llm.Response, error) {
+	before := b.trips.Load()
 	resp, err := b.cb.Execute(fn)
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return nil, errRelease
 	}
+	if err != nil && b.trips.Load() > before && b.claimTrip() {
+		*trips++
+	}
 	return resp, err
+}
+
+// claimTrip takes one opening not yet charged to a call, if there is one.
+func (b *breaker) claimTrip() bool {
+	for {
+		c := b.claimed.Load()
+		if c >= b.trips.Load() {
+			return false
+		}
+		if b.claimed.CompareAndSwap(c, c+1) {
+			return true
+		}
+	}
 }
 
 // open reports whether the breaker is open (State also moves it to half-open once

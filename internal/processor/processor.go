@@ -286,9 +286,9 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	// Deliveries that were releases (open breaker) do not count as attempts; the
 	// others (crashes, timeouts) do.
-	deliveries := int(md.NumDelivered)
+	deliveries, released := int(md.NumDelivered), 0
 	if deliveries > 1 {
-		released, err := p.ledger.releases(ctx, wi)
+		released, err = p.ledger.releases(ctx, wi)
 		if err != nil {
 			p.log.Warn("release ledger unreadable; counting every delivery", "err", err)
 		}
@@ -322,6 +322,7 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
+	res.Usage.BreakerWaits += released
 	p.publishAndAck(ctx, msg, res)
 }
 
