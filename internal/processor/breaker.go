@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -169,36 +170,82 @@ func ledgerKey(wi flashpipe.WorkItem) string {
 	return wi.BatchID + "." + strconv.FormatInt(wi.Position, 10) + "." + strconv.Itoa(wi.Generation)
 }
 
-// releases returns how many times the item was released.
-func (l *ledger) releases(ctx context.Context, wi flashpipe.WorkItem) (int, error) {
-	e, err := l.kv.Get(ctx, ledgerKey(wi))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, nil
+// A ledger entry is "RELEASES" or "RELEASES TRIPS": the item's releases, and the
+// openings of the breaker its released deliveries caused (see releaseError), which
+// its result reports once it has one.
+func parseLedger(v []byte) (releases, trips int, err error) {
+	r, t, two := strings.Cut(string(v), " ")
+	if releases, err = strconv.Atoi(r); err != nil {
+		return 0, 0, fmt.Errorf("release ledger entry %q: %w", v, err)
 	}
-	if err != nil {
-		return 0, err
+	if two {
+		if trips, err = strconv.Atoi(t); err != nil {
+			return 0, 0, fmt.Errorf("release ledger entry %q: %w", v, err)
+		}
 	}
-	return strconv.Atoi(string(e.Value()))
+	return releases, trips, nil
 }
 
-// add records one more release of the item.
-func (l *ledger) add(ctx context.Context, wi flashpipe.WorkItem) error {
+func formatLedger(releases, trips int) []byte {
+	if trips == 0 {
+		return []byte(strconv.Itoa(releases))
+	}
+	return []byte(strconv.Itoa(releases) + " " + strconv.Itoa(trips))
+}
+
+// releases returns how many times the item was released, and the breaker openings
+// its released deliveries caused.
+func (l *ledger) releases(ctx context.Context, wi flashpipe.WorkItem) (releases, trips int, err error) {
+	e, err := l.kv.Get(ctx, ledgerKey(wi))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseLedger(e.Value())
+}
+
+// add records releases more releases of the item (0 or 1), and trips more openings
+// of the breaker caused by its deliveries.
+func (l *ledger) add(ctx context.Context, wi flashpipe.WorkItem, releases, trips int) error {
 	key := ledgerKey(wi)
 	for range 10 {
 		e, err := l.kv.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if _, err = l.kv.Create(ctx, key, []byte("1")); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+			if _, err = l.kv.Create(ctx, key, formatLedger(releases, trips)); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
 				return err
 			}
 		case err != nil:
 			return err
 		default:
-			n, _ := strconv.Atoi(string(e.Value()))
-			if _, err = l.kv.Update(ctx, key, []byte(strconv.Itoa(n+1)), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			n, t, _ := parseLedger(e.Value())
+			if _, err = l.kv.Update(ctx, key, formatLedger(n+releases, t+trips), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 				return err
 			}
 		}
 	}
 	return errors.New("release ledger: too many concurrent updates")
+}
+
+// releaseError is errRelease from a delivery whose failed calls opened the breaker
+// trips times: the ledger keeps the count for the item's result (the delivery's own
+// usage is dropped with it).
+type releaseError struct{ trips int }
+
+func (e *releaseError) Error() string { return errRelease.Error() }
+func (e *releaseError) Unwrap() error { return errRelease }
+
+// tripsOf returns the breaker openings a release or requeue error carries.
+func tripsOf(err error) int {
+	var re *releaseError
+	var rq *requeueError
+	switch {
+	case errors.As(err, &re):
+		return re.trips
+	case errors.As(err, &rq):
+		return rq.trips
+	}
+	return 0
 }

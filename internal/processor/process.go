@@ -85,20 +85,25 @@ func (p *Processor) verdict(ctx context.Context, res *flashpipe.Result, stage st
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	if errors.Is(err, errRelease) && res.Usage.BreakerTrips > 0 {
+		return nil, &releaseError{trips: res.Usage.BreakerTrips}
+	}
 	if errors.Is(err, errRequeue) || errors.Is(err, errRelease) {
 		return nil, err
 	}
 	if flashpipe.ClassOf(err) == flashpipe.Transient && !errors.Is(err, stages.ErrInvalidAnswer) && res.Attempts < p.cfg.MaxDeliveries {
-		return nil, &requeueError{delay: p.requeueDelay(res.Attempts), err: err}
+		return nil, &requeueError{delay: p.requeueDelay(res.Attempts), err: err, trips: res.Usage.BreakerTrips}
 	}
 	p.fail(res, stage, err, flashpipe.ClassOf(err))
 	return res, nil
 }
 
-// requeueError sends an item back for a later delivery after delay.
+// requeueError sends an item back for a later delivery after delay. trips are the
+// breaker openings the delivery caused, kept in the ledger for the item's result.
 type requeueError struct {
 	delay time.Duration
 	err   error
+	trips int
 }
 
 func (e *requeueError) Error() string {

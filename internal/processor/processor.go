@@ -286,9 +286,9 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	// Deliveries that were releases (open breaker) do not count as attempts; the
 	// others (crashes, timeouts) do.
-	deliveries, released := int(md.NumDelivered), 0
+	deliveries, released, trips := int(md.NumDelivered), 0, 0
 	if deliveries > 1 {
-		released, err = p.ledger.releases(ctx, wi)
+		released, trips, err = p.ledger.releases(ctx, wi)
 		if err != nil {
 			p.log.Warn("release ledger unreadable; counting every delivery", "err", err)
 		}
@@ -303,26 +303,30 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	switch {
 	case errors.As(err, &rq):
 		p.log.Info("API kept failing; item requeued", "batch", wi.BatchID, "position", wi.Position, "delay", rq.delay, "err", rq.err)
+		if rq.trips > 0 {
+			p.recordTrips(ctx, wi, rq.trips)
+		}
 		_ = msg.NakWithDelay(rq.delay)
 		return
 	case errors.Is(err, errRelease):
-		p.recordRelease(ctx, wi)
+		p.recordRelease(ctx, wi, tripsOf(err))
 		p.metrics.release()
 		_ = msg.NakWithDelay(p.breaker.releaseDelay())
 		return
 	case errors.Is(err, errRequeue):
 		// No verdict (the cache could not be read): the delivery does not count.
 		p.log.Warn("no verdict; item requeued", "batch", wi.BatchID, "position", wi.Position, "err", err)
-		p.recordRelease(ctx, wi)
+		p.recordRelease(ctx, wi, 0)
 		_ = msg.NakWithDelay(p.cfg.RequeueDelay)
 		return
 	case err != nil:
 		// Shutting down: let another replica have it now; the delivery does not count.
-		p.recordRelease(ctx, wi)
+		p.recordRelease(ctx, wi, 0)
 		_ = msg.Nak()
 		return
 	}
 	res.Usage.BreakerWaits += released
+	res.Usage.BreakerTrips += trips
 	p.publishAndAck(ctx, msg, res)
 }
 
@@ -345,12 +349,23 @@ func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *f
 
 // recordRelease notes in the ledger that this delivery ends without spending an
 // attempt (breaker open, no verdict, shutdown). Best effort: if the ledger cannot be
-// written, the delivery counts.
-func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem) {
+// written, the delivery counts. trips are the breaker openings the delivery caused,
+// kept for the item's result.
+func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem, trips int) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := p.ledger.add(lctx, wi); err != nil {
+	if err := p.ledger.add(lctx, wi, 1, trips); err != nil {
 		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position, "err", err)
+	}
+}
+
+// recordTrips notes in the ledger the breaker openings of a delivery that counts as
+// an attempt (requeued), for the item's result. Best effort: a metric, not a promise.
+func (p *Processor) recordTrips(ctx context.Context, wi flashpipe.WorkItem, trips int) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := p.ledger.add(lctx, wi, 0, trips); err != nil {
+		p.log.Warn("breaker openings not recorded", "batch", wi.BatchID, "position", wi.Position, "err", err)
 	}
 }
 
