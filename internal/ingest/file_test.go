@@ -82,7 +82,7 @@ func TestOpenFileMatchesParseFile(t *testing.T) {
 	t.Parallel()
 	paths := []string{
 		"testdata/simple.csv", "testdata/items.jsonl", "testdata/items.ndjson", "testdata/sniffed.txt",
-		"testdata/bad_rows.csv", "testdata/missing.csv", "../examples/vocabulary_1000.csv", "../examples/test_5_words.csv",
+		"testdata/bad_rows.csv", "testdata/missing.csv", "../../examples/vocabulary_1000.csv", "../../examples/test_5_words.csv",
 	}
 	for _, path := range paths {
 		for _, skip := range []bool{false, true} {

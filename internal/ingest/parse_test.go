@@ -711,7 +711,7 @@ func TestParseExampleFiles(t *testing.T) {
 	t.Parallel()
 	t.Run("vocabulary_1000", func(t *testing.T) {
 		t.Parallel()
-		const path = "../examples/vocabulary_1000.csv"
+		const path = "../../examples/vocabulary_1000.csv"
 		got, err := ParseFile(path, ParseOptions{})
 		if err != nil {
 			t.Fatalf("ParseFile: %v", err)
@@ -729,7 +729,7 @@ func TestParseExampleFiles(t *testing.T) {
 	})
 	t.Run("10K_HSK_List", func(t *testing.T) {
 		t.Parallel()
-		got, err := ParseFile("../testdata/10K_HSK_List.csv", ParseOptions{})
+		got, err := ParseFile("../../testdata/10K_HSK_List.csv", ParseOptions{})
 		if err != nil {
 			t.Fatalf("ParseFile: %v", err)
 		}
@@ -754,7 +754,7 @@ func TestParseExampleFiles(t *testing.T) {
 	})
 	t.Run("test_5_words", func(t *testing.T) {
 		t.Parallel()
-		got, err := ParseFile("../examples/test_5_words.csv", ParseOptions{})
+		got, err := ParseFile("../../examples/test_5_words.csv", ParseOptions{})
 		if err != nil {
 			t.Fatalf("ParseFile: %v", err)
 		}
@@ -891,7 +891,7 @@ func FuzzParse(f *testing.F) {
 }
 
 func BenchmarkParse10K(b *testing.B) {
-	data, err := os.ReadFile("../testdata/10K_HSK_List.csv")
+	data, err := os.ReadFile("../../testdata/10K_HSK_List.csv")
 	if err != nil {
 		b.Fatal(err)
 	}
