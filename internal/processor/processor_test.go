@@ -604,6 +604,15 @@ func TestFourReplicasShareOneRateLimit(t *testing.T) {
 	if s.RateLimited != 0 {
 		t.Fatalf("the API answered %d 429s for exceeding the shared limit", s.RateLimited)
 	}
+	// Demand above the limit: the results report the waits for it.
+	var u flashpipe.Usage
+	for _, res := range rs {
+		u = u.Add(res.Usage)
+	}
+	if u.RateLimitWaits == 0 || u.RateLimitWaitMS < int64(u.RateLimitWaits) || u.Throttled != 0 {
+		t.Errorf("results report %d rate-limit waits (%d ms) and %d 429s; want waits and no 429", u.RateLimitWaits, u.RateLimitWaitMS, u.Throttled)
+	}
+	t.Logf("results report %d rate-limit waits, %.1f s in all", u.RateLimitWaits, float64(u.RateLimitWaitMS)/1000)
 	// The limiter may run ahead by up to one second of budget at the start.
 	achieved := float64(s.Requests) / elapsed.Seconds() * 60
 	t.Logf("%d calls in %s: %.0f per minute, %.1f%% of the limit", s.Requests, elapsed.Round(time.Millisecond), achieved, 100*achieved/rpm)
