@@ -18,24 +18,54 @@ import (
 // simulator configuration the command builds.
 func parseSimulateAPI(t *testing.T, args ...string) llmsim.Config {
 	t.Helper()
+	cfg, _ := simulateAPIParser(t, args...)
+	return cfg
+}
+
+// simulateAPIParser parses args into a SimulateAPICmd and returns its simulator
+// configuration and the parser. Defaults taken from kong variables main defines for
+// other flags than the fault flags are "0" here (the tests compare configurations
+// with and without a flag).
+func simulateAPIParser(t *testing.T, args ...string) (llmsim.Config, *kong.Kong) {
+	t.Helper()
 	var cmd SimulateAPICmd
-	p, err := kong.New(&cmd, kong.Bind(secret.New()), simFaultVars())
+	vars := kong.Vars{}
+	for _, name := range defaultVars(reflect.TypeOf(cmd)) {
+		vars[name] = "0"
+	}
+	p, err := kong.New(&cmd, kong.Bind(secret.New()), vars, simFaultVars())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.Parse(args); err != nil {
 		t.Fatalf("parse %q: %v", args, err)
 	}
-	return cmd.simConfig(nil)
+	return cmd.simConfig(nil), p
+}
+
+// defaultVars lists the kong variables the default tags of a struct's fields name.
+func defaultVars(typ reflect.Type) []string {
+	var out []string
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Anonymous {
+			out = append(out, defaultVars(f.Type)...)
+			continue
+		}
+		for _, m := range regexp.MustCompile(`\$\{(\w+)\}`).FindAllStringSubmatch(f.Tag.Get("default"), -1) {
+			out = append(out, m[1])
+		}
+	}
+	return out
 }
 
 // Each of the simulator's knobs is reachable from a simulate-api flag, and each flag
 // sets exactly its knob.
 func TestSimulateAPIFlagsReachEveryKnob(t *testing.T) {
 	base := parseSimulateAPI(t)
-	want := llmsim.Config{Faults: llmsim.Faults{TimeoutDelay: llmsim.DefaultTimeoutDelay}}
-	if !reflect.DeepEqual(base, want) {
-		t.Fatalf("no flags: config %+v, want %+v (the simulator's defaults)", base, want)
+	if want := (llmsim.Faults{TimeoutDelay: llmsim.DefaultTimeoutDelay}); !reflect.DeepEqual(base.Faults, want) ||
+		base.Seed != 0 || base.Burst != 0 || base.RequireKey != "" {
+		t.Fatalf("no flags: config %+v, want no faults (the simulator's defaults)", base)
 	}
 	cases := []struct {
 		flag string
@@ -76,28 +106,75 @@ func TestSimulateAPIFlagsReachEveryKnob(t *testing.T) {
 	if !reflect.DeepEqual(got, all) {
 		t.Errorf("every flag at once: config\n%+v, want\n%+v", got, all)
 	}
-	// A knob added to llmsim without a flag fails here: every field of Config and
-	// Faults is set by some flag, except the logger and the prices (not faults).
-	unset := zeroFields(reflect.ValueOf(got), "Config", map[string]bool{
-		"Config.Logger": true, "Config.PricePromptPerM": true, "Config.PriceCompletionPerM": true,
-	})
-	if len(unset) > 0 {
-		t.Errorf("simulator knobs no simulate-api flag reaches: %s", strings.Join(unset, ", "))
+
+	// A knob added to llmsim without a flag fails here: each --sim-* flag of the
+	// command, given a value of its own, changes some knobs; together they change
+	// every field of Config (and of the structs in it), except the logger, hooks
+	// (functions) and the price list (prices are no fault: the spend flags own them).
+	_, p := simulateAPIParser(t)
+	reached := map[string]bool{}
+	for _, f := range p.Model.Node.Flags {
+		if !strings.HasPrefix(f.Name, "sim-") {
+			continue
+		}
+		var value string
+		switch f.Target.Kind() {
+		case reflect.Int, reflect.Int64:
+			if f.Target.Type() == reflect.TypeOf(time.Duration(0)) {
+				value = "1234ms"
+			} else {
+				value = "7"
+			}
+		case reflect.Float64:
+			value = "0.01"
+		case reflect.String:
+			value = "rehearsal"
+		case reflect.Map:
+			value = "rehearsal=503"
+		default:
+			t.Fatalf("--%s: no test value for a %s", f.Name, f.Target.Type())
+		}
+		for _, name := range changedFields(reflect.ValueOf(base), reflect.ValueOf(parseSimulateAPI(t, "--"+f.Name+"="+value)), "Config") {
+			reached[name] = true
+		}
+	}
+	skip := map[string]bool{"Config.Logger": true, "Config.PricePromptPerM": true, "Config.PriceCompletionPerM": true, "Config.Models": true}
+	for _, name := range leafFields(reflect.TypeOf(base), "Config") {
+		if !reached[name] && !skip[name] {
+			t.Errorf("simulator knob %s: no simulate-api flag reaches it", name)
+		}
 	}
 }
 
-// zeroFields lists the fields of the struct v (recursing into structs) left at their
-// zero value, named prefix.Field, skipping those in skip.
-func zeroFields(v reflect.Value, prefix string, skip map[string]bool) []string {
+// leafFields names the fields of a struct type that are not structs (recursing into
+// those) nor functions: prefix.Field.Sub.
+func leafFields(typ reflect.Type, prefix string) []string {
 	var out []string
-	for i := range v.NumField() {
-		name := prefix + "." + v.Type().Field(i).Name
-		f := v.Field(i)
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		name := prefix + "." + f.Name
 		switch {
-		case skip[name]:
-		case f.Kind() == reflect.Struct:
-			out = append(out, zeroFields(f, name, skip)...)
-		case f.IsZero():
+		case !f.IsExported() || f.Type.Kind() == reflect.Func:
+		case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}):
+			out = append(out, leafFields(f.Type, name)...)
+		default:
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// changedFields names the leaf fields (see leafFields) where a and b differ.
+func changedFields(a, b reflect.Value, prefix string) []string {
+	var out []string
+	for i := range a.NumField() {
+		f := a.Type().Field(i)
+		name := prefix + "." + f.Name
+		switch {
+		case !f.IsExported() || f.Type.Kind() == reflect.Func:
+		case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Time{}):
+			out = append(out, changedFields(a.Field(i), b.Field(i), name)...)
+		case !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()):
 			out = append(out, name)
 		}
 	}
