@@ -111,16 +111,8 @@ type BatchStatus struct {
 	Problem  string `json:"problem,omitempty"`
 }
 
-// SettingAPIMode is the manifest setting that names how a batch calls the API:
-// APIModeSync (the default: one chat completion per call) or APIModeBatch (the
-// provider's batch API).
-const (
-	SettingAPIMode = "api_mode"
-	APIModeSync    = "sync"
-	APIModeBatch   = "batch"
-)
-
-// APIMode returns the manifest's api_mode setting, APIModeSync when it has none.
+// APIMode returns the manifest's api_mode setting (SettingAPIMode), APIModeSync when
+// it has none.
 func (m Manifest) APIMode() string {
 	if mode := m.Settings[SettingAPIMode]; mode != "" {
 		return mode
@@ -138,7 +130,9 @@ func (m Manifest) APIMode() string {
 // what older generations spent.
 type BatchMetrics struct {
 	BatchID string `json:"batch_id"`
-	// Mode is the batch's APIMode.
+	// Mode is the batch's APIMode: its manifest's api_mode setting, APIModeSync
+	// when it has none (even where processors running in batch mode by default
+	// served it).
 	Mode string `json:"mode"`
 	// Results counts the results summed.
 	Results     int64 `json:"results"`
