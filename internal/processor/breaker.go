@@ -170,58 +170,65 @@ func ledgerKey(wi flashpipe.WorkItem) string {
 	return wi.BatchID + "." + strconv.FormatInt(wi.Position, 10) + "." + strconv.Itoa(wi.Generation)
 }
 
-// A ledger entry is "RELEASES" or "RELEASES TRIPS": the item's releases, and the
-// openings of the breaker its released deliveries caused (see releaseError), which
-// its result reports once it has one.
-func parseLedger(v []byte) (releases, trips int, err error) {
-	r, t, two := strings.Cut(string(v), " ")
-	if releases, err = strconv.Atoi(r); err != nil {
-		return 0, 0, fmt.Errorf("release ledger entry %q: %w", v, err)
+// ledgerEntry is what the ledger keeps of an item: its releases (deliveries that do
+// not count as attempts), and, for its result's usage, the releases by an open
+// breaker and the openings of the breaker its deliveries caused (see releaseError).
+// It is stored as "RELEASES" or "RELEASES TRIPS BREAKER_RELEASES".
+type ledgerEntry struct {
+	releases, trips, breakerReleases int
+}
+
+func parseLedger(v []byte) (ledgerEntry, error) {
+	var e ledgerEntry
+	fields := strings.Fields(string(v))
+	if len(fields) != 1 && len(fields) != 3 {
+		return e, fmt.Errorf("release ledger entry %q: want 1 or 3 numbers", v)
 	}
-	if two {
-		if trips, err = strconv.Atoi(t); err != nil {
-			return 0, 0, fmt.Errorf("release ledger entry %q: %w", v, err)
+	for i, p := range []*int{&e.releases, &e.trips, &e.breakerReleases}[:len(fields)] {
+		n, err := strconv.Atoi(fields[i])
+		if err != nil {
+			return ledgerEntry{}, fmt.Errorf("release ledger entry %q: %w", v, err)
 		}
+		*p = n
 	}
-	return releases, trips, nil
+	return e, nil
 }
 
-func formatLedger(releases, trips int) []byte {
-	if trips == 0 {
-		return []byte(strconv.Itoa(releases))
+func (e ledgerEntry) format() []byte {
+	if e.trips == 0 && e.breakerReleases == 0 {
+		return []byte(strconv.Itoa(e.releases))
 	}
-	return []byte(strconv.Itoa(releases) + " " + strconv.Itoa(trips))
+	return fmt.Appendf(nil, "%d %d %d", e.releases, e.trips, e.breakerReleases)
 }
 
-// releases returns how many times the item was released, and the breaker openings
-// its released deliveries caused.
-func (l *ledger) releases(ctx context.Context, wi flashpipe.WorkItem) (releases, trips int, err error) {
+// entry returns what the ledger holds of the item (zero when nothing).
+func (l *ledger) entry(ctx context.Context, wi flashpipe.WorkItem) (ledgerEntry, error) {
 	e, err := l.kv.Get(ctx, ledgerKey(wi))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, 0, nil
+		return ledgerEntry{}, nil
 	}
 	if err != nil {
-		return 0, 0, err
+		return ledgerEntry{}, err
 	}
 	return parseLedger(e.Value())
 }
 
-// add records releases more releases of the item (0 or 1), and trips more openings
-// of the breaker caused by its deliveries.
-func (l *ledger) add(ctx context.Context, wi flashpipe.WorkItem, releases, trips int) error {
+// addEntry adds d to the item's entry.
+func (l *ledger) addEntry(ctx context.Context, wi flashpipe.WorkItem, d ledgerEntry) error {
 	key := ledgerKey(wi)
 	for range 10 {
 		e, err := l.kv.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if _, err = l.kv.Create(ctx, key, formatLedger(releases, trips)); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+			if _, err = l.kv.Create(ctx, key, d.format()); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
 				return err
 			}
 		case err != nil:
 			return err
 		default:
-			n, t, _ := parseLedger(e.Value())
-			if _, err = l.kv.Update(ctx, key, formatLedger(n+releases, t+trips), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			n, _ := parseLedger(e.Value())
+			n = ledgerEntry{n.releases + d.releases, n.trips + d.trips, n.breakerReleases + d.breakerReleases}
+			if _, err = l.kv.Update(ctx, key, n.format(), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 				return err
 			}
 		}

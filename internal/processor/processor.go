@@ -286,13 +286,14 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	// Deliveries that were releases (open breaker) do not count as attempts; the
 	// others (crashes, timeouts) do.
-	deliveries, released, trips := int(md.NumDelivered), 0, 0
+	deliveries := int(md.NumDelivered)
+	var released ledgerEntry
 	if deliveries > 1 {
-		released, trips, err = p.ledger.releases(ctx, wi)
+		released, err = p.ledger.entry(ctx, wi)
 		if err != nil {
 			p.log.Warn("release ledger unreadable; counting every delivery", "err", err)
 		}
-		deliveries = max(1, deliveries-released)
+		deliveries = max(1, deliveries-released.releases)
 	}
 	stopProgress := p.keepAlive(msg)
 	p.metrics.inFlight(1)
@@ -304,29 +305,29 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	case errors.As(err, &rq):
 		p.log.Info("API kept failing; item requeued", "batch", wi.BatchID, "position", wi.Position, "delay", rq.delay, "err", rq.err)
 		if rq.trips > 0 {
-			p.recordTrips(ctx, wi, rq.trips)
+			p.recordLedger(ctx, wi, ledgerEntry{trips: rq.trips})
 		}
 		_ = msg.NakWithDelay(rq.delay)
 		return
 	case errors.Is(err, errRelease):
-		p.recordRelease(ctx, wi, tripsOf(err))
+		p.recordLedger(ctx, wi, ledgerEntry{releases: 1, trips: tripsOf(err), breakerReleases: 1})
 		p.metrics.release()
 		_ = msg.NakWithDelay(p.breaker.releaseDelay())
 		return
 	case errors.Is(err, errRequeue):
 		// No verdict (the cache could not be read): the delivery does not count.
 		p.log.Warn("no verdict; item requeued", "batch", wi.BatchID, "position", wi.Position, "err", err)
-		p.recordRelease(ctx, wi, 0)
+		p.recordRelease(ctx, wi)
 		_ = msg.NakWithDelay(p.cfg.RequeueDelay)
 		return
 	case err != nil:
 		// Shutting down: let another replica have it now; the delivery does not count.
-		p.recordRelease(ctx, wi, 0)
+		p.recordRelease(ctx, wi)
 		_ = msg.Nak()
 		return
 	}
-	res.Usage.BreakerWaits += released
-	res.Usage.BreakerTrips += trips
+	res.Usage.BreakerWaits += released.breakerReleases
+	res.Usage.BreakerTrips += released.trips
 	p.publishAndAck(ctx, msg, res)
 }
 
@@ -349,23 +350,20 @@ func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *f
 
 // recordRelease notes in the ledger that this delivery ends without spending an
 // attempt (breaker open, no verdict, shutdown). Best effort: if the ledger cannot be
-// written, the delivery counts. trips are the breaker openings the delivery caused,
-// kept for the item's result.
-func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem, trips int) {
-	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := p.ledger.add(lctx, wi, 1, trips); err != nil {
-		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position, "err", err)
-	}
+// written, the delivery counts.
+func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem) {
+	p.recordLedger(ctx, wi, ledgerEntry{releases: 1})
 }
 
-// recordTrips notes in the ledger the breaker openings of a delivery that counts as
-// an attempt (requeued), for the item's result. Best effort: a metric, not a promise.
-func (p *Processor) recordTrips(ctx context.Context, wi flashpipe.WorkItem, trips int) {
+// recordLedger adds d to the item's ledger entry: releases (deliveries that do not
+// count), and for its result's usage the releases by an open breaker and the breaker
+// openings its delivery caused. Best effort.
+func (p *Processor) recordLedger(ctx context.Context, wi flashpipe.WorkItem, d ledgerEntry) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := p.ledger.add(lctx, wi, 0, trips); err != nil {
-		p.log.Warn("breaker openings not recorded", "batch", wi.BatchID, "position", wi.Position, "err", err)
+	if err := p.ledger.addEntry(lctx, wi, d); err != nil {
+		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position,
+			"releases", d.releases, "breaker_trips", d.trips, "err", err)
 	}
 }
 
