@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/outfile"
 )
 

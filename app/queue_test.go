@@ -10,8 +10,8 @@ import (
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/internal/ingest"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 func items(prefix string, n int) []flashpipe.Item {

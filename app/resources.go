@@ -9,8 +9,8 @@ import (
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 )

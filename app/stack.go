@@ -49,7 +49,11 @@ type StackConfig struct {
 	// NATSOnly starts the NATS server (with the streams) and nothing else: no store,
 	// no simulator, no services, for services run as processes of their own.
 	NATSOnly bool
-	Logger   *slog.Logger
+	// Hold builds the services without starting them: batches submitted meanwhile
+	// wait in the streams until Stack.Start, as they would for services started
+	// later (e.g. to time a pipeline from batches queued first).
+	Hold   bool
+	Logger *slog.Logger
 }
 
 // Stack is a running single-process pipeline. Its fields are set once it started.
@@ -67,10 +71,12 @@ type Stack struct {
 	// Client is the client side of batches, with the store.
 	Client *Client
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errc   chan error
-	once   sync.Once
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errc    chan error
+	once    sync.Once
+	start   func()
+	started sync.Once
 }
 
 // StartStack starts NATS, the store, the simulator (without an API key) and the
@@ -147,14 +153,27 @@ func StartStack(ctx context.Context, cfg StackConfig) (_ *Stack, err error) {
 	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
-	for _, svc := range []*Service{proc, seq, snk} {
-		s.wg.Go(func() {
-			if err := svc.Run(rctx); err != nil && rctx.Err() == nil {
-				s.errc <- fmt.Errorf("%s: %w", svc.Name, err)
-			}
-		})
+	s.start = func() {
+		for _, svc := range []*Service{proc, seq, snk} {
+			s.wg.Go(func() {
+				if err := svc.Run(rctx); err != nil && rctx.Err() == nil {
+					s.errc <- fmt.Errorf("%s: %w", svc.Name, err)
+				}
+			})
+		}
+	}
+	if !cfg.Hold {
+		s.Start()
 	}
 	return s, nil
+}
+
+// Start starts the services of a stack built with StackConfig.Hold (once; a stack
+// started already, or one with no services, is left as it is).
+func (s *Stack) Start() {
+	if s.start != nil {
+		s.started.Do(s.start)
+	}
 }
 
 // Err reports a service that stopped on its own.

@@ -12,8 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flashpipe/flashpipe/httpapi"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/health"
 	"github.com/flashpipe/flashpipe/internal/processor"
@@ -262,11 +263,19 @@ func TestKubernetesExampleOverlay(t *testing.T) {
 	}
 	// The simulator component points the processors at its Service.
 	sim := o.deployment("flashpipe-simulator")
-	if sim == nil || len(o.services) != 1 {
-		t.Fatal("the simulator component adds a Deployment and a Service")
+	if sim == nil {
+		t.Fatal("the simulator component adds a Deployment")
+	}
+	var svc *corev1.Service
+	for _, s := range o.services {
+		if labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(sim.Spec.Template.Labels)) {
+			svc = s
+		}
+	}
+	if svc == nil || len(o.services) != 2 {
+		t.Fatal("the simulator component adds a Deployment and a Service (beside the API's)")
 	}
 	checkArgs(t, "simulator", sim.Spec.Template.Spec.Containers[0].Args)
-	svc := o.services[0]
 	wantURL := fmt.Sprintf("http://%s:%d/api/v1", svc.Name, svc.Spec.Ports[0].Port)
 	if got := cm.Data["FLASHPIPE_API_BASE_URL"]; got != wantURL {
 		t.Errorf("FLASHPIPE_API_BASE_URL %q, want the simulator's %q", got, wantURL)
@@ -512,10 +521,128 @@ func checkBuild(t *testing.T, o objects) {
 			t.Errorf("%s: its selector does not match its pods", where)
 		}
 	}
+	checkAPI(t, o, checkPod, metricsPort)
 	if len(o.jobs) != 1 || o.jobs[0].Spec.Template.Spec.Containers[0].Args[0] != "migrate" {
 		t.Fatalf("want one migrate Job, have %d", len(o.jobs))
 	}
 	checkPod("Job "+o.jobs[0].Name, o.jobs[0].Spec.Template.Spec)
+}
+
+// checkAPI checks the HTTP API's Deployment and Service: `flashpipe api` on the port
+// of its --api-addr, tokens from a Secret mounted as the file of
+// FLASHPIPE_API_TOKENS_FILE (never a literal), the database URL from the Secret,
+// startup and liveness on the API's own health endpoint, readiness on /readyz of the
+// metrics port, a disruption budget, and a Service that selects its pods and reaches
+// the API's port.
+func checkAPI(t *testing.T, o objects, checkPod func(string, corev1.PodSpec), metricsPort string) {
+	t.Helper()
+	d := o.deployment("flashpipe-api")
+	if d == nil {
+		t.Error("no Deployment flashpipe-api")
+		return
+	}
+	where := "Deployment " + d.Name
+	spec := d.Spec.Template.Spec
+	checkPod(where, spec)
+	c := spec.Containers[0]
+	if c.Args[0] != "api" {
+		t.Fatalf("%s runs %v", where, c.Args)
+	}
+	apiPort := ""
+	for i, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--api-addr="); ok {
+			apiPort = v
+		} else if a == "--api-addr" && i+1 < len(c.Args) {
+			apiPort = c.Args[i+1]
+		}
+	}
+	host, apiPort, _ := strings.Cut(apiPort, ":")
+	if apiPort == "" || (host != "" && host != "0.0.0.0" && host != "[::]") {
+		t.Fatalf("%s: wants --api-addr on every interface with a port, has %v", where, c.Args)
+	}
+	ports := map[string]string{}
+	for _, p := range c.Ports {
+		ports[p.Name] = strconv.Itoa(int(p.ContainerPort))
+	}
+	if ports["http"] != apiPort || ports["metrics"] != metricsPort || len(ports) != 2 {
+		t.Errorf("%s: ports %v, want http on --api-addr's %s and metrics on FLASHPIPE_METRICS_ADDR's %s", where, ports, apiPort, metricsPort)
+	}
+	for probe, want := range map[*corev1.Probe][2]string{
+		c.StartupProbe:   {httpapi.HealthPath, "http"},
+		c.LivenessProbe:  {httpapi.HealthPath, "http"},
+		c.ReadinessProbe: {health.ReadinessPath, "metrics"},
+	} {
+		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Path != want[0] || probe.HTTPGet.Port.String() != want[1] {
+			t.Errorf("%s: wants a probe on %s at port %s, has %+v", where, want[0], want[1], probe)
+			continue
+		}
+		if want[0] == health.ReadinessPath && int(max(probe.TimeoutSeconds, 1))*1e9 <= int(health.DefaultTimeout) {
+			t.Errorf("%s: readiness timeout %ds must exceed a check's timeout %s", where, probe.TimeoutSeconds, health.DefaultTimeout)
+		}
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	if _, ok := env["FLASHPIPE_API_TOKENS"]; ok {
+		t.Errorf("%s: tokens belong in the mounted Secret, not in FLASHPIPE_API_TOKENS", where)
+	}
+	if e, ok := env["FLASHPIPE_POSTGRES_URL"]; !ok || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+		t.Errorf("%s: FLASHPIPE_POSTGRES_URL from a Secret (status, the list and the exports read the database)", where)
+	}
+	file := env["FLASHPIPE_API_TOKENS_FILE"].Value
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		if !strings.HasPrefix(file, m.MountPath+"/") {
+			continue
+		}
+		for _, v := range spec.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			key := strings.TrimPrefix(file, m.MountPath+"/")
+			for _, sec := range o.secrets {
+				if sec.Name == v.Secret.SecretName {
+					_, inData := sec.Data[key]
+					_, inString := sec.StringData[key]
+					mounted = inData || inString
+				}
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("%s: FLASHPIPE_API_TOKENS_FILE %q is not a key of a Secret of the build mounted there", where, file)
+	}
+	pdbs := 0
+	for _, p := range o.pdbs {
+		sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
+		if err == nil && sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			pdbs++
+		}
+	}
+	if pdbs != 1 {
+		t.Errorf("%s: %d PodDisruptionBudgets select it, want 1", where, pdbs)
+	}
+	var svc *corev1.Service
+	for _, s := range o.services {
+		if s.Name == "flashpipe-api" {
+			svc = s
+		}
+	}
+	if svc == nil {
+		t.Fatal("no Service flashpipe-api")
+	}
+	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Error("Service flashpipe-api selects no API pod")
+	}
+	if len(svc.Spec.Ports) != 1 || (svc.Spec.Ports[0].TargetPort.String() != "http" && svc.Spec.Ports[0].TargetPort.String() != apiPort) {
+		t.Errorf("Service flashpipe-api: ports %+v, want one to the API's port", svc.Spec.Ports)
+	}
+	for _, s := range o.services {
+		if s != svc && labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+			t.Errorf("Service %s selects the API pods too", s.Name)
+		}
+	}
 }
 
 // natsValues mirrors the keys of the NATS Helm chart's values.yaml (nats-io/k8s,

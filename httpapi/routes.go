@@ -9,6 +9,10 @@ import (
 	"time"
 )
 
+// HealthPath is the server's liveness endpoint: public, 200 while the server answers
+// (it checks nothing else; readiness is the command's /readyz on its metrics address).
+const HealthPath = "/healthz"
+
 // access says who may call a route.
 type access int
 
@@ -42,7 +46,7 @@ func (s *Server) Routes() []string {
 // the security headers and the body limit.
 func (s *Server) routeAll() http.Handler {
 	s.routes = []route{
-		{"GET", "/healthz", public, s.health},
+		{"GET", HealthPath, public, s.health},
 		{"GET", "/v1/openapi.json", public, s.openAPI},
 		{"POST", "/v1/batches", byToken, s.postBatch},
 		{"GET", "/v1/batches", byToken, s.listBatches},
@@ -71,7 +75,7 @@ func (s *Server) routeAll() http.Handler {
 	// Another method on a known path, and an unknown path under /v1, get a JSON
 	// answer too (the mux's own are plain text).
 	for path, methods := range allowed {
-		if !strings.HasPrefix(path, "/v1/") && path != "/healthz" {
+		if !strings.HasPrefix(path, "/v1/") && path != HealthPath {
 			continue
 		}
 		allow := strings.Join(slices.Sorted(slices.Values(methods)), ", ")

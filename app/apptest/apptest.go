@@ -16,19 +16,19 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
-	"github.com/flashpipe/flashpipe/internal/processor"
-	"github.com/flashpipe/flashpipe/internal/sequencer"
-	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // APIKey is the key the fixture's processors present to the simulator.

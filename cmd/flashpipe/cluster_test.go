@@ -11,11 +11,11 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/testutil/freeport"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/freeport"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 func freePorts(t *testing.T, n int) []int { return freeport.List(t, n) }

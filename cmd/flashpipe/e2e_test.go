@@ -12,14 +12,14 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
-	"github.com/flashpipe/flashpipe/internal/store/postgres"
-	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/store/postgres"
+	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 )
 
 // The 1,000-item list through all four services, the simulator answering in random

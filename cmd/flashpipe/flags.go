@@ -18,18 +18,19 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/health"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // StreamFlags shape the streams: a service creates those that are missing with these
@@ -160,7 +161,8 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 	}
 	pc := p.config()
 	pc.Redactor = f.redactor
-	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config()}, nil
+	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(),
+		Cache: cache.Config{ClaimTTL: p.CacheClaimTTL}}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -173,6 +175,7 @@ type ProcessorFlags struct {
 	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"${breaker_threshold}" env:"CIRCUIT_BREAKER_THRESHOLD"`
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
+	CacheClaimTTL    time.Duration `help:"How long the other replicas wait for a replica that died while paying for an answer they also need (the same for every replica)." default:"${cache_claim_ttl}" env:"FLASHPIPE_CACHE_CLAIM_TTL"`
 }
 
 func (f ProcessorFlags) config() processor.Config {

@@ -15,14 +15,14 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 )
 
 // binary is the flashpipe binary built for the tests that run it as a child process.

@@ -22,16 +22,17 @@ import (
 
 	"github.com/alecthomas/kong"
 
+	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -110,6 +111,7 @@ func main() {
 			"concurrent_max":        strconv.Itoa(processor.DefaultConcurrentMax),
 			"retry_max_attempts":    strconv.Itoa(processor.DefaultMaxAttempts),
 			"ack_wait":              shortDuration(processor.DefaultAckWait),
+			"cache_claim_ttl":       shortDuration(cache.DefaultClaimTTL),
 			"max_deliveries":        strconv.Itoa(processor.DefaultMaxDeliveries),
 			"breaker_threshold":     strconv.Itoa(processor.DefaultBreakerThreshold),
 			"breaker_timeout":       shortDuration(processor.DefaultBreakerTimeout),

@@ -3,24 +3,32 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
-	"github.com/flashpipe/flashpipe/internal/refusal"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // publisher publishes raw messages as an upstream in any language would, mistakes
@@ -73,13 +81,30 @@ func (p publisher) publish(msg *nats.Msg, id string) {
 
 // Every mistake an upstream can make when it publishes straight into NATS is refused
 // or ends its batch visibly, with the reason, at no API cost, and a healthy batch
-// published beside them completes.
+// published beside them completes. The services' /metrics count every refusal kept
+// in the stream by service and code (flashpipe_refused_total{by,code}).
 func TestMalformedPublishesAreRefusedAndNeverWedge(t *testing.T) {
 	t.Parallel()
 	p := newPipelineWith(t, apptest.Config{})
-	p.startProcessor(processor.Config{ConcurrentMax: 20})
-	p.StartSequencerWith(app.SequencerConfig{Scheduler: scheduler.Config{OrphanGrace: time.Second, ItemDeadline: 3 * time.Second}})
-	p.startSink(sink.Config{})
+	reg := prometheus.NewRegistry()
+	withMetrics := func() app.Deps {
+		d := p.Deps(true)
+		d.Metrics = reg
+		return d
+	}
+	start := func(svc *app.Service, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Run(svc)
+	}
+	start(app.NewProcessor(context.Background(), withMetrics(), p.ProcessorConfig(processor.Config{ConcurrentMax: 20})))
+	start(app.NewSequencer(context.Background(), withMetrics(),
+		app.SequencerConfig{Scheduler: scheduler.Config{OrphanGrace: time.Second, ItemDeadline: 3 * time.Second}}))
+	start(app.NewSink(context.Background(), withMetrics(), p.store, sink.Config{}))
+	metrics := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(metrics.Close)
 	up := publisher{t: t, js: p.js, c: p.c}
 
 	type want struct {
@@ -206,6 +231,33 @@ func TestMalformedPublishesAreRefusedAndNeverWedge(t *testing.T) {
 			}
 		}
 	}
+	// The metric counts what the stream keeps, by the service that refused and the code.
+	kept := map[string]int{}
+	counts, err := p.Client.RefusalCounts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for batch := range counts {
+		got, err := p.Client.Refusals(ctx, batch, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range got {
+			kept[fmt.Sprintf(`by=%q,code=%q`, r.By, r.Code)]++
+		}
+	}
+	for _, code := range []string{refusal.NoManifest, refusal.NotInManifest, refusal.PositionOrder, refusal.Mismatch,
+		refusal.NeverPublished, refusal.InvalidManifest, refusal.BatchConflict} {
+		if !strings.Contains(fmt.Sprint(kept), `code="`+code+`"`) {
+			t.Errorf("no refusal with code %s kept: %v", code, kept)
+		}
+	}
+	var scraped map[string]int
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		scraped = scrapeRefused(t, metrics.URL+"/metrics")
+		return maps.Equal(scraped, kept)
+	}, "flashpipe_refused_total on /metrics: %v; the refused-messages stream keeps %v", &scraped, kept)
+
 	// Every refused or failed-in-place item cost nothing; the valid ones two calls at
 	// most (fewer where the batches share a term: the cache answers).
 	for _, term := range free {
@@ -267,4 +319,27 @@ func TestHealthyBatchBesideFiftyStuckOnes(t *testing.T) {
 	if beside > 2*alone+time.Second {
 		t.Errorf("the healthy batch took %s beside %d stuck ones, %s alone: the stuck ones held it up", beside, stuck, alone)
 	}
+}
+
+var refusedSeries = regexp.MustCompile(`(?m)^flashpipe_refused_total\{(by="[^"]*",code="[^"]*")\} (\d+)$`)
+
+// scrapeRefused reads flashpipe_refused_total from a /metrics page: its value by its
+// labels, `by="...",code="..."`.
+func scrapeRefused(t *testing.T, url string) map[string]int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, m := range refusedSeries.FindAllStringSubmatch(string(body), -1) {
+		n, _ := strconv.Atoi(m[2])
+		out[m[1]] = n
+	}
+	return out
 }

@@ -34,11 +34,11 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 func envInt(t *testing.T, name string, def int) int {

@@ -19,22 +19,22 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/permissions"
+	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/secret"
+	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natsauth"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
-	"github.com/flashpipe/flashpipe/internal/processor"
-	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // securePipeline is the whole pipeline with each part on a NATS connection of its
@@ -96,7 +96,7 @@ func (s *securePipeline) connect(role string) (jetstream.JetStream, *contract.Co
 }
 
 // setUp creates the streams and the KV buckets as the admin, as an operator does once
-// with flashpipe nats-setup.
+// with flashpipe streams apply.
 // The rate limit bucket is left to the processor, which must be able to re-create it.
 func (s *securePipeline) setUp() {
 	s.t.Helper()

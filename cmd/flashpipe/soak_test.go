@@ -21,13 +21,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
 	"github.com/flashpipe/flashpipe/internal/testutil/batchgen"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/processor"
 )
 
 // peakRSS reads a process's peak resident set size (VmHWM) in bytes.

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe/app/apptest"
+	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
 	"github.com/flashpipe/flashpipe/internal/testutil/tcpproxy"
-	"github.com/flashpipe/flashpipe/internal/sequencer"
 )
 
 // child is the built binary running as a service, its stderr kept.

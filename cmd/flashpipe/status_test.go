@@ -7,8 +7,8 @@ import (
 
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // status shows a batch from the moment it is submitted: in the queue with its tenant,

@@ -10,8 +10,8 @@ import (
 
 	"github.com/flashpipe/flashpipe/app"
 	"github.com/flashpipe/flashpipe/app/apptest"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )

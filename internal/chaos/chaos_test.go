@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -33,6 +34,9 @@ type suiteParams struct {
 	natsDown            time.Duration
 	pgItems, pgOutages  int
 	pgLatency, pgOutage time.Duration
+	// fairItems are split between the batches of two tenants (fair_processor_kill),
+	// run at processorLatency.
+	fairItems, fairKills int
 }
 
 // Kill moments are drawn in this part of a batch's progress, so that every fault
@@ -120,6 +124,7 @@ func TestChaos(t *testing.T) {
 	var outcomes []outcome
 	for _, sc := range []scenario{
 		{"processor_kill", runProcessorKill},
+		{"fair_processor_kill", runFairProcessorKill},
 		{"sequencer_kill", runSequencerKill},
 		{"sink_kill", runSinkKill},
 		{"nats_restart", runNATSRestart},
@@ -309,6 +314,49 @@ func runProcessorKill(t *testing.T, rng *rand.Rand, all []flashpipe.Item) outcom
 		o.recovery = append(o.recovery, d)
 		if d > ackWait {
 			t.Errorf("kill %d (at %d results): results resumed %s after it, later than the ack wait %s", i+1, f.progress, d, ackWait)
+		}
+	}
+	return o
+}
+
+// Kill -9 the processor at random moments while the scheduler shares it between
+// three batches of two tenants (one tenant's big batch; the other's two, one of a
+// higher priority), restarting it each time. Nothing is lost or doubled in any batch,
+// and the API calls stay within the items plus one per worker per kill: fair
+// dispatch adds no paid call.
+func runFairProcessorKill(t *testing.T, rng *rand.Rand, all []flashpipe.Item) outcome {
+	items := all[:params.fairItems]
+	n := len(items)
+	big, small := n*3/5, n/5
+	e := newEnv(t, envConfig{latency: params.processorLatency})
+	e.startServices()
+	e.submitBatches(
+		chaosBatch{id: batchID, tenant: "a", items: items[:big]},
+		chaosBatch{id: "chaos-b1", tenant: "b", items: items[big : big+small]},
+		chaosBatch{id: "chaos-b2", tenant: "b", priority: 1, items: items[big+small:]},
+	)
+	faults := killRestart(t, e, rng, killPlan{svc: e.processor, kills: params.fairKills,
+		progress: e.results, total: n, ready: `"msg":"processor started"`})
+	o := outcome{env: e, items: n, faults: len(faults), recoveryBound: ackWait}
+	o.tally, o.calls = e.checkPromises(len(faults))
+	for i, f := range faults {
+		if f.resumed < 0 {
+			continue
+		}
+		o.recovery = append(o.recovery, f.resumed)
+		if f.resumed > ackWait {
+			t.Errorf("processor kill %d (at %d results): results resumed %s after it, later than the ack wait %s", i+1, f.progress, f.resumed, ackWait)
+		}
+	}
+	// Nothing stalls after the last kill: the dead processor's items come back after
+	// the ack wait, and what is left runs at the pace of the batch.
+	if drain, bound := e.completed.Sub(e.lastFault), ackWait+claimTTL+15*time.Second; drain > bound {
+		t.Errorf("the batches completed %s after the last kill; want within %s", drain, bound)
+	}
+	for _, b := range e.batches {
+		if st, err := e.store.Batch(context.Background(), b.id); err == nil && st.CompletedAt != nil {
+			t.Logf("batch %s (tenant %s, priority %d, %d items) completed %s after the submit",
+				b.id, b.tenant, b.priority, len(b.items), st.CompletedAt.Sub(e.submitted).Round(time.Millisecond))
 		}
 	}
 	return o

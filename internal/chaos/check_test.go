@@ -50,14 +50,17 @@ type calls struct {
 func (e *env) checkPromises(interruptions int) (tally, calls) {
 	e.t.Helper()
 	e.checkAlive()
-	st := e.waitComplete(completionDeadline())
-	n := len(e.items)
-	if st.Manifest.Count != n || st.Done != n || st.OK != n || st.Failed != 0 {
-		e.t.Errorf("batch status: count %d, done %d, ok %d, failed %d; want %d items all ok",
-			st.Manifest.Count, st.Done, st.OK, st.Failed, n)
+	var got tally
+	for i, st := range e.waitComplete(completionDeadline()) {
+		b := e.batches[i]
+		n := len(b.items)
+		if st.Manifest.Count != n || st.Done != n || st.OK != n || st.Failed != 0 {
+			e.t.Errorf("batch %s status: count %d, done %d, ok %d, failed %d; want %d items all ok",
+				b.id, st.Manifest.Count, st.Done, st.OK, st.Failed, n)
+		}
+		got = got.add(e.checkStore(b))
+		got = got.add(e.checkOrdered(b))
 	}
-	got := e.checkStore()
-	got = got.add(e.checkOrdered())
 	if got != (tally{}) {
 		e.t.Errorf("promises broken: %d lost, %d duplicated, %d out of order", got.lost, got.duplicated, got.outOfOrder)
 	}
@@ -66,13 +69,13 @@ func (e *env) checkPromises(interruptions int) (tally, calls) {
 
 // checkStore checks the rows: every position once, processing order = rank of
 // position, status ok, three cards per item and none twice.
-func (e *env) checkStore() tally {
+func (e *env) checkStore(b chaosBatch) tally {
 	e.t.Helper()
 	t := e.t
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var v tally
-	items := e.items
+	items, batchID := b.items, b.id
 	byPos := make(map[int64]int, len(items)) // position -> seq (rank)
 	for i, it := range items {
 		byPos[it.Position] = i + 1
@@ -158,12 +161,12 @@ func (e *env) checkStore() tally {
 
 // checkOrdered checks the batch's ordered stream: its manifest, each position once in
 // ascending order, its completion.
-func (e *env) checkOrdered() tally {
+func (e *env) checkOrdered(b chaosBatch) tally {
 	e.t.Helper()
 	t := e.t
-	keys := readOrdered(t, e.js, e.c)
+	keys := readOrdered(t, e.js, e.c, b.id)
 	var v tally
-	n := len(e.items)
+	n := len(b.items)
 	if len(keys) < 2 || keys[0].Kind != flashpipe.EventManifest || keys[len(keys)-1].Kind != flashpipe.EventComplete {
 		t.Errorf("ordered stream of %d events does not run from a manifest to a completion", len(keys))
 	}
@@ -195,8 +198,8 @@ func (e *env) checkOrdered() tally {
 				}
 			}
 			prev = k.Seq
-			if k.Position != e.items[k.Seq-1].Position {
-				t.Errorf("ordered seq %d has position %d, want %d", k.Seq, k.Position, e.items[k.Seq-1].Position)
+			if k.Position != b.items[k.Seq-1].Position {
+				t.Errorf("batch %s: ordered seq %d has position %d, want %d", b.id, k.Seq, k.Position, b.items[k.Seq-1].Position)
 			}
 			if k.Status != flashpipe.StatusOK {
 				t.Errorf("ordered seq %d is %s", k.Seq, k.Status)
@@ -213,15 +216,15 @@ func (e *env) checkOrdered() tally {
 		if seen[seq] == 0 {
 			v.lost++
 			if v.lost <= 3 {
-				t.Errorf("seq %d (position %d) is missing from the ordered stream", seq, e.items[seq-1].Position)
+				t.Errorf("batch %s: seq %d (position %d) is missing from the ordered stream", b.id, seq, b.items[seq-1].Position)
 			}
 		}
 	}
 	return v
 }
 
-// readOrdered reads the headers of every event on the batch's ordered subject.
-func readOrdered(t *testing.T, js jetstream.JetStream, c *contract.Contract) []contract.Keys {
+// readOrdered reads the headers of every event on a batch's ordered subject.
+func readOrdered(t *testing.T, js jetstream.JetStream, c *contract.Contract, batchID string) []contract.Keys {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -18,8 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
@@ -39,8 +39,12 @@ const (
 	// dead one's to time out.
 	processorConcurrentMax = 32
 	ackWait                = 3 * time.Second // processor --ack-wait
-	leaseTTL               = 2 * time.Second // sequencer --sequencer-lease-ttl
-	sinkAckWait            = 3 * time.Second // sink --sink-ack-wait
+	// claimTTL is the processor's --cache-claim-ttl: a killed processor's claim on an
+	// answer it was paying for lapses before its item comes back (ack wait), so the
+	// restarted one does not wait for it (with the default, 30 s).
+	claimTTL    = 2 * time.Second
+	leaseTTL    = 2 * time.Second // sequencer --sequencer-lease-ttl
+	sinkAckWait = 3 * time.Second // sink --sink-ack-wait
 	// simJitter is the simulator's random latency per call on top of each scenario's
 	// fixed latency, so items finish out of order and are in flight at any moment.
 	simJitter = 5 * time.Millisecond
@@ -88,7 +92,9 @@ type env struct {
 
 	processor, sequencer, sink *service
 
-	items []flashpipe.Item
+	// batches are the scenario's batches; items all their items, in that order.
+	batches []chaosBatch
+	items   []flashpipe.Item
 	// submitted, lastFault and completed time the batch: submitted, the last fault
 	// over (process restarted, server or path back), stored complete.
 	submitted, lastFault, completed time.Time
@@ -168,6 +174,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		"--workers", strconv.Itoa(e.cfg.workers),
 		"--concurrent-max", strconv.Itoa(processorConcurrentMax),
 		"--ack-wait", ackWait.String(),
+		"--cache-claim-ttl", claimTTL.String(),
 		// The simulator sets no request limit and these scenarios test no rate limit:
 		// without this the processor would pace itself at its default for real APIs.
 		"--rate-limit-rpm", "0")
@@ -225,22 +232,39 @@ func (e *env) startServices() {
 	e.t.Cleanup(e.pool.Close)
 }
 
+// chaosBatch is one batch of a scenario.
+type chaosBatch struct {
+	id, tenant string
+	priority   int
+	items      []flashpipe.Item
+}
+
 // submit publishes the batch in this process.
 func (e *env) submit(items []flashpipe.Item) {
+	e.submitBatches(chaosBatch{id: batchID, items: items})
+}
+
+// submitBatches publishes batches in this process, one after another.
+func (e *env) submitBatches(batches ...chaosBatch) {
 	e.t.Helper()
-	e.items = items
+	e.batches = batches
+	e.items = nil
 	pub, err := ingest.NewPublisher(e.js, e.c, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sub, err := pub.Submit(ctx, ingest.Batch{ID: batchID, Source: "chaos", Items: ingest.SliceItems(items)})
-	if err != nil {
-		e.t.Fatalf("submit: %v", err)
-	}
-	if sub.Published != len(items) {
-		e.t.Fatalf("submit published %d items, want %d", sub.Published, len(items))
+	for _, b := range batches {
+		e.items = append(e.items, b.items...)
+		sub, err := pub.Submit(ctx, ingest.Batch{ID: b.id, Source: "chaos", Tenant: b.tenant, Priority: b.priority,
+			Items: ingest.SliceItems(b.items)})
+		if err != nil {
+			e.t.Fatalf("submit %s: %v", b.id, err)
+		}
+		if sub.Published != len(b.items) {
+			e.t.Fatalf("submit %s published %d items, want %d", b.id, sub.Published, len(b.items))
+		}
 	}
 	e.submitted = time.Now()
 }
@@ -280,12 +304,16 @@ func (e *env) streamMsgs(name string) (int, error) {
 	return int(st.CachedInfo().State.Msgs), nil
 }
 
-// stored counts the item rows of the batch in the database.
+// stored counts the item rows of the scenario's batches in the database.
 func (e *env) stored() (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	ids := make([]string, len(e.batches))
+	for i, b := range e.batches {
+		ids[i] = b.id
+	}
 	var n int
-	err := e.pool.QueryRow(ctx, `SELECT count(*) FROM items WHERE batch_id = $1`, batchID).Scan(&n)
+	err := e.pool.QueryRow(ctx, `SELECT count(*) FROM items WHERE batch_id = ANY($1)`, ids).Scan(&n)
 	return n, err
 }
 
@@ -298,29 +326,33 @@ func (e *env) progressString() string {
 		r, rerr, o, oerr, s, serr, len(e.items))
 }
 
-// waitComplete waits until the store holds the batch complete.
-func (e *env) waitComplete(within time.Duration) flashpipe.BatchStatus {
+// waitComplete waits until the store holds every batch of the scenario complete, and
+// returns their statuses, in the scenario's order.
+func (e *env) waitComplete(within time.Duration) []flashpipe.BatchStatus {
 	e.t.Helper()
-	var st flashpipe.BatchStatus
+	out := make([]flashpipe.BatchStatus, len(e.batches))
 	deadline := time.Now().Add(within)
-	for {
+	for i := 0; i < len(e.batches); {
+		id := e.batches[i].id
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var err error
-		st, err = e.store.Batch(ctx, batchID)
+		st, err := e.store.Batch(ctx, id)
 		cancel()
 		if err == nil && st.State == flashpipe.BatchComplete {
-			e.completed = time.Now()
-			return st
+			out[i] = st
+			i++
+			continue
 		}
 		if err != nil && !errors.Is(err, flashpipe.ErrNotFound) {
 			e.t.Logf("read batch status: %v", err)
 		}
 		if time.Now().After(deadline) {
 			e.checkAlive()
-			e.t.Fatalf("batch not stored complete within %s: status %+v; %s", within, st, e.progressString())
+			e.t.Fatalf("batch %s not stored complete within %s: status %+v; %s", id, within, st, e.progressString())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	e.completed = time.Now()
+	return out
 }
 
 // completionDeadline bounds how long a scenario may take to finish its batch after

@@ -15,4 +15,5 @@ var params = suiteParams{
 	sinkItems: 1000, sinkKills: 12, sinkLatency: 15 * time.Millisecond,
 	natsItems: 1000, natsRestarts: 4, natsLatency: 300 * time.Millisecond, natsDown: 12 * time.Second,
 	pgItems: 1000, pgOutages: 2, pgLatency: 80 * time.Millisecond, pgOutage: 10 * time.Second,
+	fairItems: 1000, fairKills: 15,
 }

@@ -15,4 +15,5 @@ var params = suiteParams{
 	sinkItems: 300, sinkKills: 5, sinkLatency: 15 * time.Millisecond,
 	natsItems: 400, natsRestarts: 2, natsLatency: 100 * time.Millisecond, natsDown: 1500 * time.Millisecond,
 	pgItems: 300, pgOutages: 1, pgLatency: 15 * time.Millisecond, pgOutage: 10 * time.Second,
+	fairItems: 300, fairKills: 5,
 }

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 

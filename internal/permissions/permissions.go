@@ -14,13 +14,14 @@ package permissions
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
@@ -78,7 +79,7 @@ func Roles(c *contract.Contract) []Role {
 	return []Role{
 		{
 			Name:        Admin,
-			Description: "creates and updates the streams, KV buckets and consumers; clears the cache (flashpipe cache); never used by a service",
+			Description: "creates and updates the streams, KV buckets and consumers (flashpipe streams apply); clears the cache (flashpipe cache); never used by a service",
 			Publish: []Rule{
 				{"$JS.API.>", "the whole JetStream API"},
 				{"$KV.>", "write and delete KV entries (cache clear)"},
@@ -165,7 +166,7 @@ func Roles(c *contract.Contract) []Role {
 		},
 		{
 			Name:        Reader,
-			Description: "follows batches without changing anything (a dashboard, a batch's TSV while it runs); status and export read the database and need no NATS user",
+			Description: "follows batches without changing anything (a dashboard, a batch's TSV while it runs) and shows the live queue, refusals and services (status with --nats-url); export reads the database and needs no NATS user",
 			Publish: concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)"),
 				watchOnly(scheduleB, "list the batches queued for the processors (status)"),
 				ordered(c.RefusedStream(), p+".refused.>", "read the refusals of a batch (status)")),
@@ -293,4 +294,126 @@ func section(b *strings.Builder, name string, rules []Rule) {
 		fmt.Fprintf(b, "      %-*s # %s\n", width+3, fmt.Sprintf("%q,", r.Subject), r.Why)
 	}
 	b.WriteString("    ]\n  }\n")
+}
+
+// Markdown summarises the roles as a Markdown table, one row per role: the durable and
+// ordered consumers, the subjects it publishes messages to, the streams it reads by
+// direct get, the KV buckets it reads, writes, watches or creates, and what it
+// subscribes to. Every rule of a role lands in one cell (a rule of no known shape is
+// listed as is), so the table in docs/security.md, generated from it, cannot leave a
+// permission out. The start-up checks every service role has ($JS.API.INFO, the
+// configuration of the streams and of the batch id registry) are said once, above it.
+func Markdown(c *contract.Contract) string {
+	var b strings.Builder
+	b.WriteString("| role | who | consumers | publishes messages to | direct gets on | KV buckets | subscribes |\n|---|---|---|---|---|---|---|\n")
+	startSubjects := map[string]bool{"$JS.API.INFO": true, "$JS.API.STREAM.INFO.KV_" + c.RegistryBucket(): true}
+	for _, s := range []string{c.BatchesStream(), c.ItemsStream(), c.ReadyStream(), c.ResultsStream(), c.OrderedStream(), c.RefusedStream()} {
+		startSubjects["$JS.API.STREAM.INFO."+s] = true
+	}
+	for _, r := range Roles(c) {
+		var consumers, publishes, directs, buckets, other []string
+		seen := map[string]bool{}
+		add := func(list *[]string, s string) {
+			if !seen[s] {
+				seen[s] = true
+				*list = append(*list, s)
+			}
+		}
+		kv := map[string][]string{} // bucket -> read, write, watch, create
+		var kvOrder []string
+		kvAdd := func(bucket, what string) {
+			if _, ok := kv[bucket]; !ok {
+				kvOrder = append(kvOrder, bucket)
+			}
+			if !slices.Contains(kv[bucket], what) {
+				kv[bucket] = append(kv[bucket], what)
+			}
+		}
+		// The consumers first, so that their other rules (create, info, ack) are
+		// recognised as theirs whatever the order.
+		for _, rule := range r.Publish {
+			parts := strings.Split(rule.Subject, ".")
+			switch {
+			case r.Name == Admin:
+			case strings.HasPrefix(rule.Subject, "$JS.API.CONSUMER.MSG.NEXT.") && len(parts) == 7 && parts[6] != "*":
+				add(&consumers, "durable `"+parts[6]+"` on `"+parts[5]+"`")
+			case strings.HasPrefix(rule.Subject, "$JS.API.CONSUMER.CREATE.") && len(parts) > 6 && parts[5] == "*":
+				add(&consumers, "ordered on `"+parts[4]+"`")
+			}
+		}
+		for _, rule := range r.Publish {
+			s := rule.Subject
+			parts := strings.Split(s, ".")
+			switch {
+			case r.Name == Admin:
+				add(&other, "`"+s+"`")
+			case startSubjects[s]:
+			case !strings.HasPrefix(s, "$"):
+				add(&publishes, "`"+s+"`")
+			case strings.HasPrefix(s, "$KV.") && len(parts) >= 3:
+				kvAdd(parts[1], "write")
+			case strings.HasPrefix(s, "$JS.API.STREAM.INFO.KV_"):
+				kvAdd(strings.TrimPrefix(parts[4], "KV_"), "read")
+			case strings.HasPrefix(s, "$JS.API.STREAM.CREATE.KV_"):
+				kvAdd(strings.TrimPrefix(parts[4], "KV_"), "create")
+			case strings.HasPrefix(s, "$JS.API.DIRECT.GET.KV_"):
+				kvAdd(strings.TrimPrefix(parts[4], "KV_"), "read")
+			case strings.HasPrefix(s, "$JS.API.CONSUMER.CREATE.KV_"), strings.HasPrefix(s, "$JS.API.CONSUMER.DELETE.KV_"):
+				kvAdd(strings.TrimPrefix(parts[4], "KV_"), "watch")
+			case strings.HasPrefix(s, "$JS.FC.KV_"):
+				kvAdd(strings.TrimPrefix(parts[2], "KV_"), "watch")
+			case strings.HasPrefix(s, "$JS.API.DIRECT.GET.") && len(parts) >= 5:
+				add(&directs, "`"+parts[4]+"`")
+			case strings.HasPrefix(s, "$JS.API.CONSUMER.INFO.") && len(parts) == 6 && parts[5] != "*":
+				if !slices.Contains(consumers, "durable `"+parts[5]+"` on `"+parts[4]+"`") {
+					add(&consumers, "state of `"+parts[5]+"` on `"+parts[4]+"`")
+				}
+			case strings.HasPrefix(s, "$JS.API.CONSUMER.") || strings.HasPrefix(s, "$JS.ACK."):
+				// the rest of a durable's or an ordered consumer's rules, named above:
+				// create, info, delete, acknowledge.
+				if !coveredConsumerRule(parts, consumers) {
+					add(&other, "`"+s+"`")
+				}
+			default:
+				add(&other, "`"+s+"`")
+			}
+		}
+		for _, name := range kvOrder {
+			buckets = append(buckets, "`"+name+"` ("+strings.Join(kv[name], ", ")+")")
+		}
+		var subs []string
+		for _, rule := range r.Subscribe {
+			subs = append(subs, "`"+rule.Subject+"`")
+		}
+		publishes = append(publishes, other...)
+		cell := func(l []string) string {
+			if len(l) == 0 {
+				return "-"
+			}
+			return strings.Join(l, ", ")
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s | %s |\n", r.Name, strings.ReplaceAll(r.Description, "|", "\\|"),
+			cell(consumers), cell(publishes), cell(directs), cell(buckets), cell(subs))
+	}
+	return b.String()
+}
+
+// coveredConsumerRule reports whether a $JS.API.CONSUMER or $JS.ACK rule belongs to a
+// consumer already listed (durable by name, or ordered on its stream).
+func coveredConsumerRule(parts []string, consumers []string) bool {
+	var stream, name string
+	switch {
+	case parts[1] == "ACK" && len(parts) >= 4:
+		stream, name = parts[2], parts[3]
+	case len(parts) >= 7 && parts[3] == "MSG":
+		stream, name = parts[5], parts[6]
+	case len(parts) >= 6:
+		stream, name = parts[4], parts[5]
+	default:
+		return false
+	}
+	if name == "*" {
+		return slices.Contains(consumers, "ordered on `"+stream+"`")
+	}
+	return slices.Contains(consumers, "durable `"+name+"` on `"+stream+"`")
 }

@@ -15,18 +15,18 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/race"
-	"github.com/flashpipe/flashpipe/internal/processor"
-	"github.com/flashpipe/flashpipe/internal/scheduler"
 )
 
 const testKey = "sk-or-v1-TEST-SECRET-0123456789abcdef"

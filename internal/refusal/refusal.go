@@ -49,7 +49,7 @@ func New(js jetstream.JetStream, c *contract.Contract, by string, log *slog.Logg
 	if reg != nil {
 		m := prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flashpipe_refused_total",
-			Help: "Messages refused at a door (kept in the refused-messages stream with the reason), by service and code.",
+			Help: "Messages refused at a door (kept in the refused-messages stream with the reason), by the service that kept the refusal and code; a message two services refuse counts once.",
 		}, []string{"by", "code"})
 		if err := reg.Register(m); err != nil {
 			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
@@ -66,8 +66,16 @@ func New(js jetstream.JetStream, c *contract.Contract, by string, log *slog.Logg
 func (r *Recorder) Refuse(ctx context.Context, code string, ref contract.Refusal) error {
 	ref.By = r.by
 	ref.Reason = code + ": " + ref.Reason
-	if _, err := r.js.PublishMsg(ctx, r.c.RefusedMsg(ref)); err != nil {
+	ack, err := r.js.PublishMsg(ctx, r.c.RefusedMsg(ref))
+	if err != nil {
 		return fmt.Errorf("record refusal of %s: %w", ref.Subject, err)
+	}
+	if ack.Duplicate {
+		// Already kept: another service refused the same message first (the scheduler
+		// and the sequencer both check a manifest), or this one again after a
+		// redelivery. It is counted once, where it was kept.
+		r.log.Debug("message refused, already recorded", "code", code, "subject", ref.Subject, "batch", ref.BatchID)
+		return nil
 	}
 	if r.metric != nil {
 		r.metric.WithLabelValues(r.by, code).Inc()

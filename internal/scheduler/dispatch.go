@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -184,9 +185,46 @@ type dispatch struct {
 // round dispatches up to n items in fair order and waits for the ready stream to
 // store them. It returns how many items it moved on (dispatched or failed in place).
 func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
-	var out []dispatch
-	moved := 0
-	ready := func(g *gen) bool { return l.readyGen(ctx, g, now) }
+	out, moved, checkErr := l.choose(ctx, now, n, func(g *gen) bool { return l.readyGen(ctx, g, now) })
+	if len(out) == 0 {
+		return moved, checkErr
+	}
+	stored := make([]bool, len(out))
+	futures := make([]jetstream.PubAckFuture, 0, len(out))
+	var firstErr error
+	for _, d := range out {
+		f, err := l.s.js.PublishMsgAsync(d.msg, jetstream.WithMsgID(d.msgID))
+		if err != nil {
+			firstErr = err
+			break // the rest are not sent: settle takes them back
+		}
+		futures = append(futures, f)
+	}
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			stored[i] = true
+		case err := <-f.Err():
+			firstErr = cmp.Or(firstErr, err)
+		case <-ctx.Done():
+			l.settle(out, stored)
+			return moved, ctx.Err()
+		}
+	}
+	l.settle(out, stored)
+	if firstErr != nil {
+		return moved, fmt.Errorf("publish to the ready stream: %w", firstErr)
+	}
+	return moved, checkErr
+}
+
+// choose takes up to n items in fair order (tenants.pick over the generations ready
+// reports) and checks each. Each item is counted at its tenant's processors as it is
+// taken, so a tenant's concurrency cap holds item by item within a round; settle
+// takes back what is not stored. moved counts the items dispatched or failed in place.
+// A check that fails (a refusal or failed result not published) ends the choice with
+// its error, the item left at its generation's cursor to be read again.
+func (l *leader) choose(ctx context.Context, now time.Time, n int, ready func(*gen) bool) (out []dispatch, moved int, err error) {
 	for len(out) < n {
 		g := l.tenants.pick(now, ready)
 		if g == nil {
@@ -196,59 +234,42 @@ func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
 		g.queue, l.queued = g.queue[1:], l.queued-1
 		d, err := l.check(ctx, g, raw)
 		if err != nil {
-			return moved, err
+			l.queued -= len(g.queue)
+			g.queue = nil
+			return out, moved, err
 		}
 		moved++
 		if d != nil {
 			out = append(out, *d)
-		}
-	}
-	if len(out) == 0 {
-		return moved, nil
-	}
-	futures := make([]jetstream.PubAckFuture, len(out))
-	var firstErr error
-	for i, d := range out {
-		f, err := l.s.js.PublishMsgAsync(d.msg, jetstream.WithMsgID(d.msgID))
-		if err != nil {
-			firstErr = err
-			out = out[:i]
-			futures = futures[:i]
-			break
-		}
-		futures[i] = f
-	}
-	failed := map[*gen]dispatch{}
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
 			l.inflight++
-			out[i].g.tenant.inflight++
-			l.s.cfg.Metrics.dispatched(out[i].g.Manifest.Tenant)
-		case err := <-f.Err():
-			if _, ok := failed[out[i].g]; !ok {
-				failed[out[i].g] = out[i]
-			}
-			if firstErr == nil {
-				firstErr = err
-			}
-		case <-ctx.Done():
-			return moved, ctx.Err()
+			g.tenant.inflight++
 		}
 	}
-	if firstErr != nil && len(failed) == 0 && len(out) < len(futures) {
-		failed[out[len(out)-1].g] = out[len(out)-1]
+	return out, moved, nil
+}
+
+// settle accounts for a round's publishes, stored[i] telling whether out[i] is in the
+// ready stream: an item stored counts as dispatched; an item not stored (refused, or
+// never sent after an earlier publish failed) leaves the in-flight counts, and its
+// generation starts again from its first such item (what followed it and was stored
+// is dropped as a duplicate when dispatched again), so no item is skipped.
+func (l *leader) settle(out []dispatch, stored []bool) {
+	first := map[*gen]dispatch{}
+	for i, d := range out {
+		if stored[i] {
+			l.s.cfg.Metrics.dispatched(d.g.Manifest.Tenant)
+			continue
+		}
+		l.inflight--
+		d.g.tenant.inflight--
+		if _, ok := first[d.g]; !ok {
+			first[d.g] = d
+		}
 	}
-	// A generation whose item was not stored starts again from that item (what
-	// followed it and was stored is dropped as a duplicate when dispatched again).
-	for g, d := range failed {
+	for g, d := range first {
 		l.queued -= len(g.queue)
 		g.queue, g.Next, g.LastPosition, g.dirty = nil, d.index, d.prevPos, true
 	}
-	if firstErr != nil {
-		return moved, fmt.Errorf("publish to the ready stream: %w", firstErr)
-	}
-	return moved, nil
 }
 
 // readyGen reports whether g has an item to dispatch now, reading the next ones from
@@ -295,32 +316,93 @@ func (l *leader) readyGen(ctx context.Context, g *gen, now time.Time) bool {
 		g.MissingSince = nil
 		return false
 	}
-	g.backoff = min(max(2*g.backoff, 50*time.Millisecond), 5*time.Second)
+	g.backoff = min(max(2*g.backoff, minBackoff), 5*time.Second)
 	g.waitUntil = now.Add(g.backoff)
 	return false
 }
 
+// maxReadAhead is the most subjects read from the items stream in one request: the
+// generation being served, and the next items of others still waiting for theirs.
+const maxReadAhead = 256
+
 // fetch reads the next items of g (up to Prefetch, within the bound on items held)
-// from the items stream, in seq order, stopping at the first not yet published.
+// from the items stream, in seq order, stopping at the first not yet published. Where
+// the server reads many subjects in one request, the same request reads ahead for the
+// other generations that hold no item (up to maxReadAhead subjects): with many small
+// batches, one request serves dozens of them instead of one each.
 func (l *leader) fetch(ctx context.Context, g *gen) error {
-	m := g.Manifest
-	want := min(l.s.cfg.Prefetch, g.n-g.Next, max(1, l.s.cfg.MaxPrefetched-l.queued))
-	subjects := make([]string, want)
-	for i := range want {
-		subjects[i] = l.s.c.ItemSubject(m.BatchID, m.Seq(g.Next+i))
+	budget := max(1, l.s.cfg.MaxPrefetched-l.queued)
+	type part struct {
+		g        *gen
+		subjects []string
 	}
-	got, err := l.lastMsgs(ctx, subjects)
+	want := func(g *gen, n int) part {
+		m := g.Manifest
+		p := part{g: g, subjects: make([]string, min(l.s.cfg.Prefetch, g.n-g.Next, n))}
+		for i := range p.subjects {
+			p.subjects[i] = l.s.c.ItemSubject(m.BatchID, m.Seq(g.Next+i))
+		}
+		return p
+	}
+	parts := []part{want(g, budget)}
+	all := parts[0].subjects
+	now := time.Now()
+	if l.multiGet {
+		// The tenants' generations in about the order they are served: the first of
+		// each tenant, then the second of each, and so on.
+		for i, more := 0, true; more; i++ {
+			more = false
+			for _, t := range l.tenants.order {
+				room := min(maxReadAhead-len(all), budget-len(all))
+				if room <= 0 {
+					break
+				}
+				if i >= len(t.gens) {
+					continue
+				}
+				more = true
+				o := t.gens[i]
+				if o == g || o.done() || len(o.queue) > 0 || now.Before(o.waitUntil) || o.MissingSince != nil {
+					continue
+				}
+				p := want(o, room)
+				parts, all = append(parts, p), append(all, p.subjects...)
+			}
+		}
+	}
+	got, err := l.lastMsgs(ctx, all)
 	if err != nil {
 		return err
 	}
+	for i, p := range parts {
+		if l.take(p.g, p.subjects, got) == 0 && i > 0 && !p.g.done() {
+			// Read ahead and not published yet: looked for just now, like a
+			// generation of its own (readyGen times its deadline when it is served).
+			p.g.waitUntil = now.Add(minBackoff)
+		}
+	}
+	return nil
+}
+
+// minBackoff is the first wait before a generation whose next item is not published
+// is looked up again (doubling to 5 s).
+const minBackoff = 50 * time.Millisecond
+
+// take queues the items read for g's next subjects, in seq order, up to the first
+// not yet published (or of an earlier generation); an item of a later generation ends
+// g (it was superseded).
+// It returns how many items it queued.
+func (l *leader) take(g *gen, subjects []string, got map[string]*jetstream.RawStreamMsg) int {
+	m := g.Manifest
+	n := 0
 	for _, subj := range subjects {
 		raw, ok := got[subj]
 		if !ok {
-			break
+			return n
 		}
 		k, _ := contract.KeysOf(raw.Header)
 		if k.Generation < m.Generation {
-			break // this generation's item is not published yet
+			return n // this generation's item is not published yet
 		}
 		if k.Generation > m.Generation {
 			// A later generation's items are out: this one is over (it completed
@@ -328,12 +410,13 @@ func (l *leader) fetch(ctx context.Context, g *gen) error {
 			l.s.log.Warn("generation superseded: its dispatch ends", "batch", m.BatchID, "generation", m.Generation, "later", k.Generation)
 			l.queued -= len(g.queue)
 			g.queue, g.Next, g.dirty = nil, g.n, true
-			return nil
+			return 0
 		}
 		g.queue = append(g.queue, raw)
 		l.queued++
+		n++
 	}
-	return nil
+	return n
 }
 
 // lastMsgs reads the last message of each subject in one request where the server

@@ -43,9 +43,9 @@ import (
 
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/lease"
+	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/registry"
-	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 )
 

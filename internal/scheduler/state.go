@@ -123,13 +123,24 @@ func (ts *tenants) get(name string, weight int, r float64, maxInflight int) *ten
 	return t
 }
 
+// drop removes a tenant with no work left. The round goes on where it was: a tenant
+// served before the one whose turn it is shifts the turn down with it, and a tenant
+// leaving during its own turn hands it to the next one, with a whole turn.
 func (ts *tenants) drop(t *tenant) {
 	i := slices.Index(ts.order, t)
+	if i < 0 {
+		return
+	}
 	ts.order = slices.Delete(ts.order, i, i+1)
 	delete(ts.byName, t.name)
-	if ts.turn > i || ts.turn >= len(ts.order) {
-		ts.turn = max(0, ts.turn-1)
+	switch {
+	case i < ts.turn:
+		ts.turn--
+	case i == ts.turn:
 		ts.used = 0
+	}
+	if ts.turn >= len(ts.order) {
+		ts.turn, ts.used = 0, 0
 	}
 }
 
@@ -140,8 +151,9 @@ func (ts *tenants) anyCapped() bool {
 
 // pick returns the generation to dispatch one item of now: tenants in turn, each
 // taking up to its weight in items per turn (within its rate and concurrency caps),
-// and within a tenant
-// see tenant.next. Nil when no generation is ready.
+// and within a tenant see tenant.next. Nil when no generation is ready. The caller
+// counts the item it dispatches in the tenant's inflight before it picks again, so
+// that a concurrency cap holds item by item.
 func (ts *tenants) pick(now time.Time, ready func(*gen) bool) *gen {
 	for range len(ts.order) + 1 {
 		if len(ts.order) == 0 {

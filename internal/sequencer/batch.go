@@ -137,10 +137,12 @@ func (s *Sequencer) dirtyAll() {
 	}
 }
 
-// route registers the inbox of a batch this replica starts sequencing; the returned
-// function removes it.
-func (s *Sequencer) route(batch string) (*inbox, func()) {
-	in := &inbox{ch: make(chan raw, min(s.cfg.Window, 256))}
+// route registers the inbox of a batch this replica starts sequencing, sized for the
+// results it expects (at most the window, 256); the returned function removes it. A
+// small batch's inbox is small, so thousands of them active cost little memory; a
+// result that does not fit is looked up in the stream instead.
+func (s *Sequencer) route(batch string, expected int) (*inbox, func()) {
+	in := &inbox{ch: make(chan raw, max(1, min(s.cfg.Window, 256, expected)))}
 	s.mu.Lock()
 	s.routes[batch] = in
 	s.mu.Unlock()
@@ -207,7 +209,7 @@ func setRefusedKeys(h nats.Header, k contract.Keys) {
 }
 
 func (s *Sequencer) sequence(ctx context.Context, results jetstream.Stream, m flashpipe.Manifest) error {
-	in, unroute := s.route(m.BatchID)
+	in, unroute := s.route(m.BatchID, m.Expected())
 	defer unroute()
 	r := &run{s: s, results: results, m: m, subject: s.c.OrderedSubject(m.BatchID), at: m.Seq, n: m.Expected(),
 		buf: make(map[int]raw), dirty: true, in: in}

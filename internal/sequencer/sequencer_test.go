@@ -12,8 +12,8 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 type env struct {

@@ -6,13 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/beacon"
+	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/store"
 	"github.com/flashpipe/flashpipe/internal/store/postgres"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/testutil/pgtest"
-	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -43,7 +45,8 @@ func TestPermissionLostAndRegainedMidBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snk, err := sink.New(js, c, st, sink.Config{Beacon: b, BackoffMax: 200 * time.Millisecond, BatchSize: 50, Linger: 5 * time.Millisecond})
+	reg := prometheus.NewRegistry()
+	snk, err := sink.New(js, c, st, sink.Config{Beacon: b, Metrics: sink.NewMetrics(reg), BackoffMax: 200 * time.Millisecond, BatchSize: 50, Linger: 5 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +109,9 @@ func TestPermissionLostAndRegainedMidBatch(t *testing.T) {
 	if b, _ := admin.Batch(ctx, id); b.Done >= n || b.SetAside != 0 {
 		t.Fatalf("while the grant is revoked: %d stored, %d set aside", b.Done, b.SetAside)
 	}
+	if got := blockedGauge(t, reg); len(got) != 1 || got[store.CausePermission] != 1 {
+		t.Fatalf("flashpipe_sink_blocked while the grant is revoked: %v, want {cause=%q} 1 only", got, store.CausePermission)
+	}
 
 	pgtest.Exec(t, url, "GRANT INSERT, UPDATE ON flashcards TO "+role)
 	natstest.Eventually(t, 30*time.Second, func() bool {
@@ -130,4 +136,30 @@ func TestPermissionLostAndRegainedMidBatch(t *testing.T) {
 		states, _ := beacon.List(ctx, js, c)
 		return len(states) == 1 && !states[0].Blocked
 	}, "the sink's beacon still says blocked")
+	if got := blockedGauge(t, reg); len(got) != 0 {
+		t.Fatalf("flashpipe_sink_blocked after the grant: %v, want no series", got)
+	}
+}
+
+// blockedGauge gathers flashpipe_sink_blocked from reg: its value by cause.
+func blockedGauge(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != "flashpipe_sink_blocked" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cause" {
+					got[l.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return got
 }

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // An event the store refuses for good is set aside (kept as a dead letter with the

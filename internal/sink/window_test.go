@@ -12,9 +12,9 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/store/sqlite"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
-	"github.com/flashpipe/flashpipe/internal/sink"
 )
 
 // Replay works within the ordered stream's window (--stream-max-age) and refuses a

@@ -45,7 +45,7 @@ func testPrune(t *testing.T, s flashpipe.Store) {
 	apply(t, s, ManifestEvent(m))
 	apply(t, s, ManifestEvent(NewManifest("early-completion", 2, old)), ResultEvent(NewResult("early-completion", 1, 0)),
 		CompleteEvent("early-completion", 0, 2, old.Add(time.Hour)))
-	apply(t, s, CompleteEvent("no-manifest", 0, 1, old))
+	apply(t, s, CompleteEvent("no-manifest", 0, 1, old.Add(time.Hour)))
 
 	got, err := p.Prune(ctx, cutoff, 2)
 	if err != nil {

@@ -164,6 +164,10 @@ func batch(t *testing.T, s flashpipe.Store, batchID string) flashpipe.BatchStatu
 	if err != nil {
 		t.Fatalf("Batch(%q): %v", batchID, err)
 	}
+	// Whatever the events, a batch never reads as started after it completed.
+	if st.StartedAt != nil && st.CompletedAt != nil && st.StartedAt.After(*st.CompletedAt) {
+		t.Errorf("Batch(%q): StartedAt %v is after CompletedAt %v", batchID, st.StartedAt, st.CompletedAt)
+	}
 	return st
 }
 
@@ -390,6 +394,17 @@ func testGenerationStates(t *testing.T, s flashpipe.Store) {
 		t.Fatalf("after completion of generation 0: %s, want complete at %v", show(st), store.UTCMicro(done0))
 	}
 	started := st.StartedAt
+	// StartedAt is the earliest ProcessedAt of the stored results, before CompletedAt.
+	var earliest time.Time
+	for _, r := range results(t, s, id, flashpipe.ResultFilter{}) {
+		if earliest.IsZero() || r.ProcessedAt.Before(earliest) {
+			earliest = r.ProcessedAt
+		}
+	}
+	if started == nil || !started.Equal(earliest) || started.After(*st.CompletedAt) {
+		t.Fatalf("after completion of generation 0: StartedAt %v, want the earliest ProcessedAt %v, not after CompletedAt %v",
+			started, earliest, st.CompletedAt)
+	}
 
 	m1 := NewManifest(id, 3, base.Add(time.Hour))
 	m1.Generation, m1.Seqs = 1, []int{2, 3}
