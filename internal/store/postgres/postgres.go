@@ -288,6 +288,13 @@ WHERE b.completed_generation IS NULL OR b.completed_generation < excluded.comple
 // re-read on every call. An Apply with manifests takes one more round trip first, to
 // lock and check the stored manifests; one with neither manifests nor results is a
 // single round trip.
+//
+// Two transactions inserting the same new item at once (a result redelivered to a
+// second sink while the first writes it) can collide on the seq index rather than on
+// the (batch, position) key ON CONFLICT resolves: PostgreSQL then reports a unique
+// violation of items_batch_order_idx although nothing is wrong with the data. Apply
+// runs the transaction again in that case (the other's row is then committed and
+// updated in place); a violation that persists is the data's.
 func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	plan, err := store.NewPlan(events)
 	if err != nil {
@@ -296,6 +303,24 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	if plan.Empty() {
 		return nil
 	}
+	for attempt := 1; ; attempt++ {
+		err := s.apply(ctx, plan, events)
+		if attempt >= maxOrderRaceAttempts || !isOrderRace(err) {
+			return err
+		}
+	}
+}
+
+// maxOrderRaceAttempts bounds the runs of an Apply that meets the seq index race.
+const maxOrderRaceAttempts = 3
+
+// isOrderRace reports whether err is a unique violation of the items' seq index.
+func isOrderRace(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "items_batch_order_idx"
+}
+
+func (s *Store) apply(ctx context.Context, plan store.Plan, events []flashpipe.Event) error {
 	if len(plan.Results) == 0 && len(plan.Manifests) == 0 {
 		// One pipeline, which PostgreSQL runs as one implicit transaction.
 		b := &pgx.Batch{}
