@@ -114,6 +114,28 @@ type Manifest struct {
 	CreatedAt time.Time         `json:"created_at"`
 }
 
+// SettingAPIMode is the manifest setting that chooses how a batch's items are sent
+// to the LLM API: APIModeSync (one call per stage and item, at once) or APIModeBatch
+// (gathered into provider batches: about half the price, within hours). Absent: the
+// processors' own mode.
+const SettingAPIMode = "api_mode"
+
+// The API modes.
+const (
+	APIModeSync  = "sync"
+	APIModeBatch = "batch"
+)
+
+// ValidateAPIMode checks an API mode: empty (the processors' default), "sync" or
+// "batch".
+func ValidateAPIMode(m string) error {
+	switch m {
+	case "", APIModeSync, APIModeBatch:
+		return nil
+	}
+	return fmt.Errorf("api mode %q: want %q or %q", m, APIModeSync, APIModeBatch)
+}
+
 // MaxItems is the most items a batch may have.
 const MaxItems = 10_000_000
 
@@ -237,8 +259,10 @@ type Result struct {
 }
 
 // Usage is what processing cost: API calls (attempts, each paid or not), cache
-// look-ups, tokens and money. Tokens and cost count only what was paid for: a cache hit
-// adds none.
+// look-ups, tokens and money, and what the item met on the way to the API: retries,
+// rate limiting and the circuit breaker. Tokens and cost count only what was paid for:
+// a cache hit adds none. The counters after Cost are optional on the wire (omitted
+// when zero; a producer of contract v1 that does not know them leaves them out).
 type Usage struct {
 	Stage1Calls      int     `json:"stage1_calls"`
 	Stage2Calls      int     `json:"stage2_calls"`
@@ -247,6 +271,22 @@ type Usage struct {
 	PromptTokens     int64   `json:"prompt_tokens"`
 	CompletionTokens int64   `json:"completion_tokens"`
 	Cost             float64 `json:"cost"`
+	// Retries counts API attempts made again after a failed one (any error the
+	// processor retries: 5xx, 429, timeouts, bad answers), in the delivery that made
+	// the result.
+	Retries int `json:"retries,omitempty"`
+	// Throttled counts 429 answers (rate limited by the API).
+	Throttled int `json:"throttled,omitempty"`
+	// RateLimitWaits counts the times a call waited for the shared rate limit (or
+	// for the Retry-After of a 429) before it was made; RateLimitWaitMS is the total
+	// of those waits, in milliseconds.
+	RateLimitWaits  int   `json:"rate_limit_waits,omitempty"`
+	RateLimitWaitMS int64 `json:"rate_limit_wait_ms,omitempty"`
+	// BreakerWaits counts the deliveries of the item given back because the circuit
+	// breaker was open (each waited for it to half-open); BreakerTrips counts the
+	// openings of the breaker that a failed call of this item caused.
+	BreakerWaits int `json:"breaker_waits,omitempty"`
+	BreakerTrips int `json:"breaker_trips,omitempty"`
 }
 
 // Add returns the sum of two usages.
@@ -259,6 +299,12 @@ func (u Usage) Add(o Usage) Usage {
 		PromptTokens:     u.PromptTokens + o.PromptTokens,
 		CompletionTokens: u.CompletionTokens + o.CompletionTokens,
 		Cost:             u.Cost + o.Cost,
+		Retries:          u.Retries + o.Retries,
+		Throttled:        u.Throttled + o.Throttled,
+		RateLimitWaits:   u.RateLimitWaits + o.RateLimitWaits,
+		RateLimitWaitMS:  u.RateLimitWaitMS + o.RateLimitWaitMS,
+		BreakerWaits:     u.BreakerWaits + o.BreakerWaits,
+		BreakerTrips:     u.BreakerTrips + o.BreakerTrips,
 	}
 }
 

@@ -111,6 +111,71 @@ type BatchStatus struct {
 	Problem  string `json:"problem,omitempty"`
 }
 
+// APIMode returns the manifest's api_mode setting (SettingAPIMode), APIModeSync when
+// it has none.
+func (m Manifest) APIMode() string {
+	if mode := m.Settings[SettingAPIMode]; mode != "" {
+		return mode
+	}
+	return APIModeSync
+}
+
+// BatchMetrics are a batch's metrics as the store keeps them beside its rows, in the
+// transaction that writes them: the usage of every result written for the batch,
+// summed. Each result counts once, whatever the redeliveries and replays: a result of
+// a newer generation than the item's stored one adds its usage (a retry's result does
+// not take back what the failed one paid); the same result written again adds
+// nothing; a result the store does not write (of an older generation) adds nothing.
+// Unlike BatchStatus.Usage, which sums the items' latest results, the metrics keep
+// what older generations spent.
+type BatchMetrics struct {
+	BatchID string `json:"batch_id"`
+	// Mode is the batch's APIMode: its manifest's api_mode setting, APIModeSync
+	// when it has none (even where processors running in batch mode by default
+	// served it).
+	Mode string `json:"mode"`
+	// Results counts the results summed.
+	Results     int64 `json:"results"`
+	Stage1Calls int64 `json:"stage1_calls"`
+	Stage2Calls int64 `json:"stage2_calls"`
+	CacheHits   int64 `json:"cache_hits"`
+	CacheMisses int64 `json:"cache_misses"`
+	// CacheHitRate is CacheHits over all look-ups (0 with none).
+	CacheHitRate     float64 `json:"cache_hit_rate"`
+	PromptTokens     int64   `json:"prompt_tokens"`
+	CompletionTokens int64   `json:"completion_tokens"`
+	// Retries, Throttled, RateLimitWaits, RateLimitWaitMS, BreakerWaits and
+	// BreakerTrips sum the Usage counters of the same names.
+	Retries         int64 `json:"retries"`
+	Throttled       int64 `json:"throttled"`
+	RateLimitWaits  int64 `json:"rate_limit_waits"`
+	RateLimitWaitMS int64 `json:"rate_limit_wait_ms"`
+	BreakerWaits    int64 `json:"breaker_waits"`
+	BreakerTrips    int64 `json:"breaker_trips"`
+	// CostSettled is the cost the results report (USD); CostReserved what spend caps
+	// hold for the batch's calls in flight (0 where no cap holds any).
+	CostSettled  float64 `json:"cost_settled"`
+	CostReserved float64 `json:"cost_reserved"`
+	// FirstResultAt and LastResultAt are the earliest and latest ProcessedAt of the
+	// results summed (nil before any); WallTimeMS is the time between them.
+	FirstResultAt *time.Time `json:"first_result_at,omitempty"`
+	LastResultAt  *time.Time `json:"last_result_at,omitempty"`
+	WallTimeMS    int64      `json:"wall_time_ms"`
+}
+
+// Finish sets the fields derived from the others: the cache hit rate and the wall
+// time. Store drivers call it on what they read.
+func (m *BatchMetrics) Finish() {
+	m.CacheHitRate = 0
+	if n := m.CacheHits + m.CacheMisses; n > 0 {
+		m.CacheHitRate = float64(m.CacheHits) / float64(n)
+	}
+	m.WallTimeMS = 0
+	if m.FirstResultAt != nil && m.LastResultAt != nil {
+		m.WallTimeMS = m.LastResultAt.Sub(*m.FirstResultAt).Milliseconds()
+	}
+}
+
 // ResultFilter narrows Store.Results.
 type ResultFilter struct {
 	// Status, when set, keeps only results with that status.
@@ -133,6 +198,10 @@ type Store interface {
 	// Batches lists the most recently submitted batches, newest first (limit <= 0:
 	// all).
 	Batches(ctx context.Context, limit int) ([]BatchStatus, error)
+	// Metrics returns the metrics kept for a batch (see BatchMetrics), or an error
+	// wrapping ErrNotFound when its manifest is not stored. A batch with no result
+	// stored yet has zero metrics.
+	Metrics(ctx context.Context, batchID string) (BatchMetrics, error)
 	// Results calls fn for each stored result of a batch in ascending Seq, with its
 	// cards (nil when it has none), stopping at the first error fn returns. A batch
 	// with nothing stored yields nothing and no error.

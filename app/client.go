@@ -269,21 +269,41 @@ func (c *Client) Services(ctx context.Context) ([]ServiceState, error) {
 // BatchReport is a stored batch's status with its failed items.
 type BatchReport struct {
 	flashpipe.BatchStatus
-	FailedItems []FailedItem `json:"failed_items"`
+	// Metrics are the metrics the store keeps for the batch (nil when a store could
+	// not read them: the status is shown all the same).
+	Metrics     *flashpipe.BatchMetrics `json:"metrics,omitempty"`
+	FailedItems []FailedItem            `json:"failed_items"`
 }
 
-// Report reads a batch's status and failed items from st.
+// Report reads a batch's status, metrics and failed items from st.
 func Report(ctx context.Context, st flashpipe.Store, batchID string) (*BatchReport, error) {
 	b, err := st.Batch(ctx, batchID)
 	if err != nil {
 		return nil, err
 	}
 	r := &BatchReport{BatchStatus: b, FailedItems: []FailedItem{}}
+	m, err := st.Metrics(ctx, batchID)
+	switch {
+	case err == nil:
+		r.Metrics = &m
+	case !errors.Is(err, flashpipe.ErrNotFound):
+		return nil, err
+	}
 	err = st.Results(ctx, batchID, flashpipe.ResultFilter{Status: flashpipe.StatusFailed}, func(res flashpipe.Result) error {
 		r.FailedItems = append(r.FailedItems, FailedItemOf(res))
 		return nil
 	})
 	return r, err
+}
+
+// Metrics reads the metrics the client's store keeps for a batch (see
+// flashpipe.BatchMetrics): an error wrapping flashpipe.ErrNotFound when the batch is
+// not stored.
+func (c *Client) Metrics(ctx context.Context, batchID string) (flashpipe.BatchMetrics, error) {
+	if c.store == nil {
+		return flashpipe.BatchMetrics{}, ErrNoStoreConfigured
+	}
+	return c.store.Metrics(ctx, batchID)
 }
 
 // Report reads a batch's status and failed items from the client's store.

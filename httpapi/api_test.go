@@ -115,6 +115,10 @@ func TestSubmitCSVJSONLinesAndJSONThenFollowToTheEnd(t *testing.T) {
 		d.Usage.Stage1Calls == 0 || len(d.Services) != 3 {
 		t.Fatalf("status %+v", d)
 	}
+	if m := d.Metrics; m == nil || m.Mode != flashpipe.APIModeSync || m.Results != 2 || m.Stage1Calls != int64(d.Usage.Stage1Calls) ||
+		m.CostSettledUSD != d.Usage.CostUSD || m.LastResultAt == nil {
+		t.Fatalf("status metrics %+v, want those of the 2 results (usage %+v)", m, d.Usage)
+	}
 
 	var list struct{ Batches []httpapi.Batch }
 	e.call("GET", "/v1/batches?limit=10", adminToken, "", nil, http.StatusOK, &list)

@@ -104,7 +104,7 @@ func (s *Server) detail(ctx context.Context, p principal, id string) (*BatchDeta
 	}
 	switch {
 	case err == nil:
-		d.Batch, d.FailedItems = viewOf(rep.BatchStatus), rep.FailedItems
+		d.Batch, d.Metrics, d.FailedItems = viewOf(rep.BatchStatus), metricsOf(rep.Metrics), rep.FailedItems
 		if merr == nil && m.Generation > d.Generation {
 			d.Generation, d.State, d.CompletedAt = m.Generation, flashpipe.BatchRunning, nil
 		}

@@ -42,10 +42,36 @@ type Usage struct {
 	CostUSD          float64 `json:"cost_usd"`
 }
 
-// BatchDetail is a batch's status: the store's view, its failed items, and the live
-// service replicas (a blocked sink says why the batch does not move).
+// Metrics are a batch's metrics as the store keeps them beside its rows (see
+// flashpipe.BatchMetrics).
+type Metrics struct {
+	Mode             string     `json:"mode"`
+	Results          int64      `json:"results"`
+	Stage1Calls      int64      `json:"stage1_calls"`
+	Stage2Calls      int64      `json:"stage2_calls"`
+	CacheHits        int64      `json:"cache_hits"`
+	CacheMisses      int64      `json:"cache_misses"`
+	CacheHitRate     float64    `json:"cache_hit_rate"`
+	PromptTokens     int64      `json:"prompt_tokens"`
+	CompletionTokens int64      `json:"completion_tokens"`
+	Retries          int64      `json:"retries"`
+	Throttled        int64      `json:"throttled"`
+	RateLimitWaits   int64      `json:"rate_limit_waits"`
+	RateLimitWaitMS  int64      `json:"rate_limit_wait_ms"`
+	BreakerWaits     int64      `json:"breaker_waits"`
+	BreakerTrips     int64      `json:"breaker_trips"`
+	CostSettledUSD   float64    `json:"cost_settled_usd"`
+	CostReservedUSD  float64    `json:"cost_reserved_usd"`
+	FirstResultAt    *time.Time `json:"first_result_at,omitempty"`
+	LastResultAt     *time.Time `json:"last_result_at,omitempty"`
+	WallTimeMS       int64      `json:"wall_time_ms"`
+}
+
+// BatchDetail is a batch's status: the store's view and metrics, its failed items, and
+// the live service replicas (a blocked sink says why the batch does not move).
 type BatchDetail struct {
 	Batch
+	Metrics     *Metrics         `json:"metrics,omitempty"`
 	FailedItems []app.FailedItem `json:"failed_items"`
 	Services    []Service        `json:"services"`
 }
@@ -124,6 +150,18 @@ func viewOf(b flashpipe.BatchStatus) Batch {
 		SubmittedAt: b.SubmittedAt, StartedAt: b.StartedAt, CompletedAt: b.CompletedAt,
 		SetAside: b.SetAside, Problem: b.Problem,
 	}
+}
+
+func metricsOf(m *flashpipe.BatchMetrics) *Metrics {
+	if m == nil {
+		return nil
+	}
+	return &Metrics{Mode: m.Mode, Results: m.Results, Stage1Calls: m.Stage1Calls, Stage2Calls: m.Stage2Calls,
+		CacheHits: m.CacheHits, CacheMisses: m.CacheMisses, CacheHitRate: m.CacheHitRate, PromptTokens: m.PromptTokens,
+		CompletionTokens: m.CompletionTokens, Retries: m.Retries, Throttled: m.Throttled,
+		RateLimitWaits: m.RateLimitWaits, RateLimitWaitMS: m.RateLimitWaitMS, BreakerWaits: m.BreakerWaits,
+		BreakerTrips: m.BreakerTrips, CostSettledUSD: m.CostSettled, CostReservedUSD: m.CostReserved,
+		FirstResultAt: m.FirstResultAt, LastResultAt: m.LastResultAt, WallTimeMS: m.WallTimeMS}
 }
 
 func usageOf(u flashpipe.Usage) Usage {

@@ -16,6 +16,10 @@
 //     There is no foreign key to batches: in a replay a result may be stored before
 //     its batch's manifest.
 //   - flashcards: one row per (batch_id, position, card_index), deleted with its item.
+//   - dead_letters: the events the store refused, kept until replayed.
+//   - batch_metrics: one row per batch, the usage of every result written for it,
+//     summed by triggers on items in the transaction that writes them (00003; see
+//     flashpipe.BatchMetrics for the counting rules). Prune deletes it with its batch.
 package migrations
 
 import (

@@ -59,6 +59,8 @@ type Pipeline struct {
 	Store    flashpipe.Store
 	// PostgresURL is the store's database (its own schema), "" with SQLite.
 	PostgresURL string
+	// SQLitePath is the store's database file, "" with Postgres.
+	SQLitePath string
 	// Client is the client side of batches, with the store.
 	Client *app.Client
 	// Stages are the processors' stages (the defaults).
@@ -86,7 +88,8 @@ func New(t testing.TB, cfg Config) *Pipeline {
 	t.Cleanup(func() { _ = p.Sim.Close() })
 	ctx := context.Background()
 	if cfg.SQLite {
-		p.Store, err = sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "flashpipe.db")})
+		p.SQLitePath = filepath.Join(t.TempDir(), "flashpipe.db")
+		p.Store, err = sqlite.Open(ctx, sqlite.Config{Path: p.SQLitePath})
 	} else {
 		p.PostgresURL = pgtest.URL(t)
 		p.Store, err = postgres.Open(ctx, p.PostgresURL, postgres.Config{AutoMigrate: true})

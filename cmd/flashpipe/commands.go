@@ -261,6 +261,7 @@ func (s *StatusCmd) Run(ctx context.Context, log *slog.Logger) error {
 	fmt.Printf("  items: %d, done %d, ok %d, failed %d\n", b.Manifest.Count, b.Done, b.OK, b.Failed)
 	fmt.Printf("  API calls: stage 1 %d, stage 2 %d; cache hits %d, misses %d; tokens %d prompt, %d completion; cost $%.4f\n",
 		b.Usage.Stage1Calls, b.Usage.Stage2Calls, b.Usage.CacheHits, b.Usage.CacheMisses, b.Usage.PromptTokens, b.Usage.CompletionTokens, b.Usage.Cost)
+	printMetrics(os.Stdout, report.Metrics)
 	fmt.Printf("  submitted %s", b.SubmittedAt.Local().Format(time.DateTime))
 	if b.StartedAt != nil {
 		fmt.Printf(", started %s", b.StartedAt.Local().Format(time.DateTime))

@@ -126,6 +126,7 @@ func main() {
 			"items_max_age":         shortDuration(contract.DefaultItemsMaxAge),
 			"results_max_age":       shortDuration(contract.DefaultResultsMaxAge),
 		},
+		simFaultVars(),
 	)
 	level := cli.LogLevel
 	if level == "" {

@@ -134,11 +134,20 @@ func (m *MigrateCmd) Run(ctx context.Context, log *slog.Logger) error {
 type SimulateAPICmd struct {
 	Addr string `help:"Address to listen on." default:"127.0.0.1:8089" env:"FLASHPIPE_SIM_ADDR"`
 	SimFlags
+	SimFaultFlags
+}
+
+// simConfig is the simulator's configuration: latency and rate limit (SimFlags) and
+// every fault knob (SimFaultFlags).
+func (s *SimulateAPICmd) simConfig(log *slog.Logger) llmsim.Config {
+	cfg := s.config(log)
+	s.SimFaultFlags.apply(&cfg)
+	return cfg
 }
 
 // Run serves until interrupted.
 func (s *SimulateAPICmd) Run(ctx context.Context, log *slog.Logger) error {
-	sim, err := llmsim.New(s.config(log))
+	sim, err := llmsim.New(s.simConfig(log))
 	if err != nil {
 		return err
 	}

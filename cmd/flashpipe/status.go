@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
 )
 
@@ -150,6 +151,21 @@ func (l *liveStatus) printBatch(w io.Writer, id string) {
 		}
 	}
 	printServices(w, l.services)
+}
+
+// printMetrics prints the metrics the store keeps for a batch: every result written,
+// older generations' included.
+func printMetrics(w io.Writer, m *flashpipe.BatchMetrics) {
+	if m == nil {
+		return
+	}
+	fmt.Fprintf(w, "  metrics (%s mode, %d results written, retries included): calls stage 1 %d, stage 2 %d; cache hit rate %.1f%% (%d of %d)\n",
+		m.Mode, m.Results, m.Stage1Calls, m.Stage2Calls, 100*m.CacheHitRate, m.CacheHits, m.CacheHits+m.CacheMisses)
+	fmt.Fprintf(w, "    retries %d; 429s %d; rate-limit waits %d (%s); breaker waits %d, trips %d\n",
+		m.Retries, m.Throttled, m.RateLimitWaits, (time.Duration(m.RateLimitWaitMS) * time.Millisecond).String(),
+		m.BreakerWaits, m.BreakerTrips)
+	fmt.Fprintf(w, "    cost settled $%.4f, reserved $%.4f; wall time %s (first result to last)\n",
+		m.CostSettled, m.CostReserved, (time.Duration(m.WallTimeMS) * time.Millisecond).String())
 }
 
 func tenantName(t string) string {

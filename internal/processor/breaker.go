@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,9 @@ type breaker struct {
 	timeout time.Duration
 	opened  atomic.Int64 // unix nanos of the last opening
 	state   atomic.Int32
+	// trips counts the openings; claimed, those already charged to an item's usage
+	// (see call).
+	trips, claimed atomic.Int64
 }
 
 func newBreaker(threshold int, timeout time.Duration, log *slog.Logger, m *Metrics) *breaker {
@@ -53,6 +57,7 @@ func newBreaker(threshold int, timeout time.Duration, log *slog.Logger, m *Metri
 			switch to {
 			case gobreaker.StateOpen:
 				b.opened.Store(time.Now().UnixNano())
+				b.trips.Add(1)
 				log.Error("circuit breaker open: the API looks down; taking no new items, releasing those in hand",
 					"from", from.String(), "retry_in", timeout)
 			case gobreaker.StateHalfOpen:
@@ -79,12 +84,32 @@ func isOutage(err error) bool {
 }
 
 // call makes one API call through the breaker; an open breaker returns errRelease.
-func (b *breaker) call(fn func() (*llm.Response, error)) (*llm.Response, error) {
+// A failed call during which the breaker opened adds 1 to *trips, unless another
+// call in flight already took that opening: each opening is charged to exactly one
+// failed call (the one that tripped it, unless two failed at the same instant).
+func (b *breaker) call(fn func() (*llm.Response, error), trips *int) (*llm.Response, error) {
+	before := b.trips.Load()
 	resp, err := b.cb.Execute(fn)
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return nil, errRelease
 	}
+	if err != nil && b.trips.Load() > before && b.claimTrip() {
+		*trips++
+	}
 	return resp, err
+}
+
+// claimTrip takes one opening not yet charged to a call, if there is one.
+func (b *breaker) claimTrip() bool {
+	for {
+		c := b.claimed.Load()
+		if c >= b.trips.Load() {
+			return false
+		}
+		if b.claimed.CompareAndSwap(c, c+1) {
+			return true
+		}
+	}
 }
 
 // open reports whether the breaker is open (State also moves it to half-open once
@@ -145,36 +170,89 @@ func ledgerKey(wi flashpipe.WorkItem) string {
 	return wi.BatchID + "." + strconv.FormatInt(wi.Position, 10) + "." + strconv.Itoa(wi.Generation)
 }
 
-// releases returns how many times the item was released.
-func (l *ledger) releases(ctx context.Context, wi flashpipe.WorkItem) (int, error) {
-	e, err := l.kv.Get(ctx, ledgerKey(wi))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(string(e.Value()))
+// ledgerEntry is what the ledger keeps of an item: its releases (deliveries that do
+// not count as attempts), and, for its result's usage, the releases by an open
+// breaker and the openings of the breaker its deliveries caused (see releaseError).
+// It is stored as "RELEASES" or "RELEASES TRIPS BREAKER_RELEASES".
+type ledgerEntry struct {
+	releases, trips, breakerReleases int
 }
 
-// add records one more release of the item.
-func (l *ledger) add(ctx context.Context, wi flashpipe.WorkItem) error {
+func parseLedger(v []byte) (ledgerEntry, error) {
+	var e ledgerEntry
+	fields := strings.Fields(string(v))
+	if len(fields) != 1 && len(fields) != 3 {
+		return e, fmt.Errorf("release ledger entry %q: want 1 or 3 numbers", v)
+	}
+	for i, p := range []*int{&e.releases, &e.trips, &e.breakerReleases}[:len(fields)] {
+		n, err := strconv.Atoi(fields[i])
+		if err != nil {
+			return ledgerEntry{}, fmt.Errorf("release ledger entry %q: %w", v, err)
+		}
+		*p = n
+	}
+	return e, nil
+}
+
+func (e ledgerEntry) format() []byte {
+	if e.trips == 0 && e.breakerReleases == 0 {
+		return []byte(strconv.Itoa(e.releases))
+	}
+	return fmt.Appendf(nil, "%d %d %d", e.releases, e.trips, e.breakerReleases)
+}
+
+// entry returns what the ledger holds of the item (zero when nothing).
+func (l *ledger) entry(ctx context.Context, wi flashpipe.WorkItem) (ledgerEntry, error) {
+	e, err := l.kv.Get(ctx, ledgerKey(wi))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return ledgerEntry{}, nil
+	}
+	if err != nil {
+		return ledgerEntry{}, err
+	}
+	return parseLedger(e.Value())
+}
+
+// addEntry adds d to the item's entry.
+func (l *ledger) addEntry(ctx context.Context, wi flashpipe.WorkItem, d ledgerEntry) error {
 	key := ledgerKey(wi)
 	for range 10 {
 		e, err := l.kv.Get(ctx, key)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if _, err = l.kv.Create(ctx, key, []byte("1")); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+			if _, err = l.kv.Create(ctx, key, d.format()); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
 				return err
 			}
 		case err != nil:
 			return err
 		default:
-			n, _ := strconv.Atoi(string(e.Value()))
-			if _, err = l.kv.Update(ctx, key, []byte(strconv.Itoa(n+1)), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			n, _ := parseLedger(e.Value())
+			n = ledgerEntry{n.releases + d.releases, n.trips + d.trips, n.breakerReleases + d.breakerReleases}
+			if _, err = l.kv.Update(ctx, key, n.format(), e.Revision()); err == nil || !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 				return err
 			}
 		}
 	}
 	return errors.New("release ledger: too many concurrent updates")
+}
+
+// releaseError is errRelease from a delivery whose failed calls opened the breaker
+// trips times: the ledger keeps the count for the item's result (the delivery's own
+// usage is dropped with it).
+type releaseError struct{ trips int }
+
+func (e *releaseError) Error() string { return errRelease.Error() }
+func (e *releaseError) Unwrap() error { return errRelease }
+
+// tripsOf returns the breaker openings a release or requeue error carries.
+func tripsOf(err error) int {
+	var re *releaseError
+	var rq *requeueError
+	switch {
+	case errors.As(err, &re):
+		return re.trips
+	case errors.As(err, &rq):
+		return rq.trips
+	}
+	return 0
 }

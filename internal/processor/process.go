@@ -85,20 +85,25 @@ func (p *Processor) verdict(ctx context.Context, res *flashpipe.Result, stage st
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	if errors.Is(err, errRelease) && res.Usage.BreakerTrips > 0 {
+		return nil, &releaseError{trips: res.Usage.BreakerTrips}
+	}
 	if errors.Is(err, errRequeue) || errors.Is(err, errRelease) {
 		return nil, err
 	}
 	if flashpipe.ClassOf(err) == flashpipe.Transient && !errors.Is(err, stages.ErrInvalidAnswer) && res.Attempts < p.cfg.MaxDeliveries {
-		return nil, &requeueError{delay: p.requeueDelay(res.Attempts), err: err}
+		return nil, &requeueError{delay: p.requeueDelay(res.Attempts), err: err, trips: res.Usage.BreakerTrips}
 	}
 	p.fail(res, stage, err, flashpipe.ClassOf(err))
 	return res, nil
 }
 
-// requeueError sends an item back for a later delivery after delay.
+// requeueError sends an item back for a later delivery after delay. trips are the
+// breaker openings the delivery caused, kept in the ledger for the item's result.
 type requeueError struct {
 	delay time.Duration
 	err   error
+	trips int
 }
 
 func (e *requeueError) Error() string {
@@ -203,16 +208,22 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 			return zero, err
 		}
 		if l := p.cfg.Limiter; l != nil {
+			start := time.Now()
 			if err := l.Wait(ctx); err != nil {
 				return zero, fmt.Errorf("%w: rate limiter: %w", errRequeue, err)
 			}
+			countWait(usage, time.Since(start))
 		}
-		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(ctx, req) })
+		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(ctx, req) }, &usage.BreakerTrips)
 		if errors.Is(err, errRelease) {
 			return zero, err
 		}
 		p.observe(resp, err)
 		countCall(usage, s.n, resp)
+		throttled := isThrottled(err)
+		if throttled {
+			usage.Throttled++
+		}
 		p.metrics.call(s.name, outcome(err))
 		if errors.Is(err, llm.ErrAccount) && ctx.Err() == nil {
 			p.gate.pause(err)
@@ -238,6 +249,10 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 			return zero, ctx.Err()
 		case <-time.After(wait):
 		}
+		if throttled {
+			countWait(usage, wait)
+		}
+		usage.Retries++
 		attempt++
 	}
 }
@@ -255,6 +270,24 @@ func (p *Processor) observe(resp *llm.Response, err error) {
 	var ae *llm.APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests {
 		l.Throttled(ae.RetryAfter, ae.RateLimit.Reset)
+	}
+}
+
+// isThrottled reports whether err is the API's 429.
+func isThrottled(err error) bool {
+	var ae *llm.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests
+}
+
+// minRateLimitWait is the shortest wait for the rate limit that Usage counts: a
+// limiter that lets a call through at once still takes a few microseconds.
+const minRateLimitWait = time.Millisecond
+
+// countWait adds a wait for the rate limit (or for a 429's Retry-After) to u.
+func countWait(u *flashpipe.Usage, d time.Duration) {
+	if d >= minRateLimitWait {
+		u.RateLimitWaits++
+		u.RateLimitWaitMS += d.Milliseconds()
 	}
 }
 

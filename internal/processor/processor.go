@@ -287,12 +287,13 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	// Deliveries that were releases (open breaker) do not count as attempts; the
 	// others (crashes, timeouts) do.
 	deliveries := int(md.NumDelivered)
+	var released ledgerEntry
 	if deliveries > 1 {
-		released, err := p.ledger.releases(ctx, wi)
+		released, err = p.ledger.entry(ctx, wi)
 		if err != nil {
 			p.log.Warn("release ledger unreadable; counting every delivery", "err", err)
 		}
-		deliveries = max(1, deliveries-released)
+		deliveries = max(1, deliveries-released.releases)
 	}
 	stopProgress := p.keepAlive(msg)
 	p.metrics.inFlight(1)
@@ -303,10 +304,13 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	switch {
 	case errors.As(err, &rq):
 		p.log.Info("API kept failing; item requeued", "batch", wi.BatchID, "position", wi.Position, "delay", rq.delay, "err", rq.err)
+		if rq.trips > 0 {
+			p.recordLedger(ctx, wi, ledgerEntry{trips: rq.trips})
+		}
 		_ = msg.NakWithDelay(rq.delay)
 		return
 	case errors.Is(err, errRelease):
-		p.recordRelease(ctx, wi)
+		p.recordLedger(ctx, wi, ledgerEntry{releases: 1, trips: tripsOf(err), breakerReleases: 1})
 		p.metrics.release()
 		_ = msg.NakWithDelay(p.breaker.releaseDelay())
 		return
@@ -322,6 +326,8 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
+	res.Usage.BreakerWaits += released.breakerReleases
+	res.Usage.BreakerTrips += released.trips
 	p.publishAndAck(ctx, msg, res)
 }
 
@@ -346,10 +352,18 @@ func (p *Processor) publishAndAck(ctx context.Context, msg jetstream.Msg, res *f
 // attempt (breaker open, no verdict, shutdown). Best effort: if the ledger cannot be
 // written, the delivery counts.
 func (p *Processor) recordRelease(ctx context.Context, wi flashpipe.WorkItem) {
+	p.recordLedger(ctx, wi, ledgerEntry{releases: 1})
+}
+
+// recordLedger adds d to the item's ledger entry: releases (deliveries that do not
+// count), and for its result's usage the releases by an open breaker and the breaker
+// openings its delivery caused. Best effort.
+func (p *Processor) recordLedger(ctx context.Context, wi flashpipe.WorkItem, d ledgerEntry) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := p.ledger.add(lctx, wi); err != nil {
-		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position, "err", err)
+	if err := p.ledger.addEntry(lctx, wi, d); err != nil {
+		p.log.Warn("release not recorded; the delivery will count as an attempt", "batch", wi.BatchID, "position", wi.Position,
+			"releases", d.releases, "breaker_trips", d.trips, "err", err)
 	}
 }
 

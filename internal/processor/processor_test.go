@@ -538,6 +538,15 @@ func TestOutageOpensBreakerAndNothingFails(t *testing.T) {
 	if !strings.Contains(r.logs.String(), "circuit breaker closed") {
 		t.Error("closing the breaker was not logged")
 	}
+	// The results report each opening of the breaker once (charged to the item whose
+	// call opened it, through the release ledger), and the deliveries it gave back.
+	var u flashpipe.Usage
+	for _, res := range rs {
+		u = u.Add(res.Usage)
+	}
+	if opened := strings.Count(r.logs.String(), "circuit breaker open:"); u.BreakerTrips != opened || u.BreakerWaits == 0 {
+		t.Errorf("results report %d breaker trips, %d breaker waits; the breaker opened %d times", u.BreakerTrips, u.BreakerWaits, opened)
+	}
 }
 
 // 30% 5xx and a storm of upstream 429s: every item completes, none fails.
@@ -551,8 +560,20 @@ func TestThirtyPercent5xxAnd429StormFailNothing(t *testing.T) {
 	if n := count(rs, flashpipe.StatusFailed); n != 0 {
 		t.Fatalf("%d items failed under 30%% 5xx and a 429 storm", n)
 	}
-	if s := r.sim.Stats(); s.Faults[llmsim.Fault5xx] == 0 || s.Faults[llmsim.Fault429] == 0 {
+	s := r.sim.Stats()
+	if s.Faults[llmsim.Fault5xx] == 0 || s.Faults[llmsim.Fault429] == 0 {
 		t.Fatalf("faults not injected: %+v", s.Faults)
+	}
+	// The results count each 429 and each retry; a delivery requeued or released
+	// drops its own counts with its calls, so these are bounds.
+	var u flashpipe.Usage
+	for _, res := range rs {
+		u = u.Add(res.Usage)
+	}
+	if u.Throttled == 0 || int64(u.Throttled) > s.Faults[llmsim.Fault429] || u.Retries < u.Throttled ||
+		int64(u.Retries) > s.Faults[llmsim.Fault429]+s.Faults[llmsim.Fault5xx] || u.RateLimitWaits != u.Throttled {
+		t.Errorf("results report %d 429s, %d retries, %d rate-limit waits; the simulator answered %d 429s and %d 5xx",
+			u.Throttled, u.Retries, u.RateLimitWaits, s.Faults[llmsim.Fault429], s.Faults[llmsim.Fault5xx])
 	}
 }
 
@@ -583,6 +604,15 @@ func TestFourReplicasShareOneRateLimit(t *testing.T) {
 	if s.RateLimited != 0 {
 		t.Fatalf("the API answered %d 429s for exceeding the shared limit", s.RateLimited)
 	}
+	// Demand above the limit: the results report the waits for it.
+	var u flashpipe.Usage
+	for _, res := range rs {
+		u = u.Add(res.Usage)
+	}
+	if u.RateLimitWaits == 0 || u.RateLimitWaitMS < int64(u.RateLimitWaits) || u.Throttled != 0 {
+		t.Errorf("results report %d rate-limit waits (%d ms) and %d 429s; want waits and no 429", u.RateLimitWaits, u.RateLimitWaitMS, u.Throttled)
+	}
+	t.Logf("results report %d rate-limit waits, %.1f s in all", u.RateLimitWaits, float64(u.RateLimitWaitMS)/1000)
 	// The limiter may run ahead by up to one second of budget at the start.
 	achieved := float64(s.Requests) / elapsed.Seconds() * 60
 	t.Logf("%d calls in %s: %.0f per minute, %.1f%% of the limit", s.Requests, elapsed.Round(time.Millisecond), achieved, 100*achieved/rpm)

@@ -33,6 +33,18 @@
 //     (a re-sent completion keeps the first time). It needs no manifest: a completion stored before its batch's manifest
 //     is kept, unseen by Batch and Batches, until the manifest arrives.
 //
+// # Metrics
+//
+// Each driver keeps one batch_metrics row per batch (flashpipe.BatchMetrics), summed
+// by triggers on the items table in the transaction that writes the items: every
+// result written counts once (a newer generation adds its result, the same one
+// written again adds nothing). They follow the rows, so they depend on the order of
+// the Apply calls in one case only: an older generation's result applied after a
+// newer one of the same item is not written, and not counted, whereas applied before
+// it, it was written, then replaced, and counted. A retry generation starts from the
+// failed results already stored, and a replay applies the ordered log in order, where
+// a batch's generations follow each other, so the sink does not meet that case.
+//
 // # Batch state
 //
 // The state is derived when a batch is read (see BatchState), never stored: a batch is

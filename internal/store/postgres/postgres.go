@@ -221,13 +221,16 @@ UPDATE batches SET submitted_at = $2, updated_at = now() WHERE batch_id = $1 AND
 	sqlUpsertItems = `
 INSERT INTO items AS i (batch_id, position, processing_order, generation, term, type, metadata, status,
 	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
-	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, written_at)
+	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, retries, throttled,
+	rate_limit_waits, rate_limit_wait_ms, breaker_waits, breaker_trips, written_at)
 SELECT u.*, now() FROM unnest($1::text[], $2::bigint[], $3::int[], $4::int[], $5::text[], $6::text[],
 	$7::jsonb[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int[],
 	$15::int[], $16::int[], $17::int[], $18::int[], $19::bigint[], $20::bigint[], $21::float8[],
-	$22::timestamptz[]) AS u(batch_id, position, processing_order, generation, term, type, metadata, status,
+	$22::timestamptz[], $23::int[], $24::int[], $25::int[], $26::bigint[], $27::int[], $28::int[])
+	AS u(batch_id, position, processing_order, generation, term, type, metadata, status,
 	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
-	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at)
+	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, retries, throttled,
+	rate_limit_waits, rate_limit_wait_ms, breaker_waits, breaker_trips)
 WHERE u.generation >= coalesce((SELECT b.base FROM batches b WHERE b.batch_id = u.batch_id), 0)
 	AND NOT EXISTS (SELECT 1 FROM items x WHERE x.batch_id = u.batch_id AND x.processing_order = u.processing_order
 		AND x.position <> u.position AND x.generation > u.generation)
@@ -239,7 +242,10 @@ ON CONFLICT (batch_id, position) DO UPDATE SET
 	stage1_calls = excluded.stage1_calls, stage2_calls = excluded.stage2_calls,
 	cache_hits = excluded.cache_hits, cache_misses = excluded.cache_misses, prompt_tokens = excluded.prompt_tokens,
 	completion_tokens = excluded.completion_tokens, cost = excluded.cost,
-	processed_at = excluded.processed_at, written_at = excluded.written_at
+	processed_at = excluded.processed_at, written_at = excluded.written_at,
+	retries = excluded.retries, throttled = excluded.throttled, rate_limit_waits = excluded.rate_limit_waits,
+	rate_limit_wait_ms = excluded.rate_limit_wait_ms, breaker_waits = excluded.breaker_waits,
+	breaker_trips = excluded.breaker_trips
 WHERE i.generation <= excluded.generation
 RETURNING i.batch_id, i.position`
 
@@ -282,6 +288,13 @@ WHERE b.completed_generation IS NULL OR b.completed_generation < excluded.comple
 // re-read on every call. An Apply with manifests takes one more round trip first, to
 // lock and check the stored manifests; one with neither manifests nor results is a
 // single round trip.
+//
+// Two transactions inserting the same new item at once (a result redelivered to a
+// second sink while the first writes it) can collide on the seq index rather than on
+// the (batch, position) key ON CONFLICT resolves: PostgreSQL then reports a unique
+// violation of items_batch_order_idx although nothing is wrong with the data. Apply
+// runs the transaction again in that case (the other's row is then committed and
+// updated in place); a violation that persists is the data's.
 func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	plan, err := store.NewPlan(events)
 	if err != nil {
@@ -290,6 +303,24 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	if plan.Empty() {
 		return nil
 	}
+	for attempt := 1; ; attempt++ {
+		err := s.apply(ctx, plan, events)
+		if attempt >= maxOrderRaceAttempts || !isOrderRace(err) {
+			return err
+		}
+	}
+}
+
+// maxOrderRaceAttempts bounds the runs of an Apply that meets the seq index race.
+const maxOrderRaceAttempts = 3
+
+// isOrderRace reports whether err is a unique violation of the items' seq index.
+func isOrderRace(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == "items_batch_order_idx"
+}
+
+func (s *Store) apply(ctx context.Context, plan store.Plan, events []flashpipe.Event) error {
 	if len(plan.Results) == 0 && len(plan.Manifests) == 0 {
 		// One pipeline, which PostgreSQL runs as one implicit transaction.
 		b := &pgx.Batch{}
@@ -444,6 +475,9 @@ func itemArgs(plan store.Plan) ([]any, [][]flashpipe.Card, error) {
 		promptTokens, completionTokens              = make([]int64, n), make([]int64, n)
 		costs                                       = make([]float64, n)
 		processedAt                                 = make([]time.Time, n)
+		retries, throttled, rlWaits, breakerWaits   = make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
+		breakerTrips                                = make([]int32, n)
+		rlWaitMS                                    = make([]int64, n)
 		cards                                       = make([][]flashpipe.Card, n)
 	)
 	for i, r := range plan.Results {
@@ -460,11 +494,13 @@ func itemArgs(plan store.Plan) ([]any, [][]flashpipe.Card, error) {
 		s1[i], s2[i], hits[i], misses[i] = int32(u.Stage1Calls), int32(u.Stage2Calls), int32(u.CacheHits), int32(u.CacheMisses)
 		promptTokens[i], completionTokens[i], costs[i] = u.PromptTokens, u.CompletionTokens, u.Cost
 		processedAt[i] = cols.ProcessedAt
+		retries[i], throttled[i], rlWaits[i], rlWaitMS[i] = int32(u.Retries), int32(u.Throttled), int32(u.RateLimitWaits), u.RateLimitWaitMS
+		breakerWaits[i], breakerTrips[i] = int32(u.BreakerWaits), int32(u.BreakerTrips)
 		cards[i] = cols.Cards
 	}
 	return []any{batchIDs, positions, seqs, gens, terms, types, metadata, statuses, analyses, errStages,
 		errReasons, errClasses, nextStep, attempts, s1, s2, hits, misses, promptTokens, completionTokens, costs,
-		processedAt}, cards, nil
+		processedAt, retries, throttled, rlWaits, rlWaitMS, breakerWaits, breakerTrips}, cards, nil
 }
 
 // cardColumns are the arguments of sqlInsertCards: one array per column.
@@ -676,10 +712,48 @@ func utcPtr(t *time.Time) *time.Time {
 // sqlResultsPage reads one page of a batch's items after a Seq, each with its cards
 // aggregated into a JSON array in card order: one statement, so each item and its
 // cards come from one snapshot.
+// sqlMetrics reads a batch's metrics row (kept by the triggers of migration 00003)
+// with its manifest, for the mode.
+const sqlMetrics = `
+SELECT b.manifest, coalesce(m.results, 0), coalesce(m.stage1_calls, 0), coalesce(m.stage2_calls, 0),
+	coalesce(m.cache_hits, 0), coalesce(m.cache_misses, 0), coalesce(m.prompt_tokens, 0),
+	coalesce(m.completion_tokens, 0), coalesce(m.retries, 0), coalesce(m.throttled, 0),
+	coalesce(m.rate_limit_waits, 0), coalesce(m.rate_limit_wait_ms, 0), coalesce(m.breaker_waits, 0),
+	coalesce(m.breaker_trips, 0), coalesce(m.cost_settled, 0), coalesce(m.cost_reserved, 0),
+	m.first_result_at, m.last_result_at
+FROM batches b LEFT JOIN batch_metrics m ON m.batch_id = b.batch_id
+WHERE b.batch_id = $1 AND b.manifest IS NOT NULL`
+
+// Metrics returns the metrics kept for a batch, or an error wrapping
+// flashpipe.ErrNotFound when its manifest is not stored.
+func (s *Store) Metrics(ctx context.Context, batchID string) (flashpipe.BatchMetrics, error) {
+	m := flashpipe.BatchMetrics{BatchID: batchID}
+	var manifest []byte
+	err := s.pool.QueryRow(ctx, sqlMetrics, batchID).Scan(&manifest, &m.Results, &m.Stage1Calls,
+		&m.Stage2Calls, &m.CacheHits, &m.CacheMisses, &m.PromptTokens, &m.CompletionTokens, &m.Retries,
+		&m.Throttled, &m.RateLimitWaits, &m.RateLimitWaitMS, &m.BreakerWaits, &m.BreakerTrips, &m.CostSettled,
+		&m.CostReserved, &m.FirstResultAt, &m.LastResultAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("batch %q: %w", batchID, flashpipe.ErrNotFound)
+	}
+	if err != nil {
+		return m, fmt.Errorf("postgres: metrics of batch %q: %w", batchID, classify(err))
+	}
+	mf, err := store.DecodeManifest(batchID, manifest)
+	if err != nil {
+		return m, err
+	}
+	m.Mode = mf.APIMode()
+	m.FirstResultAt, m.LastResultAt = utcPtr(m.FirstResultAt), utcPtr(m.LastResultAt)
+	m.Finish()
+	return m, nil
+}
+
 const sqlResultsPage = `
 SELECT i.position, i.processing_order, i.generation, i.term, i.type, i.metadata, i.status, i.analysis,
 	i.error_stage, i.error_reason, i.error_class, i.next_step, i.attempts, i.stage1_calls,
 	i.stage2_calls, i.cache_hits, i.cache_misses, i.prompt_tokens, i.completion_tokens, i.cost, i.processed_at,
+	i.retries, i.throttled, i.rate_limit_waits, i.rate_limit_wait_ms, i.breaker_waits, i.breaker_trips,
 	(SELECT json_agg(json_build_object('tab_name', c.tab_name, 'primer', c.primer, 'front', c.front,
 			'back', c.back, 'tags', c.tags, 'honorific_level', c.honorific_level) ORDER BY c.card_index)
 		FROM flashcards c WHERE c.batch_id = i.batch_id AND c.position = i.position)
@@ -725,7 +799,9 @@ func (s *Store) resultsPage(ctx context.Context, batchID string, after int, stat
 		if err := rows.Scan(&r.Position, &r.Seq, &r.Generation, &r.Term, &r.Type, &metadata, &status, &analysis,
 			&errStage, &errReason, &errClass, &nextStep, &r.Attempts, &r.Usage.Stage1Calls,
 			&r.Usage.Stage2Calls, &r.Usage.CacheHits, &r.Usage.CacheMisses, &r.Usage.PromptTokens,
-			&r.Usage.CompletionTokens, &r.Usage.Cost, &r.ProcessedAt, &cards); err != nil {
+			&r.Usage.CompletionTokens, &r.Usage.Cost, &r.ProcessedAt, &r.Usage.Retries, &r.Usage.Throttled,
+			&r.Usage.RateLimitWaits, &r.Usage.RateLimitWaitMS, &r.Usage.BreakerWaits, &r.Usage.BreakerTrips,
+			&cards); err != nil {
 			return nil, classify(err)
 		}
 		r.Status = flashpipe.Status(status)

@@ -12,7 +12,7 @@ var _ store.Pruner = (*Store)(nil)
 
 // sqlPrune deletes one chunk of complete batches submitted and completed before $1
 // (at most $2), oldest first, with their items (their cards follow by ON DELETE
-// CASCADE). A batch is complete when its completion is of its manifest's generation or
+// CASCADE) and metrics rows. A batch is complete when its completion is of its manifest's generation or
 // a newer one and counts no more items than it has results of that generation (see
 // store.BatchState). The batch rows are locked (SKIP LOCKED: a batch the sink is
 // writing is left for the next run) and the state re-checked under the lock, so a
@@ -30,6 +30,8 @@ WITH victims AS (
 	DELETE FROM items i USING victims v WHERE i.batch_id = v.batch_id RETURNING 1
 ), batches_gone AS (
 	DELETE FROM batches b USING victims v WHERE b.batch_id = v.batch_id RETURNING 1
+), metrics_gone AS (
+	DELETE FROM batch_metrics m USING victims v WHERE m.batch_id = v.batch_id RETURNING 1
 )
 SELECT (SELECT count(*) FROM batches_gone), (SELECT count(*) FROM gone)`
 

@@ -22,7 +22,8 @@ WHERE b.manifest IS NOT NULL AND b.submitted_at < ?1 AND b.completed_at < ?1
 ORDER BY b.submitted_at
 LIMIT ?2`
 
-// Prune implements store.Pruner. Cards follow their items by ON DELETE CASCADE.
+// Prune implements store.Pruner. Cards follow their items by ON DELETE CASCADE; the
+// batch's metrics row goes with its batch.
 func (s *Store) Prune(ctx context.Context, before time.Time, chunk int) (store.Pruned, error) {
 	if chunk <= 0 {
 		chunk = store.DefaultPruneChunk
@@ -71,6 +72,9 @@ func (s *Store) pruneChunk(ctx context.Context, before string, chunk int) (store
 		}
 		items, _ := res.RowsAffected()
 		if _, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE batch_id = ?`, id); err != nil {
+			return store.Pruned{}, err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM batch_metrics WHERE batch_id = ?`, id); err != nil {
 			return store.Pruned{}, err
 		}
 		n.Batches++

@@ -240,8 +240,10 @@ WHERE b.generation IS NULL OR b.generation < excluded.generation`
 	sqlUpsertItem = `
 INSERT INTO items AS i (batch_id, position, processing_order, generation, term, type, metadata, status,
 	analysis, error_stage, error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls,
-	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, written_at)
-SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23
+	cache_hits, cache_misses, prompt_tokens, completion_tokens, cost, processed_at, written_at,
+	retries, throttled, rate_limit_waits, rate_limit_wait_ms, breaker_waits, breaker_trips)
+SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23,
+	?24, ?25, ?26, ?27, ?28, ?29
 WHERE ?4 >= coalesce((SELECT base FROM batches WHERE batch_id = ?1), 0)
 	AND NOT EXISTS (SELECT 1 FROM items x WHERE x.batch_id = ?1 AND x.processing_order = ?3
 		AND x.position <> ?2 AND x.generation > ?4)
@@ -253,7 +255,10 @@ ON CONFLICT (batch_id, position) DO UPDATE SET
 	stage1_calls = excluded.stage1_calls, stage2_calls = excluded.stage2_calls,
 	cache_hits = excluded.cache_hits, cache_misses = excluded.cache_misses, prompt_tokens = excluded.prompt_tokens,
 	completion_tokens = excluded.completion_tokens, cost = excluded.cost,
-	processed_at = excluded.processed_at, written_at = excluded.written_at
+	processed_at = excluded.processed_at, written_at = excluded.written_at,
+	retries = excluded.retries, throttled = excluded.throttled, rate_limit_waits = excluded.rate_limit_waits,
+	rate_limit_wait_ms = excluded.rate_limit_wait_ms, breaker_waits = excluded.breaker_waits,
+	breaker_trips = excluded.breaker_trips
 WHERE i.generation <= excluded.generation`
 
 	sqlDeleteCards = `DELETE FROM flashcards WHERE batch_id = ? AND position = ?`
@@ -368,7 +373,8 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) (err error)
 			res, err := upsert.ExecContext(ctx, r.BatchID, r.Position, r.Seq, r.Generation, cols.Term, cols.Type,
 				nullText(cols.Metadata), string(r.Status), nullText(cols.Analysis), cols.ErrorStage, cols.ErrorReason,
 				cols.ErrorClass, cols.NextStep, r.Attempts, u.Stage1Calls, u.Stage2Calls, u.CacheHits, u.CacheMisses,
-				u.PromptTokens, u.CompletionTokens, u.Cost, formatTime(cols.ProcessedAt), now)
+				u.PromptTokens, u.CompletionTokens, u.Cost, formatTime(cols.ProcessedAt), now,
+				u.Retries, u.Throttled, u.RateLimitWaits, u.RateLimitWaitMS, u.BreakerWaits, u.BreakerTrips)
 			if err != nil {
 				return fmt.Errorf("batch %q seq %d: %w", r.BatchID, r.Seq, err)
 			}
@@ -597,11 +603,57 @@ func (s *Store) statuses(ctx context.Context, from string, args ...any) ([]flash
 	return out, nil
 }
 
+// sqlMetrics reads a batch's metrics row (kept by the triggers of migration 00003)
+// with its manifest, for the mode.
+const sqlMetrics = `
+SELECT b.manifest, coalesce(m.results, 0), coalesce(m.stage1_calls, 0), coalesce(m.stage2_calls, 0),
+	coalesce(m.cache_hits, 0), coalesce(m.cache_misses, 0), coalesce(m.prompt_tokens, 0),
+	coalesce(m.completion_tokens, 0), coalesce(m.retries, 0), coalesce(m.throttled, 0),
+	coalesce(m.rate_limit_waits, 0), coalesce(m.rate_limit_wait_ms, 0), coalesce(m.breaker_waits, 0),
+	coalesce(m.breaker_trips, 0), coalesce(m.cost_settled, 0.0), coalesce(m.cost_reserved, 0.0),
+	m.first_result_at, m.last_result_at
+FROM batches b LEFT JOIN batch_metrics m ON m.batch_id = b.batch_id
+WHERE b.batch_id = ? AND b.manifest IS NOT NULL`
+
+// Metrics returns the metrics kept for a batch, or an error wrapping
+// flashpipe.ErrNotFound when its manifest is not stored.
+func (s *Store) Metrics(ctx context.Context, batchID string) (flashpipe.BatchMetrics, error) {
+	m := flashpipe.BatchMetrics{BatchID: batchID}
+	var (
+		manifest    []byte
+		first, last *string
+	)
+	err := s.readers.QueryRowContext(ctx, sqlMetrics, batchID).Scan(&manifest, &m.Results, &m.Stage1Calls,
+		&m.Stage2Calls, &m.CacheHits, &m.CacheMisses, &m.PromptTokens, &m.CompletionTokens, &m.Retries,
+		&m.Throttled, &m.RateLimitWaits, &m.RateLimitWaitMS, &m.BreakerWaits, &m.BreakerTrips, &m.CostSettled,
+		&m.CostReserved, &first, &last)
+	if errors.Is(err, sql.ErrNoRows) {
+		return m, fmt.Errorf("batch %q: %w", batchID, flashpipe.ErrNotFound)
+	}
+	if err != nil {
+		return m, fmt.Errorf("sqlite: metrics of batch %q: %w", batchID, classify(err))
+	}
+	mf, err := store.DecodeManifest(batchID, manifest)
+	if err != nil {
+		return m, err
+	}
+	m.Mode = mf.APIMode()
+	if m.FirstResultAt, err = parseTimePtr(first); err != nil {
+		return m, err
+	}
+	if m.LastResultAt, err = parseTimePtr(last); err != nil {
+		return m, err
+	}
+	m.Finish()
+	return m, nil
+}
+
 const (
 	sqlResultsPage = `
 SELECT position, processing_order, generation, term, type, metadata, status, analysis, error_stage,
 	error_reason, error_class, next_step, attempts, stage1_calls, stage2_calls, cache_hits, cache_misses,
-	prompt_tokens, completion_tokens, cost, processed_at
+	prompt_tokens, completion_tokens, cost, processed_at, retries, throttled, rate_limit_waits,
+	rate_limit_wait_ms, breaker_waits, breaker_trips
 FROM items
 WHERE batch_id = ?1 AND processing_order > ?2 AND (?3 IS NULL OR status = ?3)
 ORDER BY processing_order
@@ -659,7 +711,8 @@ func (s *Store) resultsPage(ctx context.Context, batchID string, after int, stat
 		if err := rows.Scan(&r.Position, &r.Seq, &r.Generation, &r.Term, &r.Type, &metadata, &status, &analysis,
 			&errStage, &errReason, &errClass, &nextStep, &r.Attempts, &r.Usage.Stage1Calls,
 			&r.Usage.Stage2Calls, &r.Usage.CacheHits, &r.Usage.CacheMisses, &r.Usage.PromptTokens,
-			&r.Usage.CompletionTokens, &r.Usage.Cost, &processed); err != nil {
+			&r.Usage.CompletionTokens, &r.Usage.Cost, &processed, &r.Usage.Retries, &r.Usage.Throttled,
+			&r.Usage.RateLimitWaits, &r.Usage.RateLimitWaitMS, &r.Usage.BreakerWaits, &r.Usage.BreakerTrips); err != nil {
 			return nil, err
 		}
 		r.Status = flashpipe.Status(status)

@@ -51,6 +51,8 @@ func Run(t *testing.T, open func(t *testing.T) flashpipe.Store) {
 		{"ReplacementNeverMixes", testReplacementNeverMixes},
 		{"DeadLetters", testDeadLetters},
 		{"Prune", testPrune},
+		{"Metrics", testMetrics},
+		{"MetricsConcurrent", testMetricsConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

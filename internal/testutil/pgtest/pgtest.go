@@ -204,6 +204,13 @@ func Run(m *testing.M) int {
 	return code
 }
 
+// Available reports why no test server can be found or started (nil when one can),
+// for a test that runs against Postgres only where it is reachable.
+func Available() error {
+	_, err := serverURL()
+	return err
+}
+
 // serverURL finds or starts the test server, once per process.
 func serverURL() (string, error) {
 	process.once.Do(func() {
