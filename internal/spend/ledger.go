@@ -28,9 +28,9 @@ const (
 	// before it lapses (and is charged at its worst case). It must outlast an API
 	// call (llm.DefaultTimeout, 120 s) with room to settle.
 	DefaultHoldTTL = 3 * time.Minute
-	// HoldMargin is how long before its reservation's deadline a call must end: the
-	// time to settle, and clock differences between replicas.
-	HoldMargin = 15 * time.Second
+	// DefaultHoldMargin is how long before its reservation's deadline a call must
+	// end: the time to settle, and clock differences between replicas.
+	DefaultHoldMargin = 15 * time.Second
 	// DefaultPeriod is the length of a spend period (UTC days).
 	DefaultPeriod = 24 * time.Hour
 	// DefaultMaxRetries bounds the compare-and-set attempts of one change of an
@@ -159,6 +159,9 @@ type Config struct {
 	// HoldTTL is how long a reservation lives unsettled (DefaultHoldTTL, at least
 	// 2*HoldMargin).
 	HoldTTL time.Duration
+	// HoldMargin is how long before the end of its reservation a call must end
+	// (DefaultHoldMargin).
+	HoldMargin time.Duration
 	// MaxRetries bounds the compare-and-set attempts of one change (DefaultMaxRetries).
 	MaxRetries int
 	// BatchCacheTTL is how long a replica remembers that a batch has no cap.
@@ -171,6 +174,7 @@ type Config struct {
 func (c Config) withDefaults(ct *contract.Contract) Config {
 	c.Bucket = cmp.Or(c.Bucket, ct.Name(DefaultBucketSuffix))
 	c.HoldTTL = cmp.Or(c.HoldTTL, DefaultHoldTTL)
+	c.HoldMargin = cmp.Or(c.HoldMargin, DefaultHoldMargin)
 	c.MaxRetries = cmp.Or(c.MaxRetries, DefaultMaxRetries)
 	c.BatchCacheTTL = cmp.Or(c.BatchCacheTTL, DefaultBatchCacheTTL)
 	if c.Logger == nil {
@@ -181,8 +185,10 @@ func (c Config) withDefaults(ct *contract.Contract) Config {
 
 func (c Config) validate() error {
 	switch {
-	case c.HoldTTL < 2*HoldMargin:
-		return fmt.Errorf("spend: Config.HoldTTL %s must be at least %s", c.HoldTTL, 2*HoldMargin)
+	case c.HoldMargin <= 0:
+		return fmt.Errorf("spend: Config.HoldMargin must be positive, got %s", c.HoldMargin)
+	case c.HoldTTL < 2*c.HoldMargin:
+		return fmt.Errorf("spend: Config.HoldTTL %s must be at least twice Config.HoldMargin (%s)", c.HoldTTL, c.HoldMargin)
 	case c.MaxRetries < 1:
 		return fmt.Errorf("spend: Config.MaxRetries must be at least 1, got %d", c.MaxRetries)
 	}
@@ -262,8 +268,9 @@ type Reservation struct {
 // Amount is the worst case reserved, in USD.
 func (r *Reservation) Amount() float64 { return r.amount.USD() }
 
-// Deadline is when the call must be over: the reservation lapses HoldMargin later.
-func (r *Reservation) Deadline() time.Time { return r.until.Add(-HoldMargin) }
+// Deadline is when the call must be over: the reservation lapses Config.HoldMargin
+// later.
+func (r *Reservation) Deadline() time.Time { return r.until.Add(-r.l.cfg.HoldMargin) }
 
 // Reserve holds usd (a call's worst case) on the batch's account, when the batch has a
 // cap, and on the current period's, when a period cap is set. It returns a *CapError
