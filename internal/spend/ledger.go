@@ -548,10 +548,10 @@ func (l *Ledger) SetBatchCap(ctx context.Context, batchID, by string, usd float6
 	return out, err
 }
 
-// ValidateCap checks a cap in USD: finite and more than 0.
+// ValidateCap checks a cap in USD: above 0 and at most flashpipe.MaxCostLimit.
 func ValidateCap(usd float64) error {
-	if !(usd > 0) || math.IsInf(usd, 0) || usd > 1e9 {
-		return fmt.Errorf("max cost %v: want an amount of USD above 0 (and at most 1e9)", usd)
+	if !(usd > 0) || math.IsInf(usd, 0) || usd > flashpipe.MaxCostLimit {
+		return fmt.Errorf("max cost %v: want an amount of USD above 0 and at most %g", usd, flashpipe.MaxCostLimit)
 	}
 	return nil
 }
