@@ -3,6 +3,7 @@ package flashpipe
 import (
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 )
 
@@ -14,9 +15,15 @@ const SettingMaxCost = "max_cost"
 // MaxCostLimit is the largest max_cost accepted, in USD.
 const MaxCostLimit = 1e9
 
-// ParseMaxCost reads a max_cost setting: a decimal number of USD above 0 and at most
-// MaxCostLimit.
+// maxCostPattern is a plain decimal number (the manifest schema's pattern).
+var maxCostPattern = regexp.MustCompile(`^[0-9]{1,10}(\.[0-9]{1,9})?$`)
+
+// ParseMaxCost reads a max_cost setting: a plain decimal number of USD (digits, an
+// optional point and up to 9 decimals) above 0 and at most MaxCostLimit.
 func ParseMaxCost(s string) (float64, error) {
+	if !maxCostPattern.MatchString(s) {
+		return 0, fmt.Errorf("%s %q: want a number of USD, e.g. 5 or 12.50", SettingMaxCost, s)
+	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("%s %q: want a number of USD, e.g. 5 or 12.50", SettingMaxCost, s)

@@ -156,3 +156,30 @@ func TestBadMaxCostRefused(t *testing.T) {
 		}
 	}
 }
+
+// A batch paused at its cap holds its items in the ready stream; another batch
+// submitted after it still runs to the end (the held items do not fill the
+// scheduler's window, and no more of the paused batch is dispatched).
+func TestPausedBatchDoesNotStarveOthers(t *testing.T) {
+	t.Parallel()
+	p := apptest.New(t, apptest.Config{SQLite: true})
+	for range 2 {
+		cfg := p.ProcessorConfig(processor.Config{CapDelay: time.Second, ConcurrentMax: 4})
+		p.StartProcessor(cfg)
+	}
+	p.StartSequencer(app.SequencerSettings{})
+	p.StartSink(app.SinkSettings{})
+	ctx := context.Background()
+	if _, err := p.Client.Submit(ctx, ingest.Batch{ID: "paused", Items: ingest.SliceItems(items("멈춤", 120)),
+		Settings: map[string]string{flashpipe.SettingMaxCost: "0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitSpendPaused(t, p, func() (app.SpendAccount, bool, error) { return p.Client.BatchSpend(ctx, "paused") })
+	p.Submit("other", items("다른", 30))
+	if st := p.WaitStored("other", 0, time.Minute); st.OK != 30 {
+		t.Fatalf("the other batch: %d ok of 30", st.OK)
+	}
+	if a, _, _ := p.Client.BatchSpend(ctx, "paused"); !a.Paused || a.SpentUSD > 0.1 {
+		t.Fatalf("the paused batch: %s", a)
+	}
+}

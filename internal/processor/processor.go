@@ -316,11 +316,10 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(rq.delay)
 		return
 	case errors.Is(err, errCapped):
-		// Held by a spend cap: nothing was paid and nothing fails; the delivery does
-		// not count, and the item comes back once the cap may have been raised.
+		// Held by a spend cap: nothing was paid and nothing fails; the item is set
+		// aside until the cap is raised.
 		p.log.Info("item held: spend cap reached", "batch", wi.BatchID, "position", wi.Position, "err", err)
-		p.recordRelease(ctx, wi)
-		_ = msg.NakWithDelay(p.cfg.CapDelay)
+		p.hold(ctx, msg, wi)
 		return
 	case errors.Is(err, errRelease):
 		p.recordRelease(ctx, wi)

@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/spend"
 )
@@ -16,9 +20,32 @@ const DefaultCapDelay = 5 * time.Second
 
 // SpendLedger is the spend ledger as the processor uses it (internal/spend.Ledger):
 // Reserve holds a call's worst case under the caps, or returns an error wrapping
-// spend.ErrCapReached.
+// spend.ErrCapReached; SetAside records an item a cap holds, for the scheduler to
+// dispatch again once the cap allows.
 type SpendLedger interface {
 	Reserve(ctx context.Context, batchID string, usd float64) (*spend.Reservation, error)
+	SetAside(ctx context.Context, batch string, seq, generation int, subject string, header nats.Header, data []byte) error
+}
+
+// hold takes an item a spend cap refused off the consumer: set aside in the ledger,
+// then acknowledged, so that it holds none of the consumer's MaxAckPending slots
+// while its batch is paused (the scheduler dispatches it again once the cap allows).
+// If it cannot be set aside, it is sent back after CapDelay, its delivery not counted.
+func (p *Processor) hold(ctx context.Context, msg jetstream.Msg, wi flashpipe.WorkItem) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if p.cfg.Spend != nil {
+		err := p.cfg.Spend.SetAside(sctx, wi.BatchID, wi.Seq, wi.Generation, msg.Subject(), msg.Headers(), msg.Data())
+		if err == nil {
+			if err := msg.Ack(); err != nil {
+				p.log.Warn("ack a held item; it comes back and is set aside again", "batch", wi.BatchID, "position", wi.Position, "err", err)
+			}
+			return
+		}
+		p.log.Warn("held item not set aside; sent back instead", "batch", wi.BatchID, "position", wi.Position, "err", err)
+	}
+	p.recordRelease(ctx, wi)
+	_ = msg.NakWithDelay(p.cfg.CapDelay)
 }
 
 // errCapped marks an item held by a spend cap: no call is made, the delivery does

@@ -18,6 +18,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/lease"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/registry"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/service"
 )
 
@@ -47,6 +48,12 @@ type leader struct {
 	audits   chan auditMsg // from the items audit
 	orphans  map[string]orphan
 	manifest map[string]cachedManifest
+	// held are the batches paused by a spend cap (read every heldEvery): none of
+	// their items is dispatched, and those in the ready stream (waiting there for a
+	// higher cap) do not count against the window, so other batches run.
+	spend  *spend.Ledger
+	held   map[string]bool
+	heldAt time.Time
 }
 
 type auditMsg struct {

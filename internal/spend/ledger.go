@@ -684,3 +684,43 @@ func (l *Ledger) readPeriodConfig(ctx context.Context) (*PeriodConfig, error) {
 	}
 	return pc, nil
 }
+
+// Open opens the ledger's bucket without creating it (for readers: the scheduler,
+// status); it fails with jetstream.ErrBucketNotFound when no processor created it yet.
+func Open(ctx context.Context, js jetstream.JetStream, c *contract.Contract, cfg Config) (*Ledger, error) {
+	if js == nil || c == nil {
+		return nil, errors.New("spend: Open needs a JetStream and a contract")
+	}
+	cfg = cfg.withDefaults(c)
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("spend: open bucket %s: %w", cfg.Bucket, err)
+	}
+	return &Ledger{kv: kv, cfg: cfg, log: cfg.Logger.With("component", "spend"), uncapped: map[string]time.Time{}}, nil
+}
+
+// Held reports which of the batches are paused by a spend cap: their own, or the
+// current period's (then every batch is).
+func (l *Ledger) Held(ctx context.Context, batches []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(batches))
+	_, pa, ok, err := l.Period(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all := ok && pa.Paused()
+	for _, b := range batches {
+		if all {
+			out[b] = true
+			continue
+		}
+		a, ok, err := l.Batch(ctx, b)
+		if err != nil {
+			return nil, err
+		}
+		out[b] = ok && a.Paused()
+	}
+	return out, nil
+}
