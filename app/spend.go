@@ -30,6 +30,8 @@ type SpendAccount struct {
 	Paused      bool      `json:"paused"`
 	PausedSince time.Time `json:"paused_since,omitzero"`
 	NeedUSD     float64   `json:"need_usd,omitempty"`
+	// ItemsHeld counts the batch's items set aside by a cap, waiting for it to rise.
+	ItemsHeld int `json:"items_held,omitempty"`
 	// Period, PeriodStart and PeriodEnd describe the period account.
 	Period      time.Duration `json:"period,omitempty"`
 	PeriodStart time.Time     `json:"period_start,omitzero"`
@@ -69,6 +71,9 @@ func (a SpendAccount) String() string {
 	if a.HeldUSD > 0 {
 		s += fmt.Sprintf(", $%.4f held by calls in flight", a.HeldUSD)
 	}
+	if a.ItemsHeld > 0 {
+		s += fmt.Sprintf(", %d items held", a.ItemsHeld)
+	}
 	if a.LapsedUSD > 0 {
 		s += fmt.Sprintf(", of which $%.4f charged for calls whose processor stopped", a.LapsedUSD)
 	}
@@ -100,7 +105,11 @@ func (c *Client) BatchSpend(ctx context.Context, batchID string) (SpendAccount, 
 	if err != nil || !ok {
 		return SpendAccount{}, false, err
 	}
-	return accountOf(batchID, a), true, nil
+	out := accountOf(batchID, a)
+	if out.ItemsHeld, err = l.HeldCount(ctx, batchID); err != nil {
+		return out, true, err
+	}
+	return out, true, nil
 }
 
 // PeriodSpend returns the current period's spend account; false when no period cap

@@ -67,6 +67,12 @@ func (l *Ledger) HeldCounts(ctx context.Context) (map[string]int, error) {
 	return out, nil
 }
 
+// HeldCount returns how many items of batch are set aside.
+func (l *Ledger) HeldCount(ctx context.Context, batch string) (int, error) {
+	keys, err := l.heldKeys(ctx, "held."+batch+".>")
+	return len(keys), err
+}
+
 func (l *Ledger) heldKeys(ctx context.Context, filter string) ([]string, error) {
 	lister, err := l.kv.ListKeysFiltered(ctx, filter)
 	if err != nil {

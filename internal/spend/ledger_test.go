@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/natsx"
@@ -230,5 +233,43 @@ func TestCapChangesPauseAndResume(t *testing.T) {
 	}
 	if _, err := l.Reserve(ctx, "b", 0.04); err != nil {
 		t.Fatalf("after raising the cap: %v", err)
+	}
+}
+
+// Items set aside by a cap are counted, published again once, and forgotten; one set
+// aside again while being published stays for the next round.
+func TestSetAsideAndRequeue(t *testing.T) {
+	t.Parallel()
+	l := ledgers(t, 1, spend.Config{})[0]
+	ctx := context.Background()
+	hdr := nats.Header{"Nats-Msg-Id": []string{"b:1:0"}, "X": []string{"y"}}
+	for seq := 1; seq <= 3; seq++ {
+		if err := l.SetAside(ctx, "b", seq, 0, "p.ready.b."+strconv.Itoa(seq), hdr, []byte("item")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = l.SetAside(ctx, "b", 1, 0, "p.ready.b.1", hdr, []byte("item")) // twice: one record
+	if err := l.SetAside(ctx, "c", 1, 0, "p.ready.c.1", nil, []byte("other")); err != nil {
+		t.Fatal(err)
+	}
+	counts, err := l.HeldCounts(ctx)
+	if err != nil || counts["b"] != 3 || counts["c"] != 1 {
+		t.Fatalf("counts %v %v", counts, err)
+	}
+	var got []*nats.Msg
+	n, err := l.Requeue(ctx, "b", func(_ context.Context, m *nats.Msg) error { got = append(got, m); return nil })
+	if err != nil || n != 3 || len(got) != 3 {
+		t.Fatalf("requeued %d (%v)", n, err)
+	}
+	for _, m := range got {
+		if m.Header.Get("Nats-Msg-Id") != "" || m.Header.Get("X") != "y" || string(m.Data) != "item" {
+			t.Fatalf("requeued message %s: headers %v data %q", m.Subject, m.Header, m.Data)
+		}
+	}
+	if n, _ := l.HeldCount(ctx, "b"); n != 0 {
+		t.Fatalf("%d still held after the requeue", n)
+	}
+	if n, _ := l.HeldCount(ctx, "c"); n != 1 {
+		t.Fatalf("another batch's item was requeued: %d left", n)
 	}
 }
