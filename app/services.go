@@ -164,6 +164,10 @@ func NewProcessor(ctx context.Context, d Deps, cfg ProcessorConfig) (*Service, e
 	if d.Metrics != nil {
 		pcfg.Metrics = processor.NewMetrics(d.Metrics)
 	}
+	if cfg.Spend.Ledger.HoldTTL == 0 && cfg.API.Timeout+time.Minute > spend.DefaultHoldTTL {
+		// A reservation outlives the longest call, with room to settle.
+		cfg.Spend.Ledger.HoldTTL = cfg.API.Timeout + time.Minute
+	}
 	if pcfg.Prices, pcfg.Spend, err = newSpend(ctx, d, client, cfg.Spend); err != nil {
 		return nil, err
 	}

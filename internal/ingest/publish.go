@@ -224,6 +224,11 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 		if rev == 0 {
 			_ = reg.Put(ctx, b.ID, rec, 0) // backfill the registry; best effort
 		}
+		// The same batch again with a max_cost: the submitter sets its cap anew (how
+		// `run --max-cost` raises the cap of the batch it resumes).
+		if err := p.applyCap(ctx, m); err != nil {
+			return nil, err
+		}
 		n, err := p.publishMissing(ctx, b, latest)
 		return &Submission{Manifest: latest, Published: n, Resubmitted: true, Previous: prev}, err
 
@@ -287,10 +292,10 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 }
 
 // applyCap records the batch's max_cost setting as its spend cap before its manifest
-// is published, so that no item of it is processed without the cap in force. A batch
-// without max_cost keeps the cap it has (a replacement or a resubmission after
-// expiry), if any; retry and reprocess generations never change it (the account, and
-// what it spent, belong to the batch id).
+// is published, so that no item of it is processed without the cap in force; a
+// resubmission with a max_cost sets the cap anew. A batch submitted without max_cost
+// keeps the cap it has, if any; retry and reprocess generations never change it (the
+// account, and what it spent, belong to the batch id).
 func (p *Publisher) applyCap(ctx context.Context, m flashpipe.Manifest) error {
 	usd, ok := m.MaxCost()
 	if !ok {
