@@ -124,9 +124,12 @@ func (a Account) Held() Nanos {
 	return n
 }
 
-// Paused reports whether a reservation was refused by the cap since the account last
-// granted one or its cap changed.
-func (a Account) Paused() bool { return a.Blocked != nil }
+// Paused reports whether the cap holds the account's calls: one was refused since
+// the account last granted one or its cap changed, and it still would be (calls in
+// flight settling below their worst case may have made room for it).
+func (a Account) Paused() bool {
+	return a.Blocked != nil && a.Spent()+a.Held()+a.Blocked.Need > a.Cap
+}
 
 // expire moves the holds whose deadline passed to Lapsed at their full amount, and
 // forgets lapses older than lapsedKeep.
