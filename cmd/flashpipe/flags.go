@@ -23,14 +23,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // StreamFlags shape the streams: a service creates those that are missing with these

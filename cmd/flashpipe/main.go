@@ -25,14 +25,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
 	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

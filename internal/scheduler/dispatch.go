@@ -13,8 +13,8 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/refusal"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // maxRound is the most items dispatched in one round (one wait for their acks).

@@ -18,8 +18,8 @@ import (
 	"github.com/flashpipe/flashpipe/internal/lease"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/registry"
-	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/service"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // errLost means the leader lost its lease or its bucket was written by another.
