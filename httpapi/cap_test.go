@@ -1,6 +1,8 @@
 package httpapi_test
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -35,6 +37,28 @@ func TestBatchCapOverHTTP(t *testing.T) {
 	if billed := e.p.Sim.Stats().Cost; billed > 0.05 {
 		t.Fatalf("the simulator billed $%.6f past the cap $0.05", billed)
 	}
+	// The progress stream says why the batch does not move.
+	resp := e.do("GET", "/v1/batches/capped/progress", adminToken, "", nil)
+	saw := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var pr httpapi.Progress
+			if json.Unmarshal(sc.Bytes(), &pr) == nil && pr.Paused != "" {
+				saw <- pr.Paused
+				return
+			}
+		}
+	}()
+	select {
+	case reason := <-saw:
+		if !strings.Contains(reason, "paused: spend cap $0.05 reached") {
+			t.Fatalf("progress says %q", reason)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the progress stream never said the batch is paused")
+	}
+	resp.Body.Close()
 	var bad httpapi.Error
 	for _, body := range []string{`{"max_cost":-1}`, `{"max_cost":0}`, `{}`, `{"max_cost":"5"}`} {
 		e.call("PUT", "/v1/batches/capped/cap", adminToken, "application/json", strings.NewReader(body), http.StatusBadRequest, &bad)
