@@ -59,12 +59,16 @@ func (a SpendAccount) Reason() string {
 	if !a.Paused {
 		return ""
 	}
-	if a.BatchID != "" {
-		return fmt.Sprintf("paused: spend cap $%.2f reached, spent $%.4f; raise with flashpipe cap set --batch %s --max-cost N",
-			a.CapUSD, a.SpentUSD, a.BatchID)
+	need := ""
+	if a.NeedUSD > 0 {
+		need = fmt.Sprintf(" (the next call needs up to $%.4f)", a.NeedUSD)
 	}
-	return fmt.Sprintf("paused: period spend cap $%.2f reached (until %s), spent $%.4f; raise with flashpipe cap set --period --max-cost N",
-		a.CapUSD, a.PeriodEnd.Local().Format(time.DateTime), a.SpentUSD)
+	if a.BatchID != "" {
+		return fmt.Sprintf("paused: spend cap $%.2f reached, spent $%.4f%s; raise with flashpipe cap set --batch %s --max-cost N",
+			a.CapUSD, a.SpentUSD, need, a.BatchID)
+	}
+	return fmt.Sprintf("paused: period spend cap $%.2f reached (until %s), spent $%.4f%s; raise with flashpipe cap set --period --max-cost N",
+		a.CapUSD, a.PeriodEnd.Local().Format(time.DateTime), a.SpentUSD, need)
 }
 
 // String renders the account for people.
