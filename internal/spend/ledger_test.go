@@ -28,7 +28,15 @@ func ledgers(t *testing.T, n int, cfg spend.Config) []*spend.Ledger {
 	return ledgersOn(t, srv, c, n, cfg)
 }
 
-func ledgersOn(t *testing.T, srv *natsx.Embedded, c *contract.Contract, n int, cfg spend.Config) []*spend.Ledger {
+func ledgersB(b *testing.B, n int) []*spend.Ledger {
+	b.Helper()
+	srv := natstest.Server(b)
+	_, js := natstest.Connect(b, srv.ClientURL())
+	c := natstest.Contract(b, js)
+	return ledgersOn(b, srv, c, n, spend.Config{})
+}
+
+func ledgersOn(t testing.TB, srv *natsx.Embedded, c *contract.Contract, n int, cfg spend.Config) []*spend.Ledger {
 	t.Helper()
 	var out []*spend.Ledger
 	for i := range n {
