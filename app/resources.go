@@ -13,6 +13,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // ResourceConfig holds the settings of the buckets that are not the contract's: the
@@ -36,6 +37,7 @@ func Resources(c *contract.Contract, cfg ResourceConfig) ([]jetstream.StreamConf
 		ratelimit.BucketConfig(c, ""),
 		beacon.BucketConfig(c, 0),
 		scheduler.BucketConfig(c),
+		spend.BucketConfig(c, ""),
 	}
 	return c.StreamConfigs(), buckets
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -162,7 +163,7 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 	pc := p.config()
 	pc.Redactor = f.redactor
 	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(),
-		Cache: cache.Config{ClaimTTL: p.CacheClaimTTL}}, nil
+		Cache: cache.Config{ClaimTTL: p.CacheClaimTTL}, Spend: p.SpendFlags.config()}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -176,13 +177,31 @@ type ProcessorFlags struct {
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 	CacheClaimTTL    time.Duration `help:"How long the other replicas wait for a replica that died while paying for an answer they also need (the same for every replica)." default:"${cache_claim_ttl}" env:"FLASHPIPE_CACHE_CLAIM_TTL"`
+	SpendFlags
+}
+
+// SpendFlags price the API calls and cap what the processors spend.
+type SpendFlags struct {
+	PricePromptPerM     float64       `name:"price-prompt-per-m" help:"USD per million prompt tokens of every model, for the spend caps (0: the API's model list, else 3)." default:"0" env:"FLASHPIPE_PRICE_PROMPT_PER_M"`
+	PriceCompletionPerM float64       `name:"price-completion-per-m" help:"USD per million completion tokens of every model, for the spend caps (0: the API's model list, else 15)." default:"0" env:"FLASHPIPE_PRICE_COMPLETION_PER_M"`
+	BatchRate           float64       `help:"Fraction of the sync price a provider batch costs." default:"${batch_rate}" env:"FLASHPIPE_BATCH_RATE"`
+	SpendCapUSD         float64       `name:"spend-cap-usd" help:"Cap on what all processor replicas spend together per --spend-period, in USD (0: none set here; one set by flashpipe cap set --period wins over this flag)." default:"0" env:"FLASHPIPE_SPEND_CAP_USD"`
+	SpendPeriod         time.Duration `help:"Length of a spend period of --spend-cap-usd (periods aligned on UTC, e.g. days)." default:"${spend_period}" env:"FLASHPIPE_SPEND_PERIOD"`
+	CapDelay            time.Duration `help:"How long an item held by a spend cap waits before it is tried again." default:"${cap_delay}" env:"FLASHPIPE_CAP_DELAY"`
+}
+
+func (f SpendFlags) config() app.SpendSettings {
+	return app.SpendSettings{
+		Prices:       app.PriceSettings{Override: spend.Prices{PromptPerM: f.PricePromptPerM, CompletionPerM: f.PriceCompletionPerM}, BatchRate: f.BatchRate},
+		PeriodCapUSD: f.SpendCapUSD, Period: f.SpendPeriod,
+	}
 }
 
 func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout,
+		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, CapDelay: f.CapDelay,
 	}
 }
 

@@ -28,6 +28,15 @@ type InputFlags struct {
 	SkipBadRows bool   `help:"Leave bad rows out (listing them) instead of rejecting the batch."`
 	Tenant      string `help:"Who the batch is for (an upstream system, a team, a user): the processors share their capacity between tenants first, then between a tenant's batches (default: the default tenant)." env:"FLASHPIPE_TENANT"`
 	Priority    int    `help:"The batch's priority among its tenant's batches: higher is served first (-1000 to 1000)." default:"0"`
+	MaxCost     string `help:"Spend cap of the batch in USD (its manifest's max_cost): at the cap the batch pauses, its items held and nothing more paid, until the cap is raised (flashpipe cap set). Empty: no cap." env:"FLASHPIPE_MAX_COST"`
+}
+
+// settings are the batch's manifest settings.
+func (f InputFlags) settings() map[string]string {
+	if f.MaxCost == "" {
+		return nil
+	}
+	return map[string]string{flashpipe.SettingMaxCost: f.MaxCost}
 }
 
 // source names the input in messages and default batch ids.
@@ -78,6 +87,10 @@ func (f InputFlags) load(ctx context.Context) (*ingest.File, string, error) {
 	if f.Priority < -flashpipe.MaxPriority || f.Priority > flashpipe.MaxPriority {
 		batch.Close()
 		return nil, "", &exitError{code: 2, err: fmt.Errorf("--priority %d: want %d to %d", f.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)}
+	}
+	if err := flashpipe.ValidateSettings(f.settings()); err != nil {
+		batch.Close()
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--max-cost: %w", err)}
 	}
 	return batch, id, nil
 }
@@ -155,7 +168,8 @@ func (r *RunCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	view := newProgress(batch.Len(), r.Quiet)
 	sum, err := st.RunBatch(ctx, app.BatchRun{
-		Batch:  ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace, Tenant: r.Tenant, Priority: r.Priority},
+		Batch: ingest.Batch{ID: id, Source: r.source(), Items: batch, Replace: r.Replace, Tenant: r.Tenant, Priority: r.Priority,
+			Settings: r.settings()},
 		Output: &out, OnProgress: view.update,
 	})
 	view.finish()

@@ -5,9 +5,10 @@
 // usage and cost, and can add latency, enforce a requests-per-minute limit and inject
 // every failure the real API shows.
 //
-// Endpoints: POST /chat/completions (also under /v1 and /api/v1) and GET /key (the
-// OpenRouter key-info shape). A Simulator is safe for concurrent use; its faults can be
-// changed while it serves (SetFaults).
+// Endpoints: POST /chat/completions (also under /v1 and /api/v1), GET /key (the
+// OpenRouter key-info shape) and GET /models (the model list with the prices charged).
+// A Simulator is safe for concurrent use; its faults can be changed while it serves
+// (SetFaults).
 package llmsim
 
 import (
@@ -72,6 +73,9 @@ type Config struct {
 	// PricePromptPerM and PriceCompletionPerM price the tokens in USD per million
 	// (zero: the defaults, like Claude Sonnet).
 	PricePromptPerM, PriceCompletionPerM float64
+	// Models are the model ids GET /models lists, each at the prices above (empty:
+	// the default model of the stages). Every model is answered and charged alike.
+	Models []string
 	// RequireKey, if set, is the only API key accepted; others get 401.
 	RequireKey string
 	// Logger gets the simulator's start and stop. Nil discards.

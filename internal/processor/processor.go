@@ -5,7 +5,8 @@
 // OpenAI-compatible API, and publishes exactly one result per item, ok or failed.
 //
 // Ack rule: an item is acknowledged only after its result's publish is acknowledged by
-// JetStream. A crash before that redelivers the item; the result's Nats-Msg-Id (batch,
+// JetStream, or, for an item a spend cap holds, after it is set aside in the spend
+// ledger (from where the scheduler dispatches it again). A crash before that redelivers the item; the result's Nats-Msg-Id (batch,
 // position, generation) makes a second publish a no-op, and downstream stages are
 // idempotent, so a redelivery never makes a second row.
 //
@@ -31,6 +32,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/service"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -117,6 +119,16 @@ type Config struct {
 	Limiter RateLimiter
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
+	// Spend reserves each API call's worst case under the spend caps shared by every
+	// replica, and settles it to the reported cost (nil: no caps). An item whose call a
+	// cap refuses is held, unpaid: set aside in the ledger and acknowledged (the
+	// scheduler dispatches it again once the cap allows), or if it cannot be set aside,
+	// sent back after CapDelay, its delivery not counted.
+	Spend SpendLedger
+	// Prices prices the calls for the caps (nil: the default prices).
+	Prices *spend.PriceBook
+	// CapDelay is how long an item held by a spend cap waits (DefaultCapDelay).
+	CapDelay time.Duration
 	// Redactor removes secrets (the API key, NATS tokens and passwords) and their
 	// fragments from failure reasons before they are published (nil: none; the LLM
 	// client already redacts its own key from its errors).
@@ -141,6 +153,7 @@ func (c Config) withDefaults() Config {
 	c.RequeueBackoffMax = cmp.Or(c.RequeueBackoffMax, DefaultRequeueBackoffMax)
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
 	c.BreakerTimeout = cmp.Or(c.BreakerTimeout, DefaultBreakerTimeout)
+	c.CapDelay = cmp.Or(c.CapDelay, DefaultCapDelay)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -308,6 +321,12 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 			p.recordLedger(ctx, wi, ledgerEntry{trips: rq.trips})
 		}
 		_ = msg.NakWithDelay(rq.delay)
+		return
+	case errors.Is(err, errCapped):
+		// Held by a spend cap: nothing was paid and nothing fails; the item is set
+		// aside until the cap is raised.
+		p.log.Info("item held: spend cap reached", "batch", wi.BatchID, "position", wi.Position, "err", err)
+		p.hold(ctx, msg, wi)
 		return
 	case errors.Is(err, errRelease):
 		p.recordLedger(ctx, wi, ledgerEntry{releases: 1, trips: tripsOf(err), breakerReleases: 1})
