@@ -120,6 +120,7 @@ func NewTransport() *http.Transport {
 type Client struct {
 	completionsURL string
 	keyURL         string
+	baseURL        string
 	baseHeader     http.Header
 	secrets        *secret.Redactor // the API key, and its fragments
 	timeout        time.Duration
@@ -167,6 +168,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		completionsURL: base + "/chat/completions",
 		keyURL:         base + "/key",
+		baseURL:        base,
 		baseHeader:     h,
 		secrets:        secret.New(cfg.APIKey),
 		timeout:        cfg.Timeout,
