@@ -66,9 +66,9 @@ type wireResponse struct {
 }
 
 type orResult struct {
-	CustomID string `json:"custom_id"`
+	CustomID string        `json:"custom_id"`
 	Response *wireResponse `json:"response"`
-	Error *wireError `json:"error"`
+	Error    *wireError    `json:"error"`
 }
 
 type orBatch struct {

@@ -5,8 +5,10 @@
 // usage and cost, and can add latency, enforce a requests-per-minute limit and inject
 // every failure the real API shows.
 //
-// Endpoints: POST /chat/completions (also under /v1 and /api/v1) and GET /key (the
-// OpenRouter key-info shape). A Simulator is safe for concurrent use; its faults can be
+// Endpoints: POST /chat/completions (also under /v1 and /api/v1), GET /key (the
+// OpenRouter key-info shape), and the batch APIs of both shapes (batch.go: /batches,
+// /files), billed at the batch rate, with a completion delay, partial failures,
+// expiry and cancellation, and counters of the batches submitted (BatchStats). A Simulator is safe for concurrent use; its faults can be
 // changed while it serves (SetFaults).
 package llmsim
 
@@ -72,6 +74,8 @@ type Config struct {
 	// PricePromptPerM and PriceCompletionPerM price the tokens in USD per million
 	// (zero: the defaults, like Claude Sonnet).
 	PricePromptPerM, PriceCompletionPerM float64
+	// Batch configures the batch endpoints (see BatchConfig; SetBatch changes it).
+	Batch BatchConfig
 	// RequireKey, if set, is the only API key accepted; others get 401.
 	RequireKey string
 	// Logger gets the simulator's start and stop. Nil discards.
@@ -205,6 +209,7 @@ type Simulator struct {
 	url string
 
 	st counters
+	bt batchStore
 }
 
 // New returns a Simulator for cfg.
@@ -221,6 +226,12 @@ func New(cfg Config) (*Simulator, error) {
 	}
 	if err := cfg.Faults.validate(); err != nil {
 		return nil, err
+	}
+	if err := cfg.Batch.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Batch.PriceRate == 0 {
+		cfg.Batch.PriceRate = DefaultBatchPriceRate
 	}
 	if cfg.PricePromptPerM == 0 {
 		cfg.PricePromptPerM = DefaultPricePromptPerM
@@ -246,6 +257,7 @@ func New(cfg Config) (*Simulator, error) {
 	s.bufs.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	s.decoders.New = func() any { return new(wire.Decoder) }
 	s.setFaults(cfg.Faults)
+	s.bt = batchStore{cfg: cfg.Batch, batches: map[string]*simBatch{}, files: map[string][]byte{}, keys: map[string]int{}}
 	return s, nil
 }
 
