@@ -114,6 +114,28 @@ type Manifest struct {
 	CreatedAt time.Time         `json:"created_at"`
 }
 
+// SettingAPIMode is the manifest setting that chooses how a batch's items are sent
+// to the LLM API: APIModeSync (one call per stage and item, at once) or APIModeBatch
+// (gathered into provider batches: about half the price, within hours). Absent: the
+// processors' own mode.
+const SettingAPIMode = "api_mode"
+
+// The API modes.
+const (
+	APIModeSync  = "sync"
+	APIModeBatch = "batch"
+)
+
+// ValidateAPIMode checks an API mode: empty (the processors' default), "sync" or
+// "batch".
+func ValidateAPIMode(m string) error {
+	switch m {
+	case "", APIModeSync, APIModeBatch:
+		return nil
+	}
+	return fmt.Errorf("api mode %q: want %q or %q", m, APIModeSync, APIModeBatch)
+}
+
 // MaxItems is the most items a batch may have.
 const MaxItems = 10_000_000
 
@@ -141,6 +163,9 @@ func (m Manifest) Validate() error {
 	}
 	if err := ValidateTenant(m.Tenant); err != nil {
 		return fmt.Errorf("tenant: %w", err)
+	}
+	if err := ValidateAPIMode(m.Settings[SettingAPIMode]); err != nil {
+		return fmt.Errorf("settings.%s: %w", SettingAPIMode, err)
 	}
 	for i, s := range m.Seqs {
 		if s < 1 || s > m.Count || (i > 0 && s <= m.Seqs[i-1]) {

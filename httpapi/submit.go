@@ -43,6 +43,8 @@ type submission struct {
 	Priority    int
 	Replace     bool
 	SkipBadRows bool
+	// APIMode is the batch's api_mode setting: "", "sync" or "batch".
+	APIMode string
 }
 
 // jsonBody is the JSON form of a submit.
@@ -53,6 +55,7 @@ type jsonBody struct {
 	Priority    int               `json:"priority"`
 	Replace     bool              `json:"replace"`
 	SkipBadRows bool              `json:"skip_bad_rows"`
+	APIMode     string            `json:"api_mode"`
 	Items       []json.RawMessage `json:"items"`
 }
 
@@ -78,9 +81,9 @@ func readSubmission(r *http.Request) (*submission, error) {
 	q := r.URL.Query()
 	for name := range q {
 		switch name {
-		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows":
+		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows", "api_mode":
 		default:
-			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows)")
+			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows, api_mode)")
 		}
 	}
 	sub.BatchID, sub.Source, sub.Tenant = q.Get("batch_id"), q.Get("source"), q.Get("tenant")
@@ -92,6 +95,10 @@ func readSubmission(r *http.Request) (*submission, error) {
 	}
 	if sub.SkipBadRows, err = boolParam(q.Get("skip_bad_rows"), "skip_bad_rows"); err != nil {
 		return nil, err
+	}
+	sub.APIMode = q.Get("api_mode")
+	if err := flashpipe.ValidateAPIMode(sub.APIMode); err != nil {
+		return nil, fieldError("api_mode", "%v", err)
 	}
 	return sub, nil
 }
@@ -108,6 +115,9 @@ func readJSONSubmission(body io.Reader) (*submission, error) {
 	if dec.More() {
 		return nil, errorf(http.StatusBadRequest, "the body holds more than one JSON value")
 	}
+	if err := flashpipe.ValidateAPIMode(b.APIMode); err != nil {
+		return nil, fieldError("api_mode", "%v", err)
+	}
 	var lines bytes.Buffer
 	for i, raw := range b.Items {
 		if err := json.Compact(&lines, raw); err != nil {
@@ -118,6 +128,7 @@ func readJSONSubmission(body io.Reader) (*submission, error) {
 	return &submission{
 		body: &lines, format: ingest.FormatJSONL, jsonItems: true,
 		BatchID: b.BatchID, Source: b.Source, Tenant: b.Tenant, Priority: b.Priority, Replace: b.Replace, SkipBadRows: b.SkipBadRows,
+		APIMode: b.APIMode,
 	}, nil
 }
 
@@ -236,6 +247,9 @@ func batchOf(ctx context.Context, in *submission, source, tenant string) (b inge
 		id = app.DefaultBatchID(source, hash)
 	}
 	b = ingest.Batch{ID: id, Source: source, Items: f, Tenant: tenant, Priority: in.Priority, Replace: in.Replace}
+	if in.APIMode != "" {
+		b.Settings = map[string]string{flashpipe.SettingAPIMode: in.APIMode}
+	}
 	return b, skipped, func() { _ = f.Close() }, nil
 }
 

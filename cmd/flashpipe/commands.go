@@ -70,7 +70,7 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: s.source(), Items: batch, Replace: s.Replace, Tenant: s.Tenant, Priority: s.Priority})
+	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: s.source(), Items: batch, Replace: s.Replace, Tenant: s.Tenant, Priority: s.Priority, Settings: s.settings()})
 	if err != nil {
 		return err
 	}

@@ -160,7 +160,7 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 	}
 	pc := p.config()
 	pc.Redactor = f.redactor
-	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config()}, nil
+	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(), BatchAPI: p.BatchAPI}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -173,13 +173,14 @@ type ProcessorFlags struct {
 	BreakerThreshold int           `name:"circuit-breaker-threshold" help:"Consecutive API outage failures (network, timeouts, 5xx) that open the circuit breaker." default:"${breaker_threshold}" env:"CIRCUIT_BREAKER_THRESHOLD"`
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
+	BatchFlags
 }
 
 func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout,
+		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, Batch: f.BatchFlags.config(""),
 	}
 }
 
@@ -302,8 +303,9 @@ type SimFlags struct {
 	SimLatency time.Duration `help:"Simulator: fixed latency per call." default:"0s" env:"FLASHPIPE_SIM_LATENCY"`
 	SimJitter  time.Duration `help:"Simulator: extra random latency per call, uniform in [0, jitter]." default:"0s" env:"FLASHPIPE_SIM_JITTER"`
 	SimRPM     int           `help:"Simulator: requests per minute before it answers 429 (0: unlimited)." default:"0" env:"FLASHPIPE_SIM_RPM"`
+	SimBatchFlags
 }
 
 func (f SimFlags) config(log *slog.Logger) llmsim.Config {
-	return llmsim.Config{Latency: f.SimLatency, LatencyJitter: f.SimJitter, RPM: f.SimRPM, Logger: log}
+	return llmsim.Config{Latency: f.SimLatency, LatencyJitter: f.SimJitter, RPM: f.SimRPM, Batch: f.SimBatchFlags.config(), Logger: log}
 }

@@ -124,6 +124,7 @@ func main() {
 			"items_max_age":         shortDuration(contract.DefaultItemsMaxAge),
 			"results_max_age":       shortDuration(contract.DefaultResultsMaxAge),
 		},
+		kong.Vars(batchVars()),
 	)
 	level := cli.LogLevel
 	if level == "" {

@@ -132,6 +132,9 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if b.Priority < -flashpipe.MaxPriority || b.Priority > flashpipe.MaxPriority {
 		return nil, fmt.Errorf("priority %d: want %d to %d", b.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)
 	}
+	if err := flashpipe.ValidateAPIMode(b.Settings[flashpipe.SettingAPIMode]); err != nil {
+		return nil, fmt.Errorf("settings.%s: %w", flashpipe.SettingAPIMode, err)
+	}
 	hash, err := b.Items.Hash(ctx) // also checks the order, before anything is published
 	if err != nil {
 		return nil, err
