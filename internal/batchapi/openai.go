@@ -56,6 +56,7 @@ func (o *OpenAI) Submit(ctx context.Context, spec Spec) (Batch, error) {
 	}
 	var jsonl bytes.Buffer
 	enc := json.NewEncoder(&jsonl)
+	enc.SetEscapeHTML(false) // each body byte for byte as the synchronous client sends it
 	for i, r := range spec.Requests {
 		b, err := o.c.EncodeRequest(r.Body)
 		if err != nil {

@@ -1,6 +1,7 @@
 package batchapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -110,7 +111,7 @@ func (o *OpenRouter) Submit(ctx context.Context, spec Spec) (Batch, error) {
 	if size > MaxBytes {
 		return Batch{}, flashpipe.AsPermanent(fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidSpec, size, MaxBytes))
 	}
-	raw, err := json.Marshal(body)
+	raw, err := marshal(body)
 	if err != nil {
 		return Batch{}, flashpipe.AsPermanent(fmt.Errorf("batchapi: encode batch: %w", err))
 	}
@@ -274,6 +275,18 @@ func listBatches(ctx context.Context, c *llm.Client) ([]orBatch, error) {
 		after = l.LastID
 	}
 	return all, nil
+}
+
+// marshal encodes v without HTML escaping, so every request body goes out byte for
+// byte as the synchronous client sends it (json.Marshal would turn '<' into \u003c).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 func snippet(b []byte) string {

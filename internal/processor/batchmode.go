@@ -160,7 +160,8 @@ type batchMode struct {
 	mu      sync.Mutex
 	queue   map[groupKey]*group
 	waiting int           // workers waiting for a batch answer
-	changed chan struct{} // closed (and replaced) after each poll and flush
+	changed chan struct{} // closed (and replaced) when a record becomes final
+	final   map[string]bool // records known final (pollLoop's own)
 	kick    chan struct{} // wakes the gatherer
 }
 
@@ -217,7 +218,7 @@ func newBatchMode(ctx context.Context, p *Processor) (*batchMode, error) {
 	}
 	return &batchMode{p: p, cfg: cfg, api: cfg.Provider, store: &batchStore{kv: kv}, get: get,
 		log: p.log.With("part", "batch"), queue: map[groupKey]*group{},
-		changed: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
+		changed: make(chan struct{}), kick: make(chan struct{}, 1), final: map[string]bool{}}, nil
 }
 
 // run gathers and polls until ctx ends.
@@ -320,7 +321,6 @@ func (b *batchMode) gatherLoop(ctx context.Context) {
 
 // send records a provider batch of reqs, claims its requests, then submits it.
 func (b *batchMode) send(ctx context.Context, reqs []pendingRequest) {
-	defer b.signal()
 	key := newBatchKey()
 	now := time.Now().UTC()
 	rec := &ProviderBatch{Key: key, Provider: b.api.Name(), Stage: reqs[0].stage, Model: reqs[0].req.Model,
@@ -330,21 +330,32 @@ func (b *batchMode) send(ctx context.Context, reqs []pendingRequest) {
 		b.log.Warn("provider batch not recorded; its items will ask again", "key", key, "err", err)
 		return
 	}
+	// Claim the requests, many at a time (each is a round trip to NATS).
+	claimed := make([]bool, len(reqs))
+	var cwg sync.WaitGroup
+	sem := make(chan struct{}, claimConcurrency)
+	for i, r := range reqs {
+		sem <- struct{}{}
+		cwg.Go(func() {
+			defer func() { <-sem }()
+			c := &requestClaim{Batch: key, Index: i, Stage: r.stage, CacheKey: r.cacheKey, BatchID: r.batchID,
+				Req: r.req, State: ClaimPending, At: now}
+			ok, err := b.store.createClaim(ctx, r.hash, c)
+			if err != nil {
+				b.log.Warn("request not claimed; its item will ask again", "key", key, "err", err)
+			}
+			claimed[i] = ok // false: another batch carries it already
+		})
+	}
+	cwg.Wait()
 	var reqsSent []batchapi.Request
 	batches := map[string]bool{}
-	for _, r := range reqs {
-		c := &requestClaim{Batch: key, Index: len(rec.Claims), Stage: r.stage, CacheKey: r.cacheKey, BatchID: r.batchID,
-			Req: r.req, State: ClaimPending, At: now}
-		ok, err := b.store.createClaim(ctx, r.hash, c)
-		if err != nil {
-			b.log.Warn("request not claimed; its item will ask again", "key", key, "err", err)
+	for i, r := range reqs {
+		if !claimed[i] {
 			continue
 		}
-		if !ok {
-			continue // another batch carries it already
-		}
 		rec.Claims = append(rec.Claims, r.hash)
-		reqsSent = append(reqsSent, batchapi.Request{CustomID: batchapi.CustomID(key, c.Index), Body: r.req})
+		reqsSent = append(reqsSent, batchapi.Request{CustomID: batchapi.CustomID(key, i), Body: r.req})
 		if !batches[r.batchID] {
 			batches[r.batchID] = true
 			rec.Batches = append(rec.Batches, r.batchID)
@@ -397,6 +408,9 @@ func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, 
 	b.log.Info("provider batch submitted", "key", rec.Key, "id", pb.ID, "stage", rec.Stage, "requests", len(reqs))
 }
 
+// claimConcurrency bounds the claims a gatherer writes at once.
+const claimConcurrency = 64
+
 // Test hooks: kill points of the crash tests (nil in production).
 var hookBeforeSubmit, hookAfterSubmit func(key string)
 
@@ -412,23 +426,33 @@ func (b *batchMode) pollLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		b.pollOnce(ctx)
-		b.signal()
+		if b.pollOnce(ctx) {
+			b.signal()
+		}
 	}
 }
 
-func (b *batchMode) pollOnce(ctx context.Context) {
+// pollOnce looks at every record not known final; it reports whether a record
+// became final (this replica's work or another's): the waiting items then look again.
+func (b *batchMode) pollOnce(ctx context.Context) (changed bool) {
 	keys, err := b.store.recordKeys(ctx)
 	if err != nil {
 		b.log.Warn("provider batches unreadable", "err", err)
-		return
+		return false
 	}
 	for _, k := range keys {
 		if ctx.Err() != nil {
-			return
+			return changed
+		}
+		if b.final[k] {
+			continue
 		}
 		rec, rev, err := b.store.getRecord(ctx, k)
-		if err != nil || rec == nil || rec.Final() {
+		if err != nil || rec == nil {
+			continue
+		}
+		if rec.Final() {
+			b.final[k], changed = true, true
 			continue
 		}
 		switch {
@@ -438,6 +462,7 @@ func (b *batchMode) pollOnce(ctx context.Context) {
 			b.poll(ctx, rec, rev)
 		}
 	}
+	return changed
 }
 
 // recover finishes a record left submitting: adopt the provider's batch carrying its
@@ -461,13 +486,13 @@ func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64)
 		return // another replica took it
 	}
 	reqs := make([]batchapi.Request, 0, len(rec.Claims))
-	for i, h := range rec.Claims {
+	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
 		if err != nil || c == nil {
 			b.log.Warn("claim of an unsent batch unreadable; trying later", "key", rec.Key, "err", err)
 			return
 		}
-		reqs = append(reqs, batchapi.Request{CustomID: batchapi.CustomID(rec.Key, i), Body: c.Req})
+		reqs = append(reqs, batchapi.Request{CustomID: batchapi.CustomID(rec.Key, c.Index), Body: c.Req})
 	}
 	b.log.Info("provider batch never reached the provider; submitting it", "key", rec.Key)
 	b.submit(ctx, rec, rev, reqs)
@@ -513,7 +538,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 	}
 	var retry []string
 	answered, failed, toSync := 0, 0, 0
-	for i, h := range rec.Claims {
+	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
 		if err != nil {
 			b.log.Warn("claim unreadable; applying later", "key", rec.Key, "err", err)
@@ -522,7 +547,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		if c == nil || c.Batch != rec.Key || c.State != ClaimPending {
 			continue // already applied, or moved on
 		}
-		r, ok := byID[batchapi.CustomID(rec.Key, i)]
+		r, ok := byID[batchapi.CustomID(rec.Key, c.Index)]
 		switch {
 		case !ok:
 			c.State = ClaimSync
@@ -695,7 +720,7 @@ func batchStage[T any](ctx context.Context, p *Processor, s stageSpec[T], usage 
 			b.setWaiting(-1)
 			return zero, ctx.Err()
 		case <-wake:
-		case <-time.After(2 * b.cfg.PollInterval):
+		case <-time.After(b.cfg.ClaimGrace / 2):
 		}
 		b.setWaiting(-1)
 	}

@@ -71,7 +71,8 @@ type ProviderBatch struct {
 	Total     int `json:"total"`
 	Completed int `json:"completed"`
 	Failed    int `json:"failed"`
-	// Claims are the requests' claim keys; request i has custom_id Key-i.
+	// Claims are the requests' claim keys; the claim holds its request's index i (its
+	// custom_id is Key-i).
 	Claims []string `json:"claims,omitempty"`
 	// Attempt is 0 for a first batch, n for the n-th retry of failed requests
 	// (Parent names the batch retried).

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/app"
+	"github.com/flashpipe/flashpipe/app/apptest"
+	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/ingest"
+	"github.com/flashpipe/flashpipe/internal/llmsim"
+	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/sink"
+)
+
+// batchRun is what one run of a batch reported.
+type batchRun struct {
+	tsv       string
+	cost      float64 // the results' usage: what flashpipe says it paid
+	sim       llmsim.Stats
+	batches   llmsim.BatchStats
+	providers []processor.ProviderBatch
+}
+
+// runMode runs items as one batch in mode on a pipeline of its own (a fresh cache)
+// and returns its TSV and what it cost.
+func runMode(t *testing.T, mode string, items []flashpipe.Item, sim llmsim.Config, pcfg processor.Config) batchRun {
+	t.Helper()
+	p := newPipelineWith(t, apptest.Config{SQLite: true, Sim: sim})
+	p.startProcessor(pcfg)
+	// The scheduler keeps a window of items ahead of the processors: as many as a
+	// provider batch holds, so one batch gathers the whole list.
+	p.StartSequencerWith(app.SequencerConfig{Scheduler: scheduler.Config{Window: 2 * pcfg.ConcurrentMax}})
+	p.startSink(sink.Config{})
+	ctx := context.Background()
+	if _, err := p.pub.Submit(ctx, ingest.Batch{ID: "vocab", Source: "test", Items: ingest.SliceItems(items),
+		Settings: map[string]string{flashpipe.SettingAPIMode: mode}}); err != nil {
+		t.Fatal(err)
+	}
+	p.waitStored("vocab", 3*time.Minute)
+	var out batchRun
+	var buf bytes.Buffer
+	tsv := export.NewTSV(&buf)
+	if err := p.store.Results(ctx, "vocab", flashpipe.ResultFilter{}, func(r flashpipe.Result) error {
+		if r.Status != flashpipe.StatusOK {
+			t.Errorf("%s mode: item %d failed: %+v", mode, r.Position, r.Failure)
+		}
+		out.cost += r.Usage.Cost
+		return tsv.Write(r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tsv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out.tsv, out.sim, out.batches = buf.String(), p.sim.Stats(), p.sim.BatchStats()
+	var err error
+	if out.providers, err = processor.ListProviderBatches(ctx, p.js, p.c, "vocab"); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// batchProcessor is a processor configuration for batch mode in tests: a provider
+// batch holds the whole list, gathered for at most a second, polled every 50 ms.
+func batchProcessor(n int) processor.Config {
+	return processor.Config{ConcurrentMax: n, Batch: processor.BatchConfig{Size: n, Wait: time.Second, PollInterval: 50 * time.Millisecond,
+		SubmitTimeout: 2 * time.Second, ClaimGrace: 5 * time.Second}}
+}
+
+// TestRunBatchModeSameTSVHalfThePrice: the 1,000-item list in batch mode gives the
+// same TSV as in sync mode, at half the cost at the simulator's prices, and no
+// provider batch is submitted twice.
+func TestRunBatchModeSameTSVHalfThePrice(t *testing.T) {
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")
+	sim := llmsim.Config{Batch: llmsim.BatchConfig{Delay: 300 * time.Millisecond}}
+	start := time.Now()
+	syncRun := runMode(t, flashpipe.APIModeSync, items, sim, processor.Config{ConcurrentMax: processor.DefaultConcurrentMax})
+	syncTime := time.Since(start)
+	start = time.Now()
+	batchRun := runMode(t, flashpipe.APIModeBatch, items, sim, batchProcessor(len(items)))
+	batchTime := time.Since(start)
+
+	if syncRun.tsv != batchRun.tsv {
+		t.Fatalf("batch mode TSV (%d bytes) differs from sync mode TSV (%d bytes)", len(batchRun.tsv), len(syncRun.tsv))
+	}
+	checkTSV(t, batchRun.tsv, items, 3)
+	if n := batchRun.sim.Stage1Calls + batchRun.sim.Stage2Calls; n != 0 {
+		t.Errorf("batch mode made %d sync calls, want 0", n)
+	}
+	if b := batchRun.batches; b.DuplicateKeys != 0 || b.Answered != int64(2*len(items)) {
+		t.Errorf("provider batches: %+v; want every request answered once, no key submitted twice", b)
+	}
+	per1000 := func(c float64) float64 { return c * 1000 / float64(len(items)) }
+	ratio := batchRun.cost / syncRun.cost
+	t.Logf("cost per 1,000 items: sync $%.4f, batch $%.4f (%.3f×); simulator billed sync $%.4f, batch $%.4f",
+		per1000(syncRun.cost), per1000(batchRun.cost), ratio, per1000(syncRun.sim.Cost), per1000(batchRun.sim.Cost))
+	t.Logf("provider batches per 1,000 items: %.1f (%d for %d items); wall time sync %s, batch %s",
+		float64(batchRun.batches.Submitted)*1000/float64(len(items)), batchRun.batches.Submitted, len(items),
+		syncTime.Round(10*time.Millisecond), batchTime.Round(10*time.Millisecond))
+	t.Logf("paid requests: sync %d calls, batch %d requests", syncRun.sim.Stage1Calls+syncRun.sim.Stage2Calls, batchRun.batches.Answered)
+	if ratio < 0.499 || ratio > 0.501 {
+		t.Errorf("batch mode cost %.4f× sync mode, want 0.5×", ratio)
+	}
+	if d := batchRun.cost - batchRun.sim.Cost; d > 1e-6 || d < -1e-6 {
+		t.Errorf("results say $%.6f, the simulator billed $%.6f", batchRun.cost, batchRun.sim.Cost)
+	}
+	if len(batchRun.providers) != int(batchRun.batches.Submitted) {
+		t.Errorf("%d provider batches recorded for the batch, the simulator saw %d", len(batchRun.providers), batchRun.batches.Submitted)
+	}
+	for _, pb := range batchRun.providers {
+		if pb.State != processor.RecordDone || pb.ProviderID == "" || pb.Total == 0 {
+			t.Errorf("provider batch %+v: want done with its id and counts", pb)
+		}
+	}
+}
