@@ -15,10 +15,14 @@ type BatchFlags struct {
 	BatchSize int           `name:"batch-size" help:"Most requests in one provider batch (at most 5000); run batch mode with --concurrent-max at least this, since waiting items stay held." default:"${batch_size}" env:"FLASHPIPE_BATCH_SIZE"`
 	BatchWait time.Duration `name:"batch-wait" help:"Longest a request waits to be gathered into a provider batch (sent sooner when the batch is full or every worker waits)." default:"${batch_wait}" env:"FLASHPIPE_BATCH_WAIT"`
 	BatchPoll time.Duration `name:"batch-poll" help:"How often each processor asks the provider about the unfinished provider batches." default:"${batch_poll}" env:"FLASHPIPE_BATCH_POLL"`
+	// The recovery timings (tests shorten them).
+	BatchSubmitTimeout time.Duration `name:"batch-submit-timeout" help:"After a crash, how long a provider batch recorded but not confirmed waits before another processor looks for it at the provider (and submits it only if it is not there); above --api-timeout." default:"${batch_submit_timeout}" env:"FLASHPIPE_BATCH_SUBMIT_TIMEOUT"`
+	BatchClaimGrace    time.Duration `name:"batch-claim-grace" help:"How long a request may stay claimed by a provider batch still being gathered before a waiting item gives that batch up (its gatherer died) and asks again." default:"${batch_claim_grace}" env:"FLASHPIPE_BATCH_CLAIM_GRACE"`
 }
 
 func (f BatchFlags) config(mode string) processor.BatchConfig {
-	return processor.BatchConfig{Mode: mode, Size: f.BatchSize, Wait: f.BatchWait, PollInterval: f.BatchPoll}
+	return processor.BatchConfig{Mode: mode, Size: f.BatchSize, Wait: f.BatchWait, PollInterval: f.BatchPoll,
+		SubmitTimeout: f.BatchSubmitTimeout, ClaimGrace: f.BatchClaimGrace}
 }
 
 // batchVars are the kong variables of the batch flags' defaults.
@@ -27,6 +31,8 @@ func batchVars() map[string]string {
 		"batch_size":           strconv.Itoa(processor.DefaultBatchSize),
 		"batch_wait":           shortDuration(processor.DefaultBatchWait),
 		"batch_poll":           shortDuration(processor.DefaultBatchPollInterval),
+		"batch_submit_timeout": shortDuration(processor.DefaultBatchSubmitTimeout),
+		"batch_claim_grace":    shortDuration(processor.DefaultBatchClaimGrace),
 		"sim_batch_price_rate": strconv.FormatFloat(llmsim.DefaultBatchPriceRate, 'g', -1, 64),
 	}
 }

@@ -2,6 +2,7 @@ package llmsim
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -47,6 +48,13 @@ type BatchConfig struct {
 	ExpireRate float64
 	// PriceRate scales the price of a request in a batch (0: DefaultBatchPriceRate).
 	PriceRate float64
+	// OnSubmit, if set, is called for each batch submission once its body is read and
+	// checked (accepted false) and once the batch is stored, before the answer is
+	// written (accepted true): a test's moment to kill its client. A submission whose
+	// client went away by the time the first call returns is not accepted.
+	OnSubmit func(ctx context.Context, accepted bool)
+	// OnPoll, if set, is called for each GET of a batch.
+	OnPoll func(id string)
 }
 
 func (b *BatchConfig) validate() error {
@@ -326,6 +334,12 @@ func (s *Simulator) submitBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		seen[q.CustomID] = true
 	}
+	if on := s.batchConfig().OnSubmit; on != nil {
+		on(r.Context(), false)
+		if r.Context().Err() != nil {
+			return // the client went away before the batch was accepted
+		}
+	}
 	b.key = in.Metadata[BatchKeyMetadata]
 	if b.key == "" {
 		if i := strings.LastIndexByte(b.requests[0].CustomID, '-'); i > 0 {
@@ -349,6 +363,9 @@ func (s *Simulator) submitBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	view := s.batchView(b, time.Now(), false)
 	s.bt.mu.Unlock()
+	if b.cfg.OnSubmit != nil {
+		b.cfg.OnSubmit(r.Context(), true)
+	}
 	status := http.StatusAccepted // OpenRouter: 202 validating
 	if b.fileShape {
 		status = http.StatusOK // OpenAI: 200
@@ -356,7 +373,16 @@ func (s *Simulator) submitBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, view)
 }
 
+func (s *Simulator) batchConfig() BatchConfig {
+	s.bt.mu.Lock()
+	defer s.bt.mu.Unlock()
+	return s.bt.cfg
+}
+
 func (s *Simulator) getBatch(w http.ResponseWriter, id string) {
+	if on := s.batchConfig().OnPoll; on != nil {
+		on(id)
+	}
 	s.bt.mu.Lock()
 	b, ok := s.bt.batches[id]
 	var view map[string]any

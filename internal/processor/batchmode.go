@@ -381,8 +381,12 @@ func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, 
 	if hookBeforeSubmit != nil {
 		hookBeforeSubmit(rec.Key)
 	}
-	pb, err := b.api.Submit(ctx, batchapi.Spec{Key: rec.Key, Model: rec.Model, Requests: reqs,
+	// A submission never outlasts half of SubmitTimeout, so no other replica looks
+	// for the batch (and maybe submits it) while this one may still be sending it.
+	sctx, cancel := context.WithTimeout(ctx, b.cfg.SubmitTimeout/2)
+	pb, err := b.api.Submit(sctx, batchapi.Spec{Key: rec.Key, Model: rec.Model, Requests: reqs,
 		Metadata: map[string]string{"flashpipe_stage": fmt.Sprint(rec.Stage)}})
+	cancel()
 	if err != nil {
 		if flashpipe.IsPermanent(err) {
 			b.log.Error("provider refused the batch; its requests go to the sync API", "key", rec.Key, "err", b.p.cfg.Redactor.Redact(err.Error()))
