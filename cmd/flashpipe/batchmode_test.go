@@ -118,3 +118,53 @@ func TestRunBatchModeSameTSVHalfThePrice(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchModePartialFailureRetriesOnlyTheFailed: requests that fail inside a
+// provider batch are retried in a new batch with only them; every answer is paid once.
+func TestBatchModePartialFailureRetriesOnlyTheFailed(t *testing.T) {
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:100]
+	r := runMode(t, flashpipe.APIModeBatch, items, llmsim.Config{Batch: llmsim.BatchConfig{FailRate: 0.3}}, batchProcessor(len(items)))
+	checkTSV(t, r.tsv, items, 3)
+	b, sync := r.batches, r.sim.Stage1Calls+r.sim.Stage2Calls
+	t.Logf("provider batches %d, requests sent %d, failed in a batch %d, billed %d, sync calls %d", b.Submitted, b.Requests, b.Failed, b.Answered, sync)
+	if b.Failed == 0 || b.Submitted <= 2 {
+		t.Fatalf("no request failed or none was retried: %+v", b)
+	}
+	if b.Answered+sync != int64(2*len(items)) {
+		t.Errorf("%d answers paid (%d in batches, %d sync), want %d", b.Answered+sync, b.Answered, sync, 2*len(items))
+	}
+	// Each request is sent once, and again only after it failed (the failures after
+	// the last retry go to the sync API instead).
+	if want := int64(2*len(items)) + b.Failed - sync; b.Requests != want {
+		t.Errorf("%d requests sent in batches, want %d (each once, plus once per failure retried)", b.Requests, want)
+	}
+	retries := 0
+	for _, pb := range r.providers {
+		if pb.Parent != "" {
+			retries++
+			if pb.Attempt < 1 || pb.Total == 0 {
+				t.Errorf("retry batch %+v: want its attempt and only the failed requests", pb)
+			}
+		}
+	}
+	if retries == 0 {
+		t.Errorf("no retry batch recorded: %+v", r.providers)
+	}
+}
+
+// TestBatchModeExpiryFallsBackToSync: an expired provider batch's answered requests
+// are used, the rest go to the sync API; a cancelled one sends all its requests there.
+func TestBatchModeExpiryFallsBackToSync(t *testing.T) {
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:60]
+	r := runMode(t, flashpipe.APIModeBatch, items, llmsim.Config{Batch: llmsim.BatchConfig{ExpireRate: 1}}, batchProcessor(len(items)))
+	checkTSV(t, r.tsv, items, 3)
+	b, sync := r.batches, r.sim.Stage1Calls+r.sim.Stage2Calls
+	t.Logf("expired: provider batches %d, billed %d, unanswered %d, sync calls %d", b.Submitted, b.Answered, b.Unanswered, sync)
+	if b.Unanswered == 0 || sync != b.Unanswered || b.Answered+sync != int64(2*len(items)) {
+		t.Errorf("want the unanswered requests (%d) and only them sent sync (%d calls), every answer paid once (%d+%d of %d)",
+			b.Unanswered, sync, b.Answered, sync, 2*len(items))
+	}
+	if b.DuplicateKeys != 0 {
+		t.Errorf("%d batches submitted twice", b.DuplicateKeys)
+	}
+}
