@@ -168,3 +168,18 @@ func TestBatchModeExpiryFallsBackToSync(t *testing.T) {
 		t.Errorf("%d batches submitted twice", b.DuplicateKeys)
 	}
 }
+
+func TestStatusShowsProviderBatches(t *testing.T) {
+	now := time.Now().UTC()
+	var buf bytes.Buffer
+	printProviderBatches(&buf, []processor.ProviderBatch{
+		{Key: "fpa", ProviderID: "batch_1", Stage: 1, State: processor.RecordSubmitted, ProviderState: "in_progress", Total: 1000, Completed: 400, CreatedAt: now.Add(-time.Hour)},
+		{Key: "fpb", ProviderID: "batch_0", Stage: 1, State: processor.RecordDone, ProviderState: "completed", Total: 10, Completed: 10, CreatedAt: now.Add(-2 * time.Hour), Outcome: "completed: 10 answered"},
+	}, "")
+	out := buf.String()
+	for _, want := range []string{"1 unfinished, 2 in all", "batch_1", "submitted (in_progress)", "1000", "400", "1h0m0s", "completed: 10 answered"} {
+		if !bytes.Contains(buf.Bytes(), []byte(want)) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -21,6 +21,8 @@ type liveStatus struct {
 	refused  map[string]int
 	batch    []app.Refusal // the refusals of the batch asked about
 	services []app.ServiceState
+	// providers are the provider batches of batch mode (of the batch asked about).
+	providers []app.ProviderBatch
 }
 
 // live reads the live status when NATS is named; it never fails the command.
@@ -60,6 +62,9 @@ func (s *StatusCmd) live(ctx context.Context, log *slog.Logger) *liveStatus {
 	}
 	if l.services, err = client.Services(ctx); err != nil {
 		warn("services", err)
+	}
+	if l.providers, err = client.ProviderBatches(ctx, s.ID); err != nil {
+		warn("provider batches", err)
 	}
 	if l.services == nil {
 		l.services = []app.ServiceState{}
@@ -114,6 +119,10 @@ func (l *liveStatus) print(w io.Writer) {
 			fmt.Fprintf(w, "  %s: %d\n", refusedName(id), l.refused[id])
 		}
 	}
+	if len(l.providers) > 0 {
+		fmt.Fprintln(w)
+		printProviderBatches(w, l.providers, "")
+	}
 	printServices(w, l.services)
 }
 
@@ -149,6 +158,7 @@ func (l *liveStatus) printBatch(w io.Writer, id string) {
 			fmt.Fprintf(w, "    %s %s by the %s: %s\n", r.Time.Local().Format(time.DateTime), r.Subject, r.By, r.Reason)
 		}
 	}
+	printProviderBatches(w, l.providers, "  ")
 	printServices(w, l.services)
 }
 
