@@ -142,7 +142,7 @@ const MaxItems = 10_000_000
 // Validate checks a manifest's own consistency, as any door must before it takes a
 // manifest published by any client: a valid batch id, a count of 1 to MaxItems, a
 // generation and base that agree, the seqs of a retry within the count and
-// ascending. The error names the field.
+// ascending, the settings flashpipe reads (ValidateSettings). The error names the field.
 func (m Manifest) Validate() error {
 	if err := ValidateBatchID(m.BatchID); err != nil {
 		return fmt.Errorf("batch_id: %w", err)
@@ -164,8 +164,8 @@ func (m Manifest) Validate() error {
 	if err := ValidateTenant(m.Tenant); err != nil {
 		return fmt.Errorf("tenant: %w", err)
 	}
-	if err := ValidateAPIMode(m.Settings[SettingAPIMode]); err != nil {
-		return fmt.Errorf("settings.%s: %w", SettingAPIMode, err)
+	if err := ValidateSettings(m.Settings); err != nil {
+		return err
 	}
 	for i, s := range m.Seqs {
 		if s < 1 || s > m.Count || (i > 0 && s <= m.Seqs[i-1]) {

@@ -8,15 +8,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sink"
 )
@@ -93,6 +94,9 @@ type Progress struct {
 	// InFlight is how many items the processors hold (of every batch).
 	InFlight int
 	Usage    flashpipe.Usage
+	// Paused, when set, says why the batch's items are held and how to go on (a spend
+	// cap reached: see SpendAccount.Reason).
+	Paused string
 }
 
 // FollowOptions say what Follow does along the way.
@@ -109,16 +113,33 @@ type FollowOptions struct {
 // FollowOptions) and returns its summary. It needs NATS only.
 func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOptions) (*Summary, error) {
 	sum := &Summary{BatchID: m.BatchID, Items: m.Count}
-	var pr Progress
+	var (
+		mu sync.Mutex // pr, and the calls of OnProgress
+		pr Progress
+	)
 	inflight := c.watchInFlight(ctx, opts.OnProgress != nil)
 	onProgress := func(p batchlog.Progress) {
 		if opts.OnProgress != nil {
+			mu.Lock()
+			defer mu.Unlock()
 			pr.Progress, pr.InFlight = p, int(inflight.Load())
 			if p.Complete {
-				pr.InFlight = 0
+				pr.InFlight, pr.Paused = 0, ""
 			}
 			opts.OnProgress(pr)
 		}
+	}
+	if opts.OnProgress != nil {
+		// A batch paused at a spend cap sends no events: say so when it happens.
+		stop := c.watchPaused(ctx, m.BatchID, func(reason string) {
+			mu.Lock()
+			defer mu.Unlock()
+			if reason != pr.Paused && !pr.Complete {
+				pr.Paused = reason
+				opts.OnProgress(pr)
+			}
+		})
+		defer stop()
 	}
 	onResult := func(r flashpipe.Result) error {
 		ours := r.Generation >= m.Generation
@@ -141,6 +162,42 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 		return nil, fmt.Errorf("batch %s: %w", m.BatchID, err)
 	}
 	return sum, nil
+}
+
+// pausedPoll is how often a followed batch's spend caps are looked at.
+const pausedPoll = 2 * time.Second
+
+// watchPaused calls changed with the reason the batch is paused by a spend cap (its
+// own or the period's; empty: not paused) every pausedPoll, until stop is called
+// (which waits for it).
+func (c *Client) watchPaused(ctx context.Context, batchID string, changed func(reason string)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(pausedPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			reason := ""
+			if a, ok, err := c.BatchSpend(ctx, batchID); err == nil && ok {
+				reason = a.Reason()
+			}
+			if reason == "" {
+				if a, ok, err := c.PeriodSpend(ctx); err == nil && ok {
+					reason = a.Reason()
+				}
+			}
+			if ctx.Err() == nil {
+				changed(reason)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // inFlight holds the processors' items in flight, polled while a batch is followed.

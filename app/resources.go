@@ -9,10 +9,11 @@ import (
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // ResourceConfig holds the settings of the buckets that are not the contract's: the
@@ -37,6 +38,7 @@ func Resources(c *contract.Contract, cfg ResourceConfig) ([]jetstream.StreamConf
 		ratelimit.BucketConfig(c, ""),
 		beacon.BucketConfig(c, 0),
 		scheduler.BucketConfig(c),
+		spend.BucketConfig(c, ""),
 	}
 	return c.StreamConfigs(), buckets
 }

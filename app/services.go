@@ -8,23 +8,25 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/batchapi"
+	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/refusal"
-	"github.com/flashpipe/flashpipe/internal/stages"
-	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // Deps are what the services of one process share.
@@ -111,6 +113,24 @@ type ProcessorConfig struct {
 	// (the default), "openai", or "none" (no batch mode: batch-mode batches run in
 	// sync mode). Processor.Batch.Provider, if set, is used instead.
 	BatchAPI string
+	// Spend configures the prices and the spend caps.
+	Spend SpendSettings
+}
+
+// SpendSettings configure the prices of the API calls and the spend caps the
+// processor replicas share (see internal/spend): a batch's cap comes from its
+// manifest's max_cost or `flashpipe cap set`; the overall cap per period from
+// PeriodCapUSD or `flashpipe cap set --period` (the command's wins).
+type SpendSettings struct {
+	// Prices: overrides of the model list's prices, the fallback, the batch rate.
+	Prices PriceSettings
+	// Ledger configures the ledger (its bucket, how long a reservation holds).
+	Ledger SpendLedgerSettings
+	// PeriodCapUSD, when above 0, caps what all replicas spend per Period together
+	// (0: leave the period cap as it is, none unless a command set one).
+	PeriodCapUSD float64
+	// Period is the length of a spend period (0: spend.DefaultPeriod, UTC days).
+	Period time.Duration
 }
 
 // NewProcessor returns processor replicas: the LLM client, the answer cache, the
@@ -154,6 +174,13 @@ func NewProcessor(ctx context.Context, d Deps, cfg ProcessorConfig) (*Service, e
 	if d.Metrics != nil {
 		pcfg.Metrics = processor.NewMetrics(d.Metrics)
 	}
+	if cfg.Spend.Ledger.HoldTTL == 0 && cfg.API.Timeout+time.Minute > spend.DefaultHoldTTL {
+		// A reservation outlives the longest call, with room to settle.
+		cfg.Spend.Ledger.HoldTTL = cfg.API.Timeout + time.Minute
+	}
+	if pcfg.Prices, pcfg.Spend, err = newSpend(ctx, d, client, cfg.Spend); err != nil {
+		return nil, err
+	}
 	var runs []func(context.Context) error
 	n := max(cfg.Replicas, 1)
 	for i := range n {
@@ -170,6 +197,28 @@ func NewProcessor(ctx context.Context, d Deps, cfg ProcessorConfig) (*Service, e
 	}
 	svc.run = all(runs)
 	return svc, nil
+}
+
+// newSpend returns the price book and the spend ledger of a process's replicas, and
+// applies the period cap of the flags.
+func newSpend(ctx context.Context, d Deps, client *llm.Client, cfg SpendSettings) (*spend.PriceBook, *spend.Ledger, error) {
+	cfg.Prices.Logger = cmp.Or(cfg.Prices.Logger, d.Logger)
+	book, err := spend.NewPriceBook(client, cfg.Prices)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Ledger.Logger = cmp.Or(cfg.Ledger.Logger, d.Logger)
+	cfg.Ledger.Holder = cmp.Or(cfg.Ledger.Holder, d.Replica)
+	ledger, err := spend.New(ctx, d.JS, d.Contract, cfg.Ledger)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cfg.PeriodCapUSD > 0 {
+		if _, err := ledger.SetPeriodCap(ctx, spend.ByFlag, cfg.PeriodCapUSD, cfg.Period); err != nil {
+			return nil, nil, fmt.Errorf("spend cap: %w", err)
+		}
+	}
+	return book, ledger, nil
 }
 
 // SequencerConfig configures a sequencer replica and the scheduler it runs beside

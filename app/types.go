@@ -7,6 +7,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // The service packages live under internal/: they are the implementation behind
@@ -38,6 +39,11 @@ type (
 	SchedulerSettings = scheduler.Config
 	// SinkSettings configure a sink (the Postgres writer).
 	SinkSettings = sink.Config
+	// PriceSettings say where the prices of the API calls come from (the model list,
+	// overrides, the batch rate).
+	PriceSettings = spend.PriceConfig
+	// SpendLedgerSettings configure the spend ledger the processors share.
+	SpendLedgerSettings = spend.Config
 )
 
 // Input formats.

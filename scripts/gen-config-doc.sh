@@ -6,7 +6,7 @@ go build -o /tmp/flashpipe-doc ./cmd/flashpipe
 head=$(sed '/^## flashpipe /,$d' docs/configuration.md)
 {
   printf '%s\n\n' "$head"
-  for c in processor sequencer sink api run dev submit retry reprocess replay prune export status "cache stats" "cache clear" "deadletters list" "deadletters replay" "streams show" "streams apply" "streams permissions" migrate simulate-api bench healthcheck; do
+  for c in processor sequencer sink api run dev submit retry reprocess replay prune export status "cache stats" "cache clear" "cap show" "cap set" "deadletters list" "deadletters replay" "streams show" "streams apply" "streams permissions" migrate simulate-api bench healthcheck; do
     printf '## flashpipe %s\n\n```\n' "$c"
     # shellcheck disable=SC2086
     /tmp/flashpipe-doc $c --help 2>&1 | sed -n '/^Flags:/,$p' | grep -v "Show context-sensitive help"

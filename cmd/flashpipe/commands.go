@@ -13,8 +13,8 @@ import (
 
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/app"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/cache"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 )
 
@@ -70,7 +70,8 @@ func (s *SubmitCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: s.source(), Items: batch, Replace: s.Replace, Tenant: s.Tenant, Priority: s.Priority, Settings: s.settings()})
+	sub, err := client.Submit(ctx, ingest.Batch{ID: id, Source: s.source(), Items: batch, Replace: s.Replace, Tenant: s.Tenant, Priority: s.Priority,
+		Settings: s.settings()})
 	if err != nil {
 		return err
 	}

@@ -23,13 +23,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
 	"github.com/flashpipe/flashpipe/internal/natsx"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // StreamFlags shape the streams: a service creates those that are missing with these
@@ -160,7 +161,7 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 	}
 	pc := p.config()
 	pc.Redactor = f.redactor
-	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(), BatchAPI: p.BatchAPI}, nil
+	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(), Spend: p.SpendFlags.config(), BatchAPI: p.BatchAPI}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -174,13 +175,31 @@ type ProcessorFlags struct {
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 	BatchFlags
+	SpendFlags
+}
+
+// SpendFlags price the API calls and cap what the processors spend.
+type SpendFlags struct {
+	PricePromptPerM     float64       `name:"price-prompt-per-m" help:"USD per million prompt tokens of every model, for the spend caps (0: the API's model list, else 3)." default:"0" env:"FLASHPIPE_PRICE_PROMPT_PER_M"`
+	PriceCompletionPerM float64       `name:"price-completion-per-m" help:"USD per million completion tokens of every model, for the spend caps (0: the API's model list, else 15)." default:"0" env:"FLASHPIPE_PRICE_COMPLETION_PER_M"`
+	BatchRate           float64       `help:"Fraction of the sync price a provider batch costs." default:"${batch_rate}" env:"FLASHPIPE_BATCH_RATE"`
+	SpendCapUSD         float64       `name:"spend-cap-usd" help:"Cap on what all processor replicas spend together per --spend-period, in USD (0: none set here; one set by flashpipe cap set --period wins over this flag)." default:"0" env:"FLASHPIPE_SPEND_CAP_USD"`
+	SpendPeriod         time.Duration `help:"Length of a spend period of --spend-cap-usd (periods aligned on UTC, e.g. days)." default:"${spend_period}" env:"FLASHPIPE_SPEND_PERIOD"`
+	CapDelay            time.Duration `help:"How long an item held by a spend cap waits before it is tried again." default:"${cap_delay}" env:"FLASHPIPE_CAP_DELAY"`
+}
+
+func (f SpendFlags) config() app.SpendSettings {
+	return app.SpendSettings{
+		Prices:       app.PriceSettings{Override: spend.Prices{PromptPerM: f.PricePromptPerM, CompletionPerM: f.PriceCompletionPerM}, BatchRate: f.BatchRate},
+		PeriodCapUSD: f.SpendCapUSD, Period: f.SpendPeriod,
+	}
 }
 
 func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, Batch: f.BatchFlags.config(""),
+		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, CapDelay: f.CapDelay, Batch: f.BatchFlags.config(""),
 	}
 }
 

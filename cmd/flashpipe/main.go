@@ -25,13 +25,14 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/export"
 	"github.com/flashpipe/flashpipe/internal/llm"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
-	"github.com/flashpipe/flashpipe/internal/secret"
-	"github.com/flashpipe/flashpipe/internal/stages"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
+	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -57,6 +58,7 @@ type CLI struct {
 	Prune       PruneCmd       `cmd:"" help:"Delete old complete batches from the database (running batches are never deleted)."`
 	Status      StatusCmd      `cmd:"" help:"Show a batch's progress, totals and failed items (or list recent batches)."`
 	Cache       CacheCmd       `cmd:"" help:"Inspect or clear the answer cache."`
+	Cap         CapCmd         `cmd:"" help:"Show or set the spend caps: a batch's (max_cost) and the overall cap per period."`
 	DeadLetters DeadLettersCmd `cmd:"" name:"deadletters" help:"List, or replay once fixed, the events the database refused (set aside with their reasons)."`
 	Streams     StreamsCmd     `cmd:"" help:"Show or change the streams and KV buckets (the operator's command), or print the NATS permissions of each role."`
 	SimulateAPI SimulateAPICmd `cmd:"" name:"simulate-api" help:"Serve the built-in OpenAI-compatible API simulator."`
@@ -113,6 +115,9 @@ func main() {
 			"max_deliveries":        strconv.Itoa(processor.DefaultMaxDeliveries),
 			"breaker_threshold":     strconv.Itoa(processor.DefaultBreakerThreshold),
 			"breaker_timeout":       shortDuration(processor.DefaultBreakerTimeout),
+			"batch_rate":            strconv.FormatFloat(spend.DefaultBatchRate, 'g', -1, 64),
+			"spend_period":          shortDuration(spend.DefaultPeriod),
+			"cap_delay":             shortDuration(processor.DefaultCapDelay),
 			"rate_limit_buffer":     strconv.FormatFloat(ratelimit.DefaultBuffer, 'g', -1, 64),
 			"item_deadline":         shortDuration(scheduler.DefaultItemDeadline),
 			"orphan_grace":          shortDuration(scheduler.DefaultOrphanGrace),

@@ -15,13 +15,14 @@ import (
 // progressView shows a batch's progress on stderr: a live bar on a terminal (done,
 // failed, in flight, rate, ETA, cost), a line every few seconds otherwise.
 type progressView struct {
-	w     io.Writer
-	bar   *progressbar.ProgressBar
-	total int
-	start time.Time
-	quiet bool
-	mu    sync.Mutex
-	last  time.Time
+	w      io.Writer
+	bar    *progressbar.ProgressBar
+	total  int
+	start  time.Time
+	quiet  bool
+	mu     sync.Mutex
+	last   time.Time
+	paused string // the last reason shown (a new one is shown at once)
 }
 
 const plainEvery = 2 * time.Second
@@ -50,12 +51,17 @@ func (p *progressView) update(pr app.Progress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	desc := fmt.Sprintf("ok %d, failed %d, in flight %d, cache hits %d, $%.4f", pr.OK, pr.Failed, pr.InFlight, pr.Usage.CacheHits, pr.Usage.Cost)
+	if pr.Paused != "" {
+		desc += "; " + pr.Paused
+	}
+	paused := pr.Paused != "" && pr.Paused != p.paused
+	p.paused = pr.Paused
 	if p.bar != nil {
 		p.bar.Describe(desc)
 		_ = p.bar.Set(pr.Done)
 		return
 	}
-	if now := time.Now(); now.Sub(p.last) >= plainEvery || pr.Complete {
+	if now := time.Now(); now.Sub(p.last) >= plainEvery || pr.Complete || paused {
 		p.last = now
 		el := now.Sub(p.start).Seconds()
 		r := float64(pr.Done) / max(el, 1e-9)

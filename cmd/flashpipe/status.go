@@ -23,6 +23,8 @@ type liveStatus struct {
 	services []app.ServiceState
 	// providers are the provider batches of batch mode (of the batch asked about).
 	providers []app.ProviderBatch
+	spend     *app.SpendAccount // the batch's, when it has a cap
+	period    *app.SpendAccount // the period's, when a period cap is set
 }
 
 // live reads the live status when NATS is named; it never fails the command.
@@ -65,6 +67,18 @@ func (s *StatusCmd) live(ctx context.Context, log *slog.Logger) *liveStatus {
 	}
 	if l.providers, err = client.ProviderBatches(ctx, s.ID); err != nil {
 		warn("provider batches", err)
+	}
+	if a, ok, err := client.PeriodSpend(ctx); err != nil {
+		warn("period spend cap", err)
+	} else if ok {
+		l.period = &a
+	}
+	if s.ID != "" {
+		if a, ok, err := client.BatchSpend(ctx, s.ID); err != nil {
+			warn("spend cap", err)
+		} else if ok {
+			l.spend = &a
+		}
 	}
 	if l.services == nil {
 		l.services = []app.ServiceState{}
@@ -123,7 +137,15 @@ func (l *liveStatus) print(w io.Writer) {
 		fmt.Fprintln(w)
 		printProviderBatches(w, l.providers, "")
 	}
+	l.printPeriod(w)
 	printServices(w, l.services)
+}
+
+// printPeriod prints the period cap, when one is set.
+func (l *liveStatus) printPeriod(w io.Writer) {
+	if a := l.period; a != nil {
+		fmt.Fprintf(w, "\nperiod spend cap: %s\n", a)
+	}
 }
 
 // printBatch prints what the live status says of one batch: its place in the queue,
@@ -147,6 +169,12 @@ func (l *liveStatus) printBatch(w io.Writer, id string) {
 			}
 			fmt.Fprintln(w)
 		}
+	}
+	if a := l.spend; a != nil {
+		fmt.Fprintf(w, "  spend cap: %s\n", a)
+	}
+	if a := l.period; a != nil && a.Paused {
+		fmt.Fprintf(w, "  %s\n", a.Reason())
 	}
 	if n := l.refused[id]; n > 0 {
 		fmt.Fprintf(w, "  refused: %d messages about this batch", n)

@@ -57,7 +57,7 @@ func batchModeKills(t *testing.T, shape string) {
 		return true
 	}
 	sim := llmsim.Config{Batch: llmsim.BatchConfig{
-		Delay:    400 * time.Millisecond,
+		Delay: 400 * time.Millisecond,
 		OnSubmit: func(ctx context.Context, accepted bool) {
 			if accepted {
 				kill("submit-accepted")

@@ -16,6 +16,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/natsx"
 	"github.com/flashpipe/flashpipe/internal/registry"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // ErrBatchConflict is returned when a batch id is already taken by different items
@@ -132,8 +133,8 @@ func (p *Publisher) Submit(ctx context.Context, b Batch) (*Submission, error) {
 	if b.Priority < -flashpipe.MaxPriority || b.Priority > flashpipe.MaxPriority {
 		return nil, fmt.Errorf("priority %d: want %d to %d", b.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)
 	}
-	if err := flashpipe.ValidateAPIMode(b.Settings[flashpipe.SettingAPIMode]); err != nil {
-		return nil, fmt.Errorf("settings.%s: %w", flashpipe.SettingAPIMode, err)
+	if err := flashpipe.ValidateSettings(b.Settings); err != nil {
+		return nil, err
 	}
 	hash, err := b.Items.Hash(ctx) // also checks the order, before anything is published
 	if err != nil {
@@ -210,6 +211,9 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 		if err := reg.Put(ctx, b.ID, registry.RecordOf(m), 0); err != nil {
 			return nil, err
 		}
+		if err := p.applyCap(ctx, m); err != nil {
+			return nil, err
+		}
 		if err := p.publishManifest(ctx, m, 0); err != nil {
 			return nil, err
 		}
@@ -219,6 +223,11 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 	case rec.ContentHash == m.ContentHash && inStream:
 		if rev == 0 {
 			_ = reg.Put(ctx, b.ID, rec, 0) // backfill the registry; best effort
+		}
+		// The same batch again with a max_cost: the submitter sets its cap anew (how
+		// `run --max-cost` raises the cap of the batch it resumes).
+		if err := p.applyCap(ctx, m); err != nil {
+			return nil, err
 		}
 		n, err := p.publishMissing(ctx, b, latest)
 		return &Submission{Manifest: latest, Published: n, Resubmitted: true, Previous: prev}, err
@@ -234,6 +243,9 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 		}
 		if rev > 0 && p.youngerThanRetention(ctx, p.c.BatchesStream(), published) {
 			m.Generation, m.Base, m.CreatedAt = rec.Generation, rec.Base, published
+			if err := p.applyCap(ctx, m); err != nil {
+				return nil, err
+			}
 			if err := p.publishManifest(ctx, m, 0); err != nil {
 				return nil, err
 			}
@@ -267,6 +279,9 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 	if err := reg.Put(ctx, b.ID, next, rev); err != nil {
 		return nil, err
 	}
+	if err := p.applyCap(ctx, m); err != nil {
+		return nil, err
+	}
 	if err := p.publishManifest(ctx, m, last); err != nil {
 		return nil, err
 	}
@@ -274,6 +289,26 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 		"old_items", rec.Count, "new_items", m.Count)
 	n, err := p.publishItems(ctx, b.ID, m.Generation, b.Items, nil)
 	return &Submission{Manifest: m, Published: n, Replaced: true, Previous: prev}, err
+}
+
+// applyCap records the batch's max_cost setting as its spend cap before its manifest
+// is published, so that no item of it is processed without the cap in force; a
+// resubmission with a max_cost sets the cap anew. A batch submitted without max_cost
+// keeps the cap it has, if any; retry and reprocess generations never change it (the
+// account, and what it spent, belong to the batch id).
+func (p *Publisher) applyCap(ctx context.Context, m flashpipe.Manifest) error {
+	usd, ok := m.MaxCost()
+	if !ok {
+		return nil
+	}
+	l, err := spend.New(ctx, p.js, p.c, spend.Config{Holder: "ingest", Logger: p.log})
+	if err != nil {
+		return fmt.Errorf("ingest: batch %s: record its max_cost: %w", m.BatchID, err)
+	}
+	if _, err := l.SetBatchCap(ctx, m.BatchID, spend.ByManifest, usd); err != nil {
+		return fmt.Errorf("ingest: batch %s: record its max_cost: %w", m.BatchID, err)
+	}
+	return nil
 }
 
 // youngerThanRetention reports whether something published at t on stream is still

@@ -121,6 +121,7 @@ type Client struct {
 	completionsURL string
 	keyURL         string
 	baseURL        string
+	modelsURL      string
 	baseHeader     http.Header
 	secrets        *secret.Redactor // the API key, and its fragments
 	timeout        time.Duration
@@ -169,6 +170,7 @@ func New(cfg Config) (*Client, error) {
 		completionsURL: base + "/chat/completions",
 		keyURL:         base + "/key",
 		baseURL:        base,
+		modelsURL:      base + "/models",
 		baseHeader:     h,
 		secrets:        secret.New(cfg.APIKey),
 		timeout:        cfg.Timeout,

@@ -33,6 +33,13 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.key(w, r)
+	case "/models", "/v1/models", "/api/v1/models":
+		if r.Method != http.MethodGet {
+			w.Header()["Allow"] = []string{http.MethodGet}
+			s.writeError(w, http.StatusMethodNotAllowed, "Method not allowed: use GET", nil, false)
+			return
+		}
+		s.models(w, r)
 	default:
 		if s.serveBatches(w, r) {
 			return

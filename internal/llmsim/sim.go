@@ -6,10 +6,11 @@
 // every failure the real API shows.
 //
 // Endpoints: POST /chat/completions (also under /v1 and /api/v1), GET /key (the
-// OpenRouter key-info shape), and the batch APIs of both shapes (batch.go: /batches,
-// /files), billed at the batch rate, with a completion delay, partial failures,
-// expiry and cancellation, and counters of the batches submitted (BatchStats). A Simulator is safe for concurrent use; its faults can be
-// changed while it serves (SetFaults).
+// OpenRouter key-info shape), GET /models (the model list with the prices charged),
+// and the batch APIs of both shapes (batch.go: /batches, /files), billed at the batch
+// rate, with a completion delay, partial failures, expiry and cancellation, and
+// counters of the batches submitted (BatchStats). A Simulator is safe for concurrent
+// use; its faults can be changed while it serves (SetFaults).
 package llmsim
 
 import (
@@ -76,6 +77,9 @@ type Config struct {
 	PricePromptPerM, PriceCompletionPerM float64
 	// Batch configures the batch endpoints (see BatchConfig; SetBatch changes it).
 	Batch BatchConfig
+	// Models are the model ids GET /models lists, each at the prices above (empty:
+	// the default model of the stages). Every model is answered and charged alike.
+	Models []string
 	// RequireKey, if set, is the only API key accepted; others get 401.
 	RequireKey string
 	// Logger gets the simulator's start and stop. Nil discards.

@@ -19,11 +19,12 @@ import (
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
-	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/processor"
+	"github.com/flashpipe/flashpipe/internal/ratelimit"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // Rule allows one subject (wildcards allowed) and says why.
@@ -66,6 +67,7 @@ func Roles(c *contract.Contract) []Role {
 	cacheB, limitB, ledgerB, leaseB := kv(cache.DefaultBucketSuffix), kv(ratelimit.DefaultBucketSuffix),
 		kv(processor.LedgerBucketSuffix), kv(sequencer.LeaseBucketSuffix)
 	servicesB, registryB, scheduleB := kv(beacon.BucketSuffix), c.RegistryBucket(), c.ScheduleBucket()
+	spendB := kv(spend.DefaultBucketSuffix)
 
 	inbox := []Rule{{"_INBOX.>", "replies to its requests: JetStream API answers, publish acknowledgements, messages pulled from consumers"}}
 	start := []Rule{{"$JS.API.INFO", "check that JetStream answers"}}
@@ -98,6 +100,7 @@ func Roles(c *contract.Contract) []Role {
 				[]Rule{{"$JS.API.STREAM.CREATE.KV_" + cacheB + cache.ClaimsBucketSuffix, "re-create the claims bucket, kept in memory, after a server restart"}},
 				bucket(ledgerB, "count items released by the circuit breaker", false),
 				bucket(kv(processor.ProviderBatchBucketSuffix), "record provider batches before submitting them, claim their requests, and find unfinished ones (batch mode)", true),
+				bucket(spendB, "reserve each API call's worst case under the spend caps, then settle it to its cost", false),
 				bucket(limitB, "share the API rate limit", true),
 				[]Rule{{"$JS.API.STREAM.CREATE.KV_" + limitB, "re-create the rate limit bucket, kept in memory, after a server restart"}},
 				bucket(limitB+ratelimit.ReplicasBucketSuffix, "count the live replicas sharing the rate limit (heartbeats)", false),
@@ -132,6 +135,7 @@ func Roles(c *contract.Contract) []Role {
 					{"$JS.API.CONSUMER.INFO." + c.ReadyStream() + "." + processor.DefaultDurable, "size the dispatch window"},
 				},
 				bucket(scheduleB, "keep the generations being dispatched and their cursors", true),
+				bucket(spendB, "see which batches a spend cap pauses (none of their items is dispatched meanwhile), and dispatch again the items the processors set aside once the cap allows", true),
 				alive,
 			),
 			Subscribe: inbox,
@@ -148,7 +152,7 @@ func Roles(c *contract.Contract) []Role {
 		},
 		{
 			Name:        Submit,
-			Description: "`flashpipe submit`, `retry` and `reprocess` (ingest), with --wait and --dry-run",
+			Description: "`flashpipe submit`, `retry` and `reprocess` (ingest), with --wait and --dry-run, and `flashpipe cap`",
 			Publish: concat(start,
 				[]Rule{
 					{p + ".batches.>", "publish manifests"},
@@ -160,6 +164,7 @@ func Roles(c *contract.Contract) []Role {
 				follow(c),
 				bucket(cacheB, "look answers up for a dry run's estimate", false)[:2],
 				bucket(registryB, "record every batch id, and check a submitted one against it", false),
+				bucket(spendB, "record a batch's max_cost as its spend cap; show and set the caps (flashpipe cap)", false),
 				ordered(c.RefusedStream(), p+".refused.>", "read why its messages were refused"),
 			),
 			Subscribe: inbox,
@@ -170,6 +175,7 @@ func Roles(c *contract.Contract) []Role {
 			Publish: concat(start, follow(c), watchOnly(servicesB, "list the live services and whether they are blocked (status)"),
 				watchOnly(scheduleB, "list the batches queued for the processors (status)"),
 				watchOnly(kv(processor.ProviderBatchBucketSuffix), "list the provider batches of batch mode (status)"),
+				bucket(spendB, "show the spend caps and what was spent (status)", false)[:2],
 				ordered(c.RefusedStream(), p+".refused.>", "read the refusals of a batch (status)")),
 			Subscribe: inbox,
 		},

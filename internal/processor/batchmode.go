@@ -159,10 +159,10 @@ type batchMode struct {
 
 	mu      sync.Mutex
 	queue   map[groupKey]*group
-	waiting int           // workers waiting for a batch answer
-	changed chan struct{} // closed (and replaced) when a record becomes final
+	waiting int             // workers waiting for a batch answer
+	changed chan struct{}   // closed (and replaced) when a record becomes final
 	final   map[string]bool // records known final (pollLoop's own)
-	kick    chan struct{} // wakes the gatherer
+	kick    chan struct{}   // wakes the gatherer
 }
 
 type groupKey struct {

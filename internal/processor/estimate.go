@@ -8,13 +8,14 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
 // Defaults for Prices and the completion estimates.
 const (
-	DefaultPricePromptPerM     = 3.0  // USD per million prompt tokens (Claude Sonnet)
-	DefaultPriceCompletionPerM = 15.0 // USD per million completion tokens
+	DefaultPricePromptPerM     = spend.DefaultPricePromptPerM     // USD per million prompt tokens (Claude Sonnet)
+	DefaultPriceCompletionPerM = spend.DefaultPriceCompletionPerM // USD per million completion tokens
 	// Typical answer sizes when the cache has no history to learn them from.
 	DefaultStage1CompletionTokens = 700
 	DefaultStage2CompletionTokens = 1400
@@ -24,9 +25,7 @@ const (
 )
 
 // Prices are what the API charges, in USD per million tokens.
-type Prices struct {
-	PromptPerM, CompletionPerM float64
-}
+type Prices = spend.Prices
 
 // Lookup is the read side of the answer cache.
 type Lookup interface {
@@ -67,7 +66,7 @@ type Items interface {
 // items are read again for the stage 2 prompts whose stage 1 answer is not cached.
 func EstimateBatch(ctx context.Context, lookup Lookup, cfg stages.Config, items Items, prices Prices) (Estimate, error) {
 	if prices.PromptPerM == 0 && prices.CompletionPerM == 0 {
-		prices = Prices{DefaultPricePromptPerM, DefaultPriceCompletionPerM}
+		prices = Prices{PromptPerM: DefaultPricePromptPerM, CompletionPerM: DefaultPriceCompletionPerM}
 	}
 	est := Estimate{Items: items.Len(), Prices: prices, CacheUsed: lookup != nil}
 	avg := [3]averager{}

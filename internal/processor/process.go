@@ -44,7 +44,7 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 	st := p.cfg.Stages
 	budget := p.cfg.MaxAttempts
 	analysis, err := runStageMode(ctx, p, stageSpec[*flashpipe.Analysis]{
-		name: Stage1, n: 1, model: st.Model1, budget: budget,
+		name: Stage1, n: 1, batch: wi.BatchID, model: st.Model1, budget: budget,
 		key: stages.Stage1Key(st, wi.Item),
 		req: func() llm.Request { return stages.Stage1Request(st, wi.Item) },
 		parse: func(content string) (*flashpipe.Analysis, error) {
@@ -56,7 +56,7 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 		return p.verdict(ctx, res, Stage1, err)
 	}
 	cards, err := runStageMode(ctx, p, stageSpec[[]flashpipe.Card]{
-		name: Stage2, n: 2, model: st.Model2, budget: budget,
+		name: Stage2, n: 2, batch: wi.BatchID, model: st.Model2, budget: budget,
 		key: stages.Stage2Key(st, wi.Item, analysis),
 		req: func() llm.Request { return stages.Stage2Request(st, wi.Item, analysis) },
 		parse: func(content string) ([]flashpipe.Card, error) {
@@ -85,7 +85,7 @@ func (p *Processor) verdict(ctx context.Context, res *flashpipe.Result, stage st
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if errors.Is(err, errRequeue) || errors.Is(err, errRelease) {
+	if errors.Is(err, errRequeue) || errors.Is(err, errRelease) || errors.Is(err, errCapped) {
 		return nil, err
 	}
 	if flashpipe.ClassOf(err) == flashpipe.Transient && !errors.Is(err, stages.ErrInvalidAnswer) && res.Attempts < p.cfg.MaxDeliveries {
@@ -133,6 +133,7 @@ func (p *Processor) fail(res *flashpipe.Result, stage string, err error, class f
 type stageSpec[T any] struct {
 	name   string
 	n      int
+	batch  string // the batch whose caps pay for the calls
 	model  string
 	budget int // API attempts this stage may make
 	key    string
@@ -207,7 +208,18 @@ func attempts[T any](ctx context.Context, p *Processor, s stageSpec[T], usage *f
 				return zero, fmt.Errorf("%w: rate limiter: %w", errRequeue, err)
 			}
 		}
-		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(ctx, req) })
+		hold, err := p.reserve(ctx, s.batch, req)
+		if err != nil {
+			return zero, err
+		}
+		callCtx, cancelCall := ctx, context.CancelFunc(func() {})
+		if hold != nil {
+			// The call ends before its reservation could lapse.
+			callCtx, cancelCall = context.WithDeadline(ctx, hold.Deadline())
+		}
+		resp, err := p.breaker.call(func() (*llm.Response, error) { return p.api.Complete(callCtx, req) })
+		cancelCall()
+		p.settle(ctx, hold, s.model, resp, err)
 		if errors.Is(err, errRelease) {
 			return zero, err
 		}

@@ -31,6 +31,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/secret"
 	"github.com/flashpipe/flashpipe/internal/service"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/stages"
 )
 
@@ -120,6 +121,14 @@ type Config struct {
 	Limiter RateLimiter
 	// Metrics records Prometheus metrics (nil: none).
 	Metrics *Metrics
+	// Spend reserves each API call's worst case under the spend caps shared by every
+	// replica, and settles it to the reported cost (nil: no caps). An item whose call a
+	// cap refuses is held: sent back after CapDelay, unpaid, its delivery not counted.
+	Spend SpendLedger
+	// Prices prices the calls for the caps (nil: the default prices).
+	Prices *spend.PriceBook
+	// CapDelay is how long an item held by a spend cap waits (DefaultCapDelay).
+	CapDelay time.Duration
 	// Redactor removes secrets (the API key, NATS tokens and passwords) and their
 	// fragments from failure reasons before they are published (nil: none; the LLM
 	// client already redacts its own key from its errors).
@@ -145,6 +154,7 @@ func (c Config) withDefaults() Config {
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
 	c.BreakerTimeout = cmp.Or(c.BreakerTimeout, DefaultBreakerTimeout)
 	c.Batch = c.Batch.withDefaults()
+	c.CapDelay = cmp.Or(c.CapDelay, DefaultCapDelay)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -320,6 +330,12 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	case errors.As(err, &rq):
 		p.log.Info("API kept failing; item requeued", "batch", wi.BatchID, "position", wi.Position, "delay", rq.delay, "err", rq.err)
 		_ = msg.NakWithDelay(rq.delay)
+		return
+	case errors.Is(err, errCapped):
+		// Held by a spend cap: nothing was paid and nothing fails; the item is set
+		// aside until the cap is raised.
+		p.log.Info("item held: spend cap reached", "batch", wi.BatchID, "position", wi.Position, "err", err)
+		p.hold(ctx, msg, wi)
 		return
 	case errors.Is(err, errRelease):
 		p.recordRelease(ctx, wi)

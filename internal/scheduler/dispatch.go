@@ -14,6 +14,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/refusal"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // maxRound is the most items dispatched in one round (one wait for their acks).
@@ -135,6 +136,13 @@ func (l *leader) refreshInflight(ctx context.Context) {
 			byBatch[batch] += int(n)
 		}
 	}
+	l.refreshHeld(ctx, byBatch)
+	for batch, n := range byBatch {
+		if l.held[batch] {
+			l.inflight -= n // held by a spend cap: they leave room for others
+			byBatch[batch] = 0
+		}
+	}
 	byTenant := make(map[string]int, len(l.tenants.order))
 	for batch, name := range l.tenantOf {
 		if byBatch[batch] == 0 && l.active[batch] == 0 {
@@ -147,6 +155,71 @@ func (l *leader) refreshInflight(ctx context.Context) {
 		t.inflight = byTenant[t.name]
 	}
 	l.observe(byTenant)
+}
+
+// heldEvery is how often the spend caps of the batches are read.
+const heldEvery = 2 * time.Second
+
+// refreshHeld reads, every heldEvery, which batches a spend cap pauses: those with
+// items in the ready stream (byBatch) or being dispatched. A ledger that cannot be
+// read holds nothing (the processors still enforce the caps).
+func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
+	if time.Since(l.heldAt) < heldEvery {
+		return
+	}
+	l.heldAt = time.Now()
+	if l.spend == nil {
+		led, err := spend.Open(ctx, l.s.js, l.s.c, spend.Config{Holder: "scheduler", Logger: l.s.log})
+		if err != nil {
+			l.held = nil
+			return
+		}
+		l.spend = led
+	}
+	setAside, err := l.spend.HeldCounts(ctx)
+	if err != nil {
+		l.s.log.Warn("items set aside by spend caps unreadable", "err", err)
+	}
+	seen := map[string]bool{}
+	batches := make([]string, 0, len(byBatch)+len(l.active)+len(setAside))
+	for _, m := range []map[string]int{byBatch, l.active, setAside} {
+		for b := range m {
+			if !seen[b] {
+				seen[b] = true
+				batches = append(batches, b)
+			}
+		}
+	}
+	held, err := l.spend.Held(ctx, batches)
+	if err != nil {
+		l.s.log.Warn("spend caps unreadable: dispatching as if no batch were paused", "err", err)
+		l.held = nil
+		return
+	}
+	for b, h := range held {
+		if h != l.held[b] {
+			l.s.log.Info("batch paused by a spend cap: its items wait, others run", "batch", b, "paused", h)
+		}
+	}
+	l.held = held
+	// The items the processors set aside go back to the ready stream once their
+	// batch is no longer paused.
+	for b := range setAside {
+		if held[b] {
+			continue
+		}
+		n, err := l.spend.Requeue(ctx, b, func(ctx context.Context, msg *nats.Msg) error {
+			_, err := l.s.js.PublishMsg(ctx, msg)
+			return err
+		})
+		l.inflight += n
+		if n > 0 {
+			l.s.log.Info("items held by a spend cap dispatched again", "batch", b, "items", n)
+		}
+		if err != nil {
+			l.s.log.Warn("items held by a spend cap not all dispatched again; retried", "batch", b, "err", err)
+		}
+	}
 }
 
 // observe sets the gauges from the leader's state: per tenant, the generations with
@@ -255,7 +328,7 @@ func (l *leader) round(ctx context.Context, now time.Time, n int) (int, error) {
 // the items stream when it holds none; a generation whose next item stays unpublished
 // past the deadline gets a failed result for it.
 func (l *leader) readyGen(ctx context.Context, g *gen, now time.Time) bool {
-	if g.done() {
+	if g.done() || l.held[g.Manifest.BatchID] {
 		return false
 	}
 	if len(g.queue) > 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/registry"
 	"github.com/flashpipe/flashpipe/internal/service"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // errLost means the leader lost its lease or its bucket was written by another.
@@ -47,6 +48,12 @@ type leader struct {
 	audits   chan auditMsg // from the items audit
 	orphans  map[string]orphan
 	manifest map[string]cachedManifest
+	// held are the batches paused by a spend cap (read every heldEvery): none of
+	// their items is dispatched, and those in the ready stream (waiting there for a
+	// higher cap) do not count against the window, so other batches run.
+	spend  *spend.Ledger
+	held   map[string]bool
+	heldAt time.Time
 }
 
 type auditMsg struct {
