@@ -64,6 +64,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // API modes: per processor (BatchConfig.Mode) and per batch (the manifest setting
@@ -159,10 +160,11 @@ type batchMode struct {
 
 	mu      sync.Mutex
 	queue   map[groupKey]*group
-	waiting int             // workers waiting for a batch answer
-	changed chan struct{}   // closed (and replaced) when a record becomes final
-	final   map[string]bool // records known final (pollLoop's own)
-	kick    chan struct{}   // wakes the gatherer
+	waiting int                                      // workers waiting for a batch answer
+	changed chan struct{}                            // closed (and replaced) when a record becomes final
+	final   map[string]bool                          // records known final (pollLoop's own)
+	holds   map[string]map[string]*spend.Reservation // spend reservations by provider batch key, then flashpipe batch
+	kick    chan struct{}                            // wakes the gatherer
 }
 
 type groupKey struct {
@@ -218,7 +220,8 @@ func newBatchMode(ctx context.Context, p *Processor) (*batchMode, error) {
 	}
 	return &batchMode{p: p, cfg: cfg, api: cfg.Provider, store: &batchStore{kv: kv}, get: get,
 		log: p.log.With("part", "batch"), queue: map[groupKey]*group{},
-		changed: make(chan struct{}), kick: make(chan struct{}, 1), final: map[string]bool{}}, nil
+		changed: make(chan struct{}), kick: make(chan struct{}, 1), final: map[string]bool{},
+		holds: map[string]map[string]*spend.Reservation{}}, nil
 }
 
 // run gathers and polls until ctx ends.
@@ -349,6 +352,7 @@ func (b *batchMode) send(ctx context.Context, reqs []pendingRequest) {
 	}
 	cwg.Wait()
 	var reqsSent []batchapi.Request
+	var owners []string
 	batches := map[string]bool{}
 	for i, r := range reqs {
 		if !claimed[i] {
@@ -356,6 +360,7 @@ func (b *batchMode) send(ctx context.Context, reqs []pendingRequest) {
 		}
 		rec.Claims = append(rec.Claims, r.hash)
 		reqsSent = append(reqsSent, batchapi.Request{CustomID: batchapi.CustomID(key, i), Body: r.req})
+		owners = append(owners, r.batchID)
 		if !batches[r.batchID] {
 			batches[r.batchID] = true
 			rec.Batches = append(rec.Batches, r.batchID)
@@ -372,12 +377,17 @@ func (b *batchMode) send(ctx context.Context, reqs []pendingRequest) {
 		b.log.Warn("provider batch abandoned before its submission", "key", key, "err", err)
 		return
 	}
-	b.submit(ctx, rec, rev, reqsSent)
+	b.submit(ctx, rec, rev, reqsSent, owners)
 }
 
 // submit sends a record's requests and records the provider's id. The record is
 // submitting at rev, and this caller won it by compare-and-set.
-func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, reqs []batchapi.Request) {
+func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, reqs []batchapi.Request, owners []string) {
+	if reqs, _ = b.reserveBatch(ctx, rec, reqs, owners); len(reqs) == 0 {
+		rec.State, rec.Outcome = RecordAbandoned, "held by a spend cap: nothing sent"
+		_, _ = b.store.updateRecord(ctx, rec, rev)
+		return
+	}
 	if hookBeforeSubmit != nil {
 		hookBeforeSubmit(rec.Key)
 	}
@@ -390,6 +400,7 @@ func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, 
 	if err != nil {
 		if flashpipe.IsPermanent(err) {
 			b.log.Error("provider refused the batch; its requests go to the sync API", "key", rec.Key, "err", b.p.cfg.Redactor.Redact(err.Error()))
+			b.settle(ctx, rec.Key, nil)
 			b.finishClaims(ctx, rec, nil, ClaimSync)
 			rec.State, rec.Outcome = RecordFailed, "refused: "+b.p.cfg.Redactor.Redact(err.Error())
 			_, _ = b.store.updateRecord(ctx, rec, rev)
@@ -490,16 +501,21 @@ func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64)
 		return // another replica took it
 	}
 	reqs := make([]batchapi.Request, 0, len(rec.Claims))
+	var owners []string
 	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
-		if err != nil || c == nil {
+		if err != nil {
 			b.log.Warn("claim of an unsent batch unreadable; trying later", "key", rec.Key, "err", err)
 			return
 		}
+		if c == nil || c.Batch != rec.Key {
+			continue // released (a spend cap) or moved on
+		}
 		reqs = append(reqs, batchapi.Request{CustomID: batchapi.CustomID(rec.Key, c.Index), Body: c.Req})
+		owners = append(owners, c.BatchID)
 	}
 	b.log.Info("provider batch never reached the provider; submitting it", "key", rec.Key)
-	b.submit(ctx, rec, rev, reqs)
+	b.submit(ctx, rec, rev, reqs, owners)
 }
 
 // poll asks the provider about a submitted batch and, once it is terminal, applies
@@ -541,6 +557,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		byID[r.CustomID] = r
 	}
 	var retry []string
+	costs := map[string]float64{} // by flashpipe batch, for the spend caps
 	answered, failed, toSync := 0, 0, 0
 	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
@@ -552,6 +569,9 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 			continue // already applied, or moved on
 		}
 		r, ok := byID[batchapi.CustomID(rec.Key, c.Index)]
+		if ok && r.Response != nil {
+			costs[c.BatchID] += r.Response.Usage.Cost
+		}
 		switch {
 		case !ok:
 			c.State = ClaimSync
@@ -587,6 +607,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 			outcome += fmt.Sprintf(", %d failed %d times and go to the sync API", len(retry), rec.Attempt+1)
 		}
 	}
+	b.settle(ctx, rec.Key, costs)
 	rec.State, rec.ProviderState, rec.Outcome = RecordDone, string(state), outcome
 	if _, err := b.store.updateRecord(ctx, rec, rev); err == nil {
 		b.log.Info("provider batch done", "key", rec.Key, "id", rec.ProviderID, "outcome", outcome)
@@ -621,6 +642,7 @@ func (b *batchMode) retry(ctx context.Context, rec *ProviderBatch, child string,
 		crec = existing
 	}
 	reqs := make([]batchapi.Request, 0, len(crec.Claims))
+	var owners []string
 	for j, h := range crec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
 		if err != nil || c == nil {
@@ -633,9 +655,10 @@ func (b *batchMode) retry(ctx context.Context, rec *ProviderBatch, child string,
 			}
 		}
 		reqs = append(reqs, batchapi.Request{CustomID: batchapi.CustomID(child, j), Body: c.Req})
+		owners = append(owners, c.BatchID)
 	}
 	if created {
-		b.submit(ctx, crec, crev, reqs)
+		b.submit(ctx, crec, crev, reqs, owners)
 	}
 	return true
 }
