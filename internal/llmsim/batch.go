@@ -361,7 +361,9 @@ func (s *Simulator) submitBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		s.bt.keys[b.key]++
 	}
-	view := s.batchView(b, time.Now(), false)
+	b.created = time.Now()
+	view := s.batchView(b, b.created, false)
+	view["status"] = "validating" // an accepted batch is validated first, as the APIs answer
 	s.bt.mu.Unlock()
 	if b.cfg.OnSubmit != nil {
 		b.cfg.OnSubmit(r.Context(), true)
