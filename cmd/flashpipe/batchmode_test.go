@@ -186,3 +186,47 @@ func TestStatusShowsProviderBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchModeHeldAtTheCapThenResumed: a batch-mode batch whose cap cannot hold its
+// provider batch's worst case (at the batch price) sends nothing and pays nothing;
+// raised, it completes, and what the ledger settled is what the simulator billed.
+func TestBatchModeHeldAtTheCapThenResumed(t *testing.T) {
+	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:50]
+	p := newPipelineWith(t, apptest.Config{SQLite: true})
+	pcfg := batchProcessor(len(items))
+	pcfg.Batch.Wait, pcfg.Batch.ClaimGrace = 300*time.Millisecond, time.Second
+	p.startProcessor(pcfg)
+	p.StartSequencerWith(app.SequencerConfig{Scheduler: scheduler.Config{Window: 2 * len(items)}})
+	p.startSink(sink.Config{})
+	ctx := context.Background()
+	if _, err := p.pub.Submit(ctx, ingest.Batch{ID: "capped", Source: "test", Items: ingest.SliceItems(items),
+		Settings: map[string]string{flashpipe.SettingAPIMode: flashpipe.APIModeBatch, flashpipe.SettingMaxCost: "0.05"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Held: several gathering rounds go by, nothing is sent or paid.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if b := p.sim.BatchStats(); b.Submitted != 0 || p.sim.Stats().Cost != 0 {
+			t.Fatalf("over its cap the batch was sent anyway: %+v, billed $%.4f", b, p.sim.Stats().Cost)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := p.pub.SetBatchCap(ctx, "capped", 100); err != nil {
+		t.Fatal(err)
+	}
+	p.waitStored("capped", 2*time.Minute)
+	for _, r := range p.results("capped") {
+		if r.Status != flashpipe.StatusOK {
+			t.Fatalf("item %d: %+v", r.Position, r.Failure)
+		}
+	}
+	acct, ok, err := p.pub.BatchSpend(ctx, "capped")
+	if err != nil || !ok {
+		t.Fatalf("batch spend: %v %v", ok, err)
+	}
+	billed := p.sim.Stats().Cost
+	t.Logf("after the raise: billed $%.4f in %d provider batches; the ledger settled $%.4f, spent $%.4f", billed, p.sim.BatchStats().Submitted, acct.SettledUSD, acct.SpentUSD)
+	if billed > 100 || acct.SettledUSD < billed-1e-6 || acct.SettledUSD > billed+1e-6 {
+		t.Errorf("settled $%.6f, billed $%.6f: want them equal, under the cap", acct.SettledUSD, billed)
+	}
+}
