@@ -253,8 +253,16 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 	defer cancelWork()
 	if p.cfg.Batch.Provider != nil {
 		if p.batch, err = newBatchMode(ctx, p); err != nil {
-			return err
+			if p.cfg.Batch.Mode == ModeBatch {
+				return err
+			}
+			// Batch mode only on request: without it, batch-mode batches run in sync
+			// mode (itemMode says so).
+			p.log.Error("batch mode unavailable; batches asking for it will run in sync mode", "err", err)
+			p.batch, err = nil, nil
 		}
+	}
+	if p.batch != nil {
 		var bwg sync.WaitGroup
 		defer bwg.Wait()
 		defer cancelWork()
