@@ -483,7 +483,7 @@ func (b *batchMode) pollOnce(ctx context.Context) (changed bool) {
 // recover finishes a record left submitting: adopt the provider's batch carrying its
 // key, or, if there is none, submit it (once: compare-and-set first).
 func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64) {
-	found, err := b.api.Find(ctx, rec.Key, rec.CreatedAt)
+	found, err := b.api.Find(ctx, rec.Key, rec.CreatedAt, b.knownIDs(ctx))
 	if err != nil {
 		b.log.Warn("cannot tell yet whether a provider batch was accepted; asking again later", "key", rec.Key, "err", b.p.cfg.Redactor.Redact(err.Error()))
 		return
@@ -516,6 +516,21 @@ func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64)
 	}
 	b.log.Info("provider batch never reached the provider; submitting it", "key", rec.Key)
 	b.submit(ctx, rec, rev, reqs, owners)
+}
+
+// knownIDs returns the provider ids of every recorded batch: they carry other keys.
+func (b *batchMode) knownIDs(ctx context.Context) map[string]bool {
+	ids := map[string]bool{}
+	keys, err := b.store.recordKeys(ctx)
+	if err != nil {
+		return ids
+	}
+	for _, k := range keys {
+		if r, _, err := b.store.getRecord(ctx, k); err == nil && r != nil && r.ProviderID != "" {
+			ids[r.ProviderID] = true
+		}
+	}
+	return ids
 }
 
 // poll asks the provider about a submitted batch and, once it is terminal, applies
