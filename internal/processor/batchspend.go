@@ -15,14 +15,13 @@ import (
 // batch's cap and the period's; when the whole does not fit, request by request, as
 // many as fit. The requests left out have their claims released: their items stay
 // held, nothing paid, and ask again after BatchConfig.Wait and ClaimGrace, so a raised
-// cap lets them go. When the
-// provider batch ends, the replica that reserved settles each reservation to the
-// costs its results report (usage.cost per result; nothing for a request without
-// one). A provider batch runs for hours, longer than a reservation lives: a lapsed
-// reservation is charged at its worst case until the settlement replaces it with the
-// real cost, and if the reserving replica died (or another applied the results
-// first) it stays charged at the worst case: the caps can be reached early, never
-// passed.
+// cap lets them go. When the provider batch ends, the replica that reserved settles
+// each reservation to the costs its results report (usage.cost per result; nothing
+// for a request without one). A provider batch runs for hours: its reservations live BatchHoldTTL (the
+// 24-hour window and a margin; spend.Ledger.ReserveFor), held against the caps all
+// that time. If the reserving replica died (or another applied the results first),
+// the reservation stays held until it lapses, then is charged at its worst case: the
+// caps can be reached early, never passed.
 
 // batchPrices is the price of model in a provider batch.
 func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices {
@@ -30,6 +29,24 @@ func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices 
 		return spend.Prices{PromptPerM: spend.DefaultPricePromptPerM, CompletionPerM: spend.DefaultPriceCompletionPerM}.Scaled(spend.DefaultBatchRate)
 	}
 	return p.cfg.Prices.Batch(ctx, model)
+}
+
+// BatchHoldTTL is how long a provider batch's reservation lives unsettled: the
+// providers' 24-hour completion window and an hour of margin.
+const BatchHoldTTL = 25 * time.Hour
+
+// longReserver is a ledger that reserves for long work (internal/spend.Ledger).
+type longReserver interface {
+	ReserveFor(ctx context.Context, batchID string, usd float64, ttl time.Duration) (*spend.Reservation, error)
+}
+
+// reserveLong reserves usd on the batch for BatchHoldTTL (Config.Spend's own TTL when
+// the ledger cannot reserve for longer).
+func (b *batchMode) reserveLong(ctx context.Context, batch string, usd float64) (*spend.Reservation, error) {
+	if lr, ok := b.p.cfg.Spend.(longReserver); ok {
+		return lr.ReserveFor(ctx, batch, usd, BatchHoldTTL)
+	}
+	return b.p.cfg.Spend.Reserve(ctx, batch, usd)
 }
 
 // heldSpend is one reservation and the requests (custom_ids) it covers.
@@ -64,7 +81,7 @@ func (b *batchMode) reserveBatch(ctx context.Context, rec *ProviderBatch, reqs [
 			worst += spend.WorstCase(reqs[i].Body, prices)
 			ids[j] = reqs[i].CustomID
 		}
-		r, err := b.p.cfg.Spend.Reserve(ctx, batch, worst)
+		r, err := b.reserveLong(ctx, batch, worst)
 		if err == nil {
 			holds = append(holds, heldSpend{r: r, ids: ids})
 			for _, i := range idx {
@@ -79,7 +96,7 @@ func (b *batchMode) reserveBatch(ctx context.Context, rec *ProviderBatch, reqs [
 		// The whole does not fit: as many requests as do, one reservation each.
 		sent := 0
 		for _, i := range idx {
-			r, err := b.p.cfg.Spend.Reserve(ctx, batch, spend.WorstCase(reqs[i].Body, prices))
+			r, err := b.reserveLong(ctx, batch, spend.WorstCase(reqs[i].Body, prices))
 			if err != nil {
 				break
 			}
