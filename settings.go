@@ -37,6 +37,9 @@ func ParseMaxCost(s string) (float64, error) {
 // ValidateSettings checks the settings of a batch that flashpipe reads (max_cost);
 // other keys are kept and ignored. The error names the setting.
 func ValidateSettings(settings map[string]string) error {
+	if err := ValidateAPIMode(settings[SettingAPIMode]); err != nil {
+		return fmt.Errorf("settings.%s: %w", SettingAPIMode, err)
+	}
 	if v, ok := settings[SettingMaxCost]; ok {
 		if _, err := ParseMaxCost(v); err != nil {
 			return fmt.Errorf("settings: %w", err)

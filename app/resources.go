@@ -33,6 +33,7 @@ func Resources(c *contract.Contract, cfg ResourceConfig) ([]jetstream.StreamConf
 		c.RegistryConfig(),
 		cache.BucketConfig(c, cfg.Cache),
 		processor.LedgerBucket(c),
+		processor.ProviderBatchBucket(c),
 		sequencer.LeaseBucket(c, cfg.LeaseTTL),
 		ratelimit.BucketConfig(c, ""),
 		beacon.BucketConfig(c, 0),

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/batchapi"
 	"github.com/flashpipe/flashpipe/internal/beacon"
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -108,6 +109,10 @@ type ProcessorConfig struct {
 	// Replicas is how many replicas this process runs (default 1); they share one
 	// API client, cache and limiter.
 	Replicas int
+	// BatchAPI names the provider's batch API shape for batch mode: "openrouter"
+	// (the default), "openai", or "none" (no batch mode: batch-mode batches run in
+	// sync mode). Processor.Batch.Provider, if set, is used instead.
+	BatchAPI string
 	// Spend configures the prices and the spend caps.
 	Spend SpendSettings
 }
@@ -152,6 +157,11 @@ func NewProcessor(ctx context.Context, d Deps, cfg ProcessorConfig) (*Service, e
 	svc := &Service{Name: "processor", beacon: b}
 	pcfg := cfg.Processor
 	pcfg.Stages, pcfg.Logger = cfg.Stages, cmp.Or(pcfg.Logger, d.Logger)
+	if pcfg.Batch.Provider == nil && cfg.BatchAPI != "none" {
+		if pcfg.Batch.Provider, err = batchapi.New(cmp.Or(cfg.BatchAPI, batchapi.ProviderOpenRouter), client); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.RateLimit.RPM > 0 || cfg.RateLimit.TPM > 0 {
 		cfg.RateLimit.Logger = cmp.Or(cfg.RateLimit.Logger, d.Logger)
 		limiter, err := ratelimit.New(ctx, d.JS, d.Contract, cfg.RateLimit)

@@ -43,6 +43,8 @@ type submission struct {
 	Priority    int
 	Replace     bool
 	SkipBadRows bool
+	// APIMode is the batch's api_mode setting: "", "sync" or "batch".
+	APIMode string
 	// MaxCost is the batch's spend cap in USD (its manifest's max_cost; "" none).
 	MaxCost string
 }
@@ -55,6 +57,7 @@ type jsonBody struct {
 	Priority    int               `json:"priority"`
 	Replace     bool              `json:"replace"`
 	SkipBadRows bool              `json:"skip_bad_rows"`
+	APIMode     string            `json:"api_mode"`
 	MaxCost     *float64          `json:"max_cost"`
 	Items       []json.RawMessage `json:"items"`
 }
@@ -81,9 +84,9 @@ func readSubmission(r *http.Request) (*submission, error) {
 	q := r.URL.Query()
 	for name := range q {
 		switch name {
-		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows", "max_cost":
+		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows", "max_cost", "api_mode":
 		default:
-			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows, max_cost)")
+			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows, max_cost, api_mode)")
 		}
 	}
 	sub.BatchID, sub.Source, sub.Tenant, sub.MaxCost = q.Get("batch_id"), q.Get("source"), q.Get("tenant"), q.Get("max_cost")
@@ -95,6 +98,10 @@ func readSubmission(r *http.Request) (*submission, error) {
 	}
 	if sub.SkipBadRows, err = boolParam(q.Get("skip_bad_rows"), "skip_bad_rows"); err != nil {
 		return nil, err
+	}
+	sub.APIMode = q.Get("api_mode")
+	if err := flashpipe.ValidateAPIMode(sub.APIMode); err != nil {
+		return nil, fieldError("api_mode", "%v", err)
 	}
 	return sub, nil
 }
@@ -111,6 +118,9 @@ func readJSONSubmission(body io.Reader) (*submission, error) {
 	if dec.More() {
 		return nil, errorf(http.StatusBadRequest, "the body holds more than one JSON value")
 	}
+	if err := flashpipe.ValidateAPIMode(b.APIMode); err != nil {
+		return nil, fieldError("api_mode", "%v", err)
+	}
 	var lines bytes.Buffer
 	for i, raw := range b.Items {
 		if err := json.Compact(&lines, raw); err != nil {
@@ -121,6 +131,7 @@ func readJSONSubmission(body io.Reader) (*submission, error) {
 	sub := &submission{
 		body: &lines, format: ingest.FormatJSONL, jsonItems: true,
 		BatchID: b.BatchID, Source: b.Source, Tenant: b.Tenant, Priority: b.Priority, Replace: b.Replace, SkipBadRows: b.SkipBadRows,
+		APIMode: b.APIMode,
 	}
 	if b.MaxCost != nil {
 		sub.MaxCost = strconv.FormatFloat(*b.MaxCost, 'f', -1, 64)
@@ -248,8 +259,15 @@ func batchOf(ctx context.Context, in *submission, source, tenant string) (b inge
 		id = app.DefaultBatchID(source, hash)
 	}
 	b = ingest.Batch{ID: id, Source: source, Items: f, Tenant: tenant, Priority: in.Priority, Replace: in.Replace}
+	settings := map[string]string{}
+	if in.APIMode != "" {
+		settings[flashpipe.SettingAPIMode] = in.APIMode
+	}
 	if in.MaxCost != "" {
-		b.Settings = map[string]string{flashpipe.SettingMaxCost: in.MaxCost}
+		settings[flashpipe.SettingMaxCost] = in.MaxCost
+	}
+	if len(settings) > 0 {
+		b.Settings = settings
 	}
 	return b, skipped, func() { _ = f.Close() }, nil
 }

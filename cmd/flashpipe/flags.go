@@ -163,7 +163,7 @@ func (f APIFlags) processorConfig(p ProcessorFlags, r RateLimitFlags) (app.Proce
 	pc := p.config()
 	pc.Redactor = f.redactor
 	return app.ProcessorConfig{API: f.llmConfig(), Stages: st, Processor: pc, RateLimit: r.config(),
-		Cache: cache.Config{ClaimTTL: p.CacheClaimTTL}, Spend: p.SpendFlags.config()}, nil
+		Cache: cache.Config{ClaimTTL: p.CacheClaimTTL}, Spend: p.SpendFlags.config(), BatchAPI: p.BatchAPI}, nil
 }
 
 // ProcessorFlags configure processor replicas.
@@ -177,6 +177,7 @@ type ProcessorFlags struct {
 	BreakerTimeout   time.Duration `name:"circuit-breaker-timeout" help:"How long the breaker stays open before one call probes the API." default:"${breaker_timeout}" env:"CIRCUIT_BREAKER_TIMEOUT"`
 	DrainTimeout     time.Duration `help:"On SIGTERM, how long in-flight items may take to finish before the rest is left for redelivery." default:"${drain_timeout}" env:"FLASHPIPE_DRAIN_TIMEOUT"`
 	CacheClaimTTL    time.Duration `help:"How long the other replicas wait for a replica that died while paying for an answer they also need (the same for every replica)." default:"${cache_claim_ttl}" env:"FLASHPIPE_CACHE_CLAIM_TTL"`
+	BatchFlags
 	SpendFlags
 }
 
@@ -201,7 +202,7 @@ func (f ProcessorFlags) config() processor.Config {
 	return processor.Config{
 		ConcurrentMax: f.ConcurrentMax, Workers: f.Workers, MaxAttempts: f.RetryMaxAttempts,
 		AckWait: f.AckWait, MaxDeliveries: f.MaxDeliveries, BreakerThreshold: f.BreakerThreshold,
-		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, CapDelay: f.CapDelay,
+		BreakerTimeout: f.BreakerTimeout, DrainTimeout: f.DrainTimeout, CapDelay: f.CapDelay, Batch: f.BatchFlags.config(""),
 	}
 }
 
@@ -324,8 +325,9 @@ type SimFlags struct {
 	SimLatency time.Duration `help:"Simulator: fixed latency per call." default:"0s" env:"FLASHPIPE_SIM_LATENCY"`
 	SimJitter  time.Duration `help:"Simulator: extra random latency per call, uniform in [0, jitter]." default:"0s" env:"FLASHPIPE_SIM_JITTER"`
 	SimRPM     int           `help:"Simulator: requests per minute before it answers 429 (0: unlimited)." default:"0" env:"FLASHPIPE_SIM_RPM"`
+	SimBatchFlags
 }
 
 func (f SimFlags) config(log *slog.Logger) llmsim.Config {
-	return llmsim.Config{Latency: f.SimLatency, LatencyJitter: f.SimJitter, RPM: f.SimRPM, Logger: log}
+	return llmsim.Config{Latency: f.SimLatency, LatencyJitter: f.SimJitter, RPM: f.SimRPM, Batch: f.SimBatchFlags.config(), Logger: log}
 }

@@ -132,6 +132,7 @@ func main() {
 			"results_max_age":       shortDuration(contract.DefaultResultsMaxAge),
 		},
 		simFaultVars(),
+		kong.Vars(batchVars()),
 	)
 	level := cli.LogLevel
 	if level == "" {

@@ -28,15 +28,24 @@ type InputFlags struct {
 	SkipBadRows bool   `help:"Leave bad rows out (listing them) instead of rejecting the batch."`
 	Tenant      string `help:"Who the batch is for (an upstream system, a team, a user): the processors share their capacity between tenants first, then between a tenant's batches (default: the default tenant)." env:"FLASHPIPE_TENANT"`
 	Priority    int    `help:"The batch's priority among its tenant's batches: higher is served first (-1000 to 1000)." default:"0"`
+	APIMode     string `name:"api-mode" help:"How the processors send this batch to the LLM API: sync (at once) or batch (gathered into provider batches: about half the price, within hours); empty: the processors' own --api-mode." env:"FLASHPIPE_BATCH_API_MODE"`
 	MaxCost     string `help:"Spend cap of the batch in USD (its manifest's max_cost): at the cap the batch pauses, its items held and nothing more paid, until the cap is raised (flashpipe cap set). Empty: no cap." env:"FLASHPIPE_MAX_COST"`
 }
 
-// settings are the batch's manifest settings.
+// settings are the batch's manifest settings the flags choose (nil: none).
 func (f InputFlags) settings() map[string]string {
-	if f.MaxCost == "" {
-		return nil
+	var s map[string]string
+	set := func(k, v string) {
+		if v != "" {
+			if s == nil {
+				s = map[string]string{}
+			}
+			s[k] = v
+		}
 	}
-	return map[string]string{flashpipe.SettingMaxCost: f.MaxCost}
+	set(flashpipe.SettingAPIMode, f.APIMode)
+	set(flashpipe.SettingMaxCost, f.MaxCost)
+	return s
 }
 
 // source names the input in messages and default batch ids.
@@ -87,6 +96,10 @@ func (f InputFlags) load(ctx context.Context) (*ingest.File, string, error) {
 	if f.Priority < -flashpipe.MaxPriority || f.Priority > flashpipe.MaxPriority {
 		batch.Close()
 		return nil, "", &exitError{code: 2, err: fmt.Errorf("--priority %d: want %d to %d", f.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)}
+	}
+	if err := flashpipe.ValidateAPIMode(f.APIMode); err != nil {
+		batch.Close()
+		return nil, "", &exitError{code: 2, err: fmt.Errorf("--api-mode: %w", err)}
 	}
 	if err := flashpipe.ValidateSettings(f.settings()); err != nil {
 		batch.Close()

@@ -16,6 +16,7 @@ import (
 type ProcessorCmd struct {
 	NATSFlags
 	APIFlags
+	APIMode string `name:"api-mode" help:"How this replica sends the items of batches that do not choose (submit --api-mode): sync, or batch (provider batches: about half the price, within hours)." enum:"sync,batch" default:"sync" env:"FLASHPIPE_API_MODE"`
 	ProcessorFlags
 	RateLimitFlags
 	MetricsFlags
@@ -34,6 +35,7 @@ func (p *ProcessorCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if cfg.RateLimit.RPM < 0 {
 		cfg.RateLimit.RPM = app.DefaultRateLimitRPM
 	}
+	cfg.Processor.Batch.Mode = p.APIMode
 	nc, js, c, err := p.connectService(ctx, "flashpipe-processor", p.ServiceFlags, log)
 	if err != nil {
 		return err

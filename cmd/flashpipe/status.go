@@ -22,8 +22,10 @@ type liveStatus struct {
 	refused  map[string]int
 	batch    []app.Refusal // the refusals of the batch asked about
 	services []app.ServiceState
-	spend    *app.SpendAccount // the batch's, when it has a cap
-	period   *app.SpendAccount // the period's, when a period cap is set
+	// providers are the provider batches of batch mode (of the batch asked about).
+	providers []app.ProviderBatch
+	spend     *app.SpendAccount // the batch's, when it has a cap
+	period    *app.SpendAccount // the period's, when a period cap is set
 }
 
 // live reads the live status when NATS is named; it never fails the command.
@@ -63,6 +65,9 @@ func (s *StatusCmd) live(ctx context.Context, log *slog.Logger) *liveStatus {
 	}
 	if l.services, err = client.Services(ctx); err != nil {
 		warn("services", err)
+	}
+	if l.providers, err = client.ProviderBatches(ctx, s.ID); err != nil {
+		warn("provider batches", err)
 	}
 	if a, ok, err := client.PeriodSpend(ctx); err != nil {
 		warn("period spend cap", err)
@@ -129,6 +134,10 @@ func (l *liveStatus) print(w io.Writer) {
 			fmt.Fprintf(w, "  %s: %d\n", refusedName(id), l.refused[id])
 		}
 	}
+	if len(l.providers) > 0 {
+		fmt.Fprintln(w)
+		printProviderBatches(w, l.providers, "")
+	}
 	l.printPeriod(w)
 	printServices(w, l.services)
 }
@@ -178,6 +187,7 @@ func (l *liveStatus) printBatch(w io.Writer, id string) {
 			fmt.Fprintf(w, "    %s %s by the %s: %s\n", r.Time.Local().Format(time.DateTime), r.Subject, r.By, r.Reason)
 		}
 	}
+	printProviderBatches(w, l.providers, "  ")
 	printServices(w, l.services)
 }
 

@@ -21,6 +21,9 @@ const (
 	HeaderPosition   = "Flashpipe-Position"
 	HeaderGeneration = "Flashpipe-Generation"
 	HeaderKind       = "Flashpipe-Kind"
+	// HeaderAPIMode on a ready message carries the batch's API mode (its manifest's
+	// api_mode setting: "sync" or "batch") to the processors; absent: the processor's.
+	HeaderAPIMode = "Flashpipe-Api-Mode"
 	// HeaderStatus is set on results and result events: "ok" or "failed".
 	HeaderStatus = "Flashpipe-Status"
 )

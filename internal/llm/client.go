@@ -120,6 +120,7 @@ func NewTransport() *http.Transport {
 type Client struct {
 	completionsURL string
 	keyURL         string
+	baseURL        string
 	modelsURL      string
 	baseHeader     http.Header
 	secrets        *secret.Redactor // the API key, and its fragments
@@ -168,6 +169,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{
 		completionsURL: base + "/chat/completions",
 		keyURL:         base + "/key",
+		baseURL:        base,
 		modelsURL:      base + "/models",
 		baseHeader:     h,
 		secrets:        secret.New(cfg.APIKey),

@@ -130,7 +130,7 @@ func (s *Simulator) chat(w http.ResponseWriter, r *http.Request) {
 		s.writeEchoKey(w, r)
 		return
 	}
-	s.answer(w, &req, in, inErr == nil, stage, kind, n, promptBytes, now)
+	s.answer(w, &req, in, inErr == nil, stage, kind, n, promptBytes, now, 1)
 }
 
 var errTooLarge = errors.New("request body too large")
@@ -186,7 +186,9 @@ func (s *Simulator) appendContent(b []byte, in stages.Input, stage int, skip str
 }
 
 // answer writes a 200 chat completion for the request, with the content faults.
-func (s *Simulator) answer(w http.ResponseWriter, req *chatRequest, in stages.Input, haveInput bool, stage, kind int, n uint64, promptBytes int, now time.Time) {
+// rate scales the price: 1 for a synchronous call, the batch rate for a request of
+// a provider batch.
+func (s *Simulator) answer(w http.ResponseWriter, req *chatRequest, in stages.Input, haveInput bool, stage, kind int, n uint64, promptBytes int, now time.Time, rate float64) {
 	c := &s.st
 	bp := s.bufs.Get().(*[]byte)
 	defer s.putBuf(bp)
@@ -221,8 +223,8 @@ func (s *Simulator) answer(w http.ResponseWriter, req *chatRequest, in stages.In
 		finish = "length"
 	}
 	promptTokens := int64(promptBytes+3) / 4
-	promptCost := float64(promptTokens) * s.cfg.PricePromptPerM / 1e6
-	completionCost := float64(completionTokens) * s.cfg.PriceCompletionPerM / 1e6
+	promptCost := float64(promptTokens) * s.cfg.PricePromptPerM / 1e6 * rate
+	completionCost := float64(completionTokens) * s.cfg.PriceCompletionPerM / 1e6 * rate
 	cost := promptCost + completionCost
 
 	out := s.bufs.Get().(*[]byte)

@@ -41,6 +41,9 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.models(w, r)
 	default:
+		if s.serveBatches(w, r) {
+			return
+		}
 		s.writeError(w, http.StatusNotFound, "Not found: "+r.URL.Path, nil, false)
 	}
 }

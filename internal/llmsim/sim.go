@@ -6,9 +6,11 @@
 // every failure the real API shows.
 //
 // Endpoints: POST /chat/completions (also under /v1 and /api/v1), GET /key (the
-// OpenRouter key-info shape) and GET /models (the model list with the prices charged).
-// A Simulator is safe for concurrent use; its faults can be changed while it serves
-// (SetFaults).
+// OpenRouter key-info shape), GET /models (the model list with the prices charged),
+// and the batch APIs of both shapes (batch.go: /batches, /files), billed at the batch
+// rate, with a completion delay, partial failures, expiry and cancellation, and
+// counters of the batches submitted (BatchStats). A Simulator is safe for concurrent
+// use; its faults can be changed while it serves (SetFaults).
 package llmsim
 
 import (
@@ -73,6 +75,8 @@ type Config struct {
 	// PricePromptPerM and PriceCompletionPerM price the tokens in USD per million
 	// (zero: the defaults, like Claude Sonnet).
 	PricePromptPerM, PriceCompletionPerM float64
+	// Batch configures the batch endpoints (see BatchConfig; SetBatch changes it).
+	Batch BatchConfig
 	// Models are the model ids GET /models lists, each at the prices above (empty:
 	// the default model of the stages). Every model is answered and charged alike.
 	Models []string
@@ -209,6 +213,7 @@ type Simulator struct {
 	url string
 
 	st counters
+	bt batchStore
 }
 
 // New returns a Simulator for cfg.
@@ -225,6 +230,12 @@ func New(cfg Config) (*Simulator, error) {
 	}
 	if err := cfg.Faults.validate(); err != nil {
 		return nil, err
+	}
+	if err := cfg.Batch.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Batch.PriceRate == 0 {
+		cfg.Batch.PriceRate = DefaultBatchPriceRate
 	}
 	if cfg.PricePromptPerM == 0 {
 		cfg.PricePromptPerM = DefaultPricePromptPerM
@@ -250,6 +261,7 @@ func New(cfg Config) (*Simulator, error) {
 	s.bufs.New = func() any { b := make([]byte, 0, 16<<10); return &b }
 	s.decoders.New = func() any { return new(wire.Decoder) }
 	s.setFaults(cfg.Faults)
+	s.bt = batchStore{cfg: cfg.Batch, batches: map[string]*simBatch{}, files: map[string][]byte{}, keys: map[string]int{}}
 	return s, nil
 }
 

@@ -43,7 +43,7 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 	}
 	st := p.cfg.Stages
 	budget := p.cfg.MaxAttempts
-	analysis, err := runStage(ctx, p, stageSpec[*flashpipe.Analysis]{
+	analysis, err := runStageMode(ctx, p, stageSpec[*flashpipe.Analysis]{
 		name: Stage1, n: 1, batch: wi.BatchID, model: st.Model1, budget: budget,
 		key: stages.Stage1Key(st, wi.Item),
 		req: func() llm.Request { return stages.Stage1Request(st, wi.Item) },
@@ -55,7 +55,7 @@ func (p *Processor) Process(ctx context.Context, wi flashpipe.WorkItem, deliveri
 	if err != nil {
 		return p.verdict(ctx, res, Stage1, err)
 	}
-	cards, err := runStage(ctx, p, stageSpec[[]flashpipe.Card]{
+	cards, err := runStageMode(ctx, p, stageSpec[[]flashpipe.Card]{
 		name: Stage2, n: 2, batch: wi.BatchID, model: st.Model2, budget: budget,
 		key: stages.Stage2Key(st, wi.Item, analysis),
 		req: func() llm.Request { return stages.Stage2Request(st, wi.Item, analysis) },

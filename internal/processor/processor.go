@@ -113,6 +113,9 @@ type Config struct {
 	// open the circuit breaker; BreakerTimeout later one call probes the API.
 	BreakerThreshold int
 	BreakerTimeout   time.Duration
+	// Batch configures batch mode (batchmode.go): the provider's batch API, the
+	// replica's default API mode, the gathering size and wait.
+	Batch BatchConfig
 	// Stages configures models, prompts and limits of the two stages.
 	Stages stages.Config
 	// Limiter paces the API calls under the shared rate limit (nil: no limit).
@@ -153,6 +156,7 @@ func (c Config) withDefaults() Config {
 	c.RequeueBackoffMax = cmp.Or(c.RequeueBackoffMax, DefaultRequeueBackoffMax)
 	c.BreakerThreshold = cmp.Or(c.BreakerThreshold, DefaultBreakerThreshold)
 	c.BreakerTimeout = cmp.Or(c.BreakerTimeout, DefaultBreakerTimeout)
+	c.Batch = c.Batch.withDefaults()
 	c.CapDelay = cmp.Or(c.CapDelay, DefaultCapDelay)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -179,7 +183,7 @@ func (c Config) validate() error {
 	case c.BreakerTimeout < 100*time.Millisecond:
 		return fmt.Errorf("processor: Config.BreakerTimeout must be at least 100ms, got %s", c.BreakerTimeout)
 	}
-	return nil
+	return c.Batch.validate()
 }
 
 // Processor is one processor replica. Run it with Run; it is not reusable after Run
@@ -195,6 +199,9 @@ type Processor struct {
 	breaker *breaker
 	ledger  *ledger
 	metrics *Metrics
+	// batch is batch mode's machinery, nil without a batch API.
+	batch       *batchMode
+	noBatchOnce sync.Once
 }
 
 // New returns a processor replica. answers may be nil (no cache: every item pays).
@@ -247,6 +254,23 @@ func (p *Processor) Run(ctx context.Context) (err error) {
 	// Work outlives ctx by up to DrainTimeout so in-flight items can finish.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
+	if p.cfg.Batch.Provider != nil {
+		if p.batch, err = newBatchMode(ctx, p); err != nil {
+			if p.cfg.Batch.Mode == ModeBatch {
+				return err
+			}
+			// Batch mode only on request: without it, batch-mode batches run in sync
+			// mode (itemMode says so).
+			p.log.Error("batch mode unavailable; batches asking for it will run in sync mode", "err", err)
+			p.batch, err = nil, nil
+		}
+	}
+	if p.batch != nil {
+		var bwg sync.WaitGroup
+		defer bwg.Wait()
+		defer cancelWork()
+		bwg.Go(func() { p.batch.run(work) })
+	}
 	feed, err := service.Subscribe(cons, service.Config{Pull: p.cfg.Workers, What: "items", Logger: p.log})
 	if err != nil {
 		return fmt.Errorf("processor: %w", err)
@@ -310,7 +334,7 @@ func (p *Processor) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	stopProgress := p.keepAlive(msg)
 	p.metrics.inFlight(1)
-	res, err := p.Process(ctx, wi, deliveries)
+	res, err := p.Process(withAPIMode(withBatchID(ctx, wi.BatchID), p.itemMode(msg.Headers())), wi, deliveries)
 	p.metrics.inFlight(-1)
 	stopProgress()
 	var rq *requeueError

@@ -561,6 +561,9 @@ func (l *leader) check(ctx context.Context, g *gen, raw *jetstream.RawStreamMsg)
 		return ref(refusal.Undecodable, err.Error())
 	}
 	msg.Subject = l.s.c.ReadySubject(m.BatchID, seq)
+	if mode := m.Settings[flashpipe.SettingAPIMode]; mode != "" {
+		msg.Header.Set(contract.HeaderAPIMode, mode)
+	}
 	d := &dispatch{g: g, index: g.Next, prevPos: g.LastPosition, msg: msg, msgID: contract.MsgID(m.BatchID, wi.Position, wi.Generation)}
 	g.Next, g.LastPosition, g.dirty = g.Next+1, wi.Position, true
 	return d, nil
