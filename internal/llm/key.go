@@ -29,9 +29,26 @@ type KeyInfo struct {
 // Key fetches the key's limits and usage (GET {base}/key), for a check before a batch
 // starts. Errors are classified like Complete's (a 401 is ErrAccount).
 func (c *Client) Key(ctx context.Context) (*KeyInfo, error) {
+	body, err := c.get(ctx, c.keyURL, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	var env struct {
+		Data *KeyInfo `json:"data"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil || env.Data == nil {
+		return nil, flashpipe.AsTransient(fmt.Errorf("%w: key info: %s", ErrMalformedResponse, c.snippet(body)))
+	}
+	return env.Data, nil
+}
+
+// get sends one GET to the API with the client's headers and returns the body of a
+// 200 answer (at most limit bytes); other answers and transport errors are classified
+// like Complete's.
+func (c *Client) get(ctx context.Context, url string, limit int64) ([]byte, error) {
 	actx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	hreq, err := http.NewRequestWithContext(actx, http.MethodGet, c.keyURL, nil)
+	hreq, err := http.NewRequestWithContext(actx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, flashpipe.AsPermanent(fmt.Errorf("llm: building request: %w", err))
 	}
@@ -42,18 +59,12 @@ func (c *Client) Key(ctx context.Context) (*KeyInfo, error) {
 		return nil, c.transportError(ctx, actx, err)
 	}
 	defer hresp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(hresp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(hresp.Body, limit))
 	if err != nil {
 		return nil, c.transportError(ctx, actx, fmt.Errorf("reading answer: %w", err))
 	}
 	if hresp.StatusCode != http.StatusOK {
 		return nil, c.statusError(hresp.StatusCode, hresp.Header, body, time.Now())
 	}
-	var env struct {
-		Data *KeyInfo `json:"data"`
-	}
-	if err := json.Unmarshal(body, &env); err != nil || env.Data == nil {
-		return nil, flashpipe.AsTransient(fmt.Errorf("%w: key info: %s", ErrMalformedResponse, c.snippet(body)))
-	}
-	return env.Data, nil
+	return body, nil
 }

@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/flashpipe/flashpipe"
 )
@@ -29,25 +26,9 @@ const maxModelsBody = 16 << 20
 // Models whose prices cannot be read are left out. Errors are classified like
 // Complete's.
 func (c *Client) Models(ctx context.Context) ([]ModelPrice, error) {
-	actx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	hreq, err := http.NewRequestWithContext(actx, http.MethodGet, c.modelsURL, nil)
+	body, err := c.get(ctx, c.modelsURL, maxModelsBody)
 	if err != nil {
-		return nil, flashpipe.AsPermanent(fmt.Errorf("llm: building request: %w", err))
-	}
-	hreq.Header = c.baseHeader.Clone()
-	hreq.Header.Del("Content-Type")
-	hresp, err := c.http.Do(hreq)
-	if err != nil {
-		return nil, c.transportError(ctx, actx, err)
-	}
-	defer hresp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(hresp.Body, maxModelsBody))
-	if err != nil {
-		return nil, c.transportError(ctx, actx, fmt.Errorf("reading answer: %w", err))
-	}
-	if hresp.StatusCode != http.StatusOK {
-		return nil, c.statusError(hresp.StatusCode, hresp.Header, body, time.Now())
+		return nil, err
 	}
 	return parseModels(body)
 }
