@@ -15,10 +15,10 @@ import (
 	"github.com/flashpipe/flashpipe/app/apptest"
 	"github.com/flashpipe/flashpipe/httpapi"
 	"github.com/flashpipe/flashpipe/internal/llmsim"
-	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/sequencer"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // webTestDir holds the browser test (ui.mjs) and its npm packages.

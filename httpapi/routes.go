@@ -52,6 +52,8 @@ func (s *Server) routeAll() http.Handler {
 		{"GET", "/v1/batches/{id}/export", byToken, s.export},
 		{"GET", "/v1/batches/{id}/failed", byToken, s.failed},
 		{"POST", "/v1/batches/{id}/retry", byToken, s.retry},
+		{"GET", "/v1/batches/{id}/cap", byToken, s.getCap},
+		{"PUT", "/v1/batches/{id}/cap", byToken, s.putCap},
 	}
 	s.routes = append(s.routes, s.pageRoutes()...)
 

@@ -13,10 +13,13 @@ import (
 
 // Batch is a batch as the list and the status show it.
 type Batch struct {
-	BatchID     string     `json:"batch_id"`
-	Source      string     `json:"source"`
-	Tenant      string     `json:"tenant,omitempty"`
-	Priority    int        `json:"priority,omitempty"`
+	BatchID  string `json:"batch_id"`
+	Source   string `json:"source"`
+	Tenant   string `json:"tenant,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+	// APIMode is the batch's api_mode setting: sync, batch, or "" (the processors'
+	// own --api-mode).
+	APIMode     string     `json:"api_mode,omitempty"`
 	Generation  int        `json:"generation"`
 	Items       int        `json:"items"`
 	State       string     `json:"state"`
@@ -59,6 +62,53 @@ type Service struct {
 	Cause   string     `json:"cause,omitempty"`
 	Reason  string     `json:"reason,omitempty"`
 	Since   *time.Time `json:"since,omitempty"`
+}
+
+// Spend is what a batch spent against its spend cap (GET and PUT .../cap). Capped
+// is false when the batch has no cap (then only the usage's cost tells what it
+// spent).
+type Spend struct {
+	BatchID string `json:"batch_id"`
+	Capped  bool   `json:"capped"`
+	// CapUSD is the cap; CapBy who set it: manifest (max_cost) or command.
+	CapUSD float64 `json:"cap_usd,omitempty"`
+	CapBy  string  `json:"cap_by,omitempty"`
+	// SpentUSD counts against the cap: SettledUSD (the cost the API reported) plus
+	// LapsedUSD (the worst case of calls whose processor died before settling).
+	SpentUSD   float64 `json:"spent_usd"`
+	SettledUSD float64 `json:"settled_usd"`
+	LapsedUSD  float64 `json:"lapsed_usd"`
+	// HeldUSD is reserved by calls in flight (their worst case).
+	HeldUSD float64 `json:"held_usd"`
+	Calls   int64   `json:"calls"`
+	// Paused: a call was refused by the cap; the batch's items wait, unpaid, for a
+	// higher cap. Reason says so for people.
+	Paused      bool       `json:"paused"`
+	PausedSince *time.Time `json:"paused_since,omitempty"`
+	NeedUSD     float64    `json:"need_usd,omitempty"`
+	ItemsHeld   int        `json:"items_held,omitempty"`
+	Reason      string     `json:"reason,omitempty"`
+}
+
+// CapBody sets a batch's spend cap (PUT .../cap).
+type CapBody struct {
+	CapUSD float64 `json:"cap_usd"`
+}
+
+func spendOf(id string, a app.SpendAccount, capped bool) Spend {
+	if !capped {
+		return Spend{BatchID: id}
+	}
+	s := Spend{
+		BatchID: id, Capped: true, CapUSD: a.CapUSD, CapBy: a.CapBy, SpentUSD: a.SpentUSD, SettledUSD: a.SettledUSD,
+		LapsedUSD: a.LapsedUSD, HeldUSD: a.HeldUSD, Calls: a.Calls, Paused: a.Paused, NeedUSD: a.NeedUSD,
+		ItemsHeld: a.ItemsHeld, Reason: a.Reason(),
+	}
+	if !a.PausedSince.IsZero() {
+		t := a.PausedSince
+		s.PausedSince = &t
+	}
+	return s
 }
 
 // Submitted answers a submit.
@@ -119,8 +169,9 @@ func linksOf(id string) Links {
 func viewOf(b flashpipe.BatchStatus) Batch {
 	m := b.Manifest
 	return Batch{
-		BatchID: m.BatchID, Source: m.Source, Tenant: m.Tenant, Priority: m.Priority, Generation: m.Generation,
-		Items: m.Count, State: b.State, Done: b.Done, OK: b.OK, Failed: b.Failed, Usage: usageOf(b.Usage),
+		BatchID: m.BatchID, Source: m.Source, Tenant: m.Tenant, Priority: m.Priority, APIMode: m.Settings[flashpipe.SettingAPIMode],
+		Generation: m.Generation,
+		Items:      m.Count, State: b.State, Done: b.Done, OK: b.OK, Failed: b.Failed, Usage: usageOf(b.Usage),
 		SubmittedAt: b.SubmittedAt, StartedAt: b.StartedAt, CompletedAt: b.CompletedAt,
 		SetAside: b.SetAside, Problem: b.Problem,
 	}

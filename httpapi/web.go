@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
-	"github.com/flashpipe/flashpipe/internal/ingest"
 	"github.com/flashpipe/flashpipe/internal/export"
+	"github.com/flashpipe/flashpipe/internal/ingest"
 )
 
 // The pages: server-rendered HTML from the templates embedded below, a style sheet
