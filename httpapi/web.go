@@ -34,6 +34,8 @@ const (
 	SessionMaxAge = 12 * time.Hour
 	// previewItems is how many ok items the batch page previews the cards of.
 	previewItems = 3
+	// costRounding is the smallest amount of USD the pages show ($%.4f).
+	costRounding = 0.00005
 	// pageBatches is how many batches the list page shows.
 	pageBatches = 100
 )
@@ -254,6 +256,9 @@ type batchData struct {
 	SpendError string
 	CapError   string
 	CapValue   string
+	// CostBeforeCap: the batch cost more than its account counts (calls made before
+	// its cap was set are not in the account), by more than the page's rounding.
+	CostBeforeCap bool
 }
 
 type previewCard struct {
@@ -311,6 +316,7 @@ func (s *Server) batchView(ctx context.Context, id string) (batchData, error) {
 	} else {
 		sp := spendOf(id, a, capped)
 		data.Spend = &sp
+		data.CostBeforeCap = capped && d.Usage.CostUSD-sp.SpentUSD > costRounding
 	}
 	return data, nil
 }
