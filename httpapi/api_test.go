@@ -131,14 +131,14 @@ func TestSubmitCSVJSONLinesAndJSONThenFollowToTheEnd(t *testing.T) {
 func TestBadInputIsRefusedRowByRowAndPublishesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envConfig{noStart: true})
-	data, err := os.ReadFile("../ingest/testdata/bad_rows.csv")
+	data, err := os.ReadFile("../internal/ingest/testdata/bad_rows.csv")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got httpapi.Error
 	e.call("POST", "/v1/batches?source=bad_rows.csv", adminToken, "text/csv", bytes.NewReader(data), http.StatusUnprocessableEntity, &got)
 	// The rows and reasons of `flashpipe submit` (ingest.ParseFile), line by line.
-	_, perr := ingest.ParseFile("../ingest/testdata/bad_rows.csv", ingest.ParseOptions{})
+	_, perr := ingest.ParseFile("../internal/ingest/testdata/bad_rows.csv", ingest.ParseOptions{})
 	var pe *ingest.ParseError
 	if !errors.As(perr, &pe) || len(pe.Rows) == 0 {
 		t.Fatalf("the file is not bad: %v", perr)
