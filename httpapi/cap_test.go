@@ -110,8 +110,12 @@ func TestTheCapFormSetsTheCapFromTheBatchPage(t *testing.T) {
 			t.Errorf("%s: %d, want 403", name, resp.StatusCode)
 		}
 	}
+	// Without a session: the login page, nothing set.
+	if resp, _ := e.page().form("/ui/batches/formcap/cap", url.Values{"cap_usd": {"5"}, "csrf": {csrf}}); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("without a session: %d, want 401", resp.StatusCode)
+	}
 	if c := e.capOf("formcap"); c != 0 {
-		t.Fatalf("a cap was set without the CSRF token: %v", c)
+		t.Fatalf("a cap was set without the CSRF token or a session: %v", c)
 	}
 
 	for _, bad := range []string{"abc", "0", "-3", "1e3", "2000000000", ""} {
