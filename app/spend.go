@@ -14,6 +14,8 @@ import (
 type SpendAccount struct {
 	// BatchID names the batch; empty for the period account.
 	BatchID string `json:"batch_id,omitempty"`
+	// Capped is false for a batch without a cap (the other fields are then zero).
+	Capped bool `json:"capped"`
 	// CapUSD is the cap; CapBy who set it: manifest (max_cost), command, flag.
 	CapUSD float64 `json:"cap_usd"`
 	CapBy  string  `json:"cap_by,omitempty"`
@@ -41,7 +43,7 @@ type SpendAccount struct {
 
 func accountOf(batchID string, a spend.Account) SpendAccount {
 	out := SpendAccount{
-		BatchID: batchID, CapUSD: a.Cap.USD(), CapBy: a.CapBy,
+		BatchID: batchID, Capped: a.Capped, CapUSD: a.Cap.USD(), CapBy: a.CapBy,
 		SpentUSD: a.Spent().USD(), SettledUSD: a.Settled.USD(), LapsedUSD: a.Lapsed.USD(), HeldUSD: a.Held().USD(),
 		Calls: a.Calls, Paused: a.Paused(), PeriodStart: a.Start, PeriodEnd: a.End, Updated: a.Updated,
 	}
@@ -57,12 +59,16 @@ func (a SpendAccount) Reason() string {
 	if !a.Paused {
 		return ""
 	}
-	if a.BatchID != "" {
-		return fmt.Sprintf("paused: spend cap $%.2f reached, spent $%.4f; raise with flashpipe cap set --batch %s --max-cost N",
-			a.CapUSD, a.SpentUSD, a.BatchID)
+	need := ""
+	if a.NeedUSD > 0 {
+		need = fmt.Sprintf(" (the next call needs up to $%.4f)", a.NeedUSD)
 	}
-	return fmt.Sprintf("paused: period spend cap $%.2f reached (until %s), spent $%.4f; raise with flashpipe cap set --period --max-cost N",
-		a.CapUSD, a.PeriodEnd.Local().Format(time.DateTime), a.SpentUSD)
+	if a.BatchID != "" {
+		return fmt.Sprintf("paused: spend cap $%.2f reached, spent $%.4f%s; raise with flashpipe cap set --batch %s --max-cost N",
+			a.CapUSD, a.SpentUSD, need, a.BatchID)
+	}
+	return fmt.Sprintf("paused: period spend cap $%.2f reached (until %s), spent $%.4f%s; raise with flashpipe cap set --period --max-cost N",
+		a.CapUSD, a.PeriodEnd.Local().Format(time.DateTime), a.SpentUSD, need)
 }
 
 // String renders the account for people.

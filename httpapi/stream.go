@@ -51,6 +51,8 @@ type Progress struct {
 	// Stored once the store holds it complete too (the exports are ready).
 	Complete bool `json:"complete"`
 	Stored   bool `json:"stored"`
+	// Paused is set while a spend cap holds the batch's items: why, and how to go on.
+	Paused string `json:"paused,omitempty"`
 }
 
 // Completed ends a results stream of server-sent events.
@@ -397,7 +399,7 @@ func (t *tracker) snapshot() Progress {
 	p := t.last
 	s := Progress{
 		BatchID: p.BatchID, Generation: p.Generation, Expected: p.Expected, Done: p.Done, OK: p.OK, Failed: p.Failed,
-		InFlight: p.InFlight, CostUSD: p.Usage.Cost, Complete: p.Complete,
+		InFlight: p.InFlight, CostUSD: p.Usage.Cost, Complete: p.Complete, Paused: p.Paused,
 	}
 	if s.Expected > 0 {
 		s.Percent = 100 * float64(s.Done) / float64(s.Expected)

@@ -45,6 +45,8 @@ type submission struct {
 	SkipBadRows bool
 	// APIMode is the batch's api_mode setting: "", "sync" or "batch".
 	APIMode string
+	// MaxCost is the batch's spend cap in USD (its manifest's max_cost; "" none).
+	MaxCost string
 }
 
 // jsonBody is the JSON form of a submit.
@@ -56,6 +58,7 @@ type jsonBody struct {
 	Replace     bool              `json:"replace"`
 	SkipBadRows bool              `json:"skip_bad_rows"`
 	APIMode     string            `json:"api_mode"`
+	MaxCost     *float64          `json:"max_cost"`
 	Items       []json.RawMessage `json:"items"`
 }
 
@@ -81,12 +84,12 @@ func readSubmission(r *http.Request) (*submission, error) {
 	q := r.URL.Query()
 	for name := range q {
 		switch name {
-		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows", "api_mode":
+		case "batch_id", "source", "tenant", "priority", "replace", "skip_bad_rows", "max_cost", "api_mode":
 		default:
-			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows, api_mode)")
+			return nil, fieldError(name, "unknown parameter (known: batch_id, source, tenant, priority, replace, skip_bad_rows, max_cost, api_mode)")
 		}
 	}
-	sub.BatchID, sub.Source, sub.Tenant = q.Get("batch_id"), q.Get("source"), q.Get("tenant")
+	sub.BatchID, sub.Source, sub.Tenant, sub.MaxCost = q.Get("batch_id"), q.Get("source"), q.Get("tenant"), q.Get("max_cost")
 	if sub.Priority, err = intParam(q.Get("priority"), "priority", 0); err != nil {
 		return nil, err
 	}
@@ -125,11 +128,15 @@ func readJSONSubmission(body io.Reader) (*submission, error) {
 		}
 		lines.WriteByte('\n')
 	}
-	return &submission{
+	sub := &submission{
 		body: &lines, format: ingest.FormatJSONL, jsonItems: true,
 		BatchID: b.BatchID, Source: b.Source, Tenant: b.Tenant, Priority: b.Priority, Replace: b.Replace, SkipBadRows: b.SkipBadRows,
 		APIMode: b.APIMode,
-	}, nil
+	}
+	if b.MaxCost != nil {
+		sub.MaxCost = strconv.FormatFloat(*b.MaxCost, 'f', -1, 64)
+	}
+	return sub, nil
 }
 
 // jsonError describes a JSON body that does not decode, naming the field when it can.
@@ -187,6 +194,11 @@ func (s *Server) submit(ctx context.Context, p principal, in *submission) (*inge
 	}
 	if in.Priority < -flashpipe.MaxPriority || in.Priority > flashpipe.MaxPriority {
 		return nil, nil, fieldError("priority", "%d is out of range: want %d to %d", in.Priority, -flashpipe.MaxPriority, flashpipe.MaxPriority)
+	}
+	if in.MaxCost != "" {
+		if _, err := flashpipe.ParseMaxCost(in.MaxCost); err != nil {
+			return nil, nil, &Error{Status: http.StatusBadRequest, Field: "max_cost", Message: err.Error()}
+		}
 	}
 	source := cmp.Or(strings.TrimSpace(in.Source), DefaultSource)
 	batch, skipped, closeBatch, err := batchOf(ctx, in, source, tenant)
@@ -247,8 +259,15 @@ func batchOf(ctx context.Context, in *submission, source, tenant string) (b inge
 		id = app.DefaultBatchID(source, hash)
 	}
 	b = ingest.Batch{ID: id, Source: source, Items: f, Tenant: tenant, Priority: in.Priority, Replace: in.Replace}
+	settings := map[string]string{}
 	if in.APIMode != "" {
-		b.Settings = map[string]string{flashpipe.SettingAPIMode: in.APIMode}
+		settings[flashpipe.SettingAPIMode] = in.APIMode
+	}
+	if in.MaxCost != "" {
+		settings[flashpipe.SettingMaxCost] = in.MaxCost
+	}
+	if len(settings) > 0 {
+		b.Settings = settings
 	}
 	return b, skipped, func() { _ = f.Close() }, nil
 }

@@ -64,51 +64,19 @@ type Service struct {
 	Since   *time.Time `json:"since,omitempty"`
 }
 
-// Spend is what a batch spent against its spend cap (GET and PUT .../cap). Capped
-// is false when the batch has no cap (then only the usage's cost tells what it
-// spent).
-type Spend struct {
-	BatchID string `json:"batch_id"`
-	Capped  bool   `json:"capped"`
-	// CapUSD is the cap; CapBy who set it: manifest (max_cost) or command.
-	CapUSD float64 `json:"cap_usd,omitempty"`
-	CapBy  string  `json:"cap_by,omitempty"`
-	// SpentUSD counts against the cap: SettledUSD (the cost the API reported) plus
-	// LapsedUSD (the worst case of calls whose processor died before settling).
-	SpentUSD   float64 `json:"spent_usd"`
-	SettledUSD float64 `json:"settled_usd"`
-	LapsedUSD  float64 `json:"lapsed_usd"`
-	// HeldUSD is reserved by calls in flight (their worst case).
-	HeldUSD float64 `json:"held_usd"`
-	Calls   int64   `json:"calls"`
-	// Paused: a call was refused by the cap; the batch's items wait, unpaid, for a
-	// higher cap. Reason says so for people.
-	Paused      bool       `json:"paused"`
-	PausedSince *time.Time `json:"paused_since,omitempty"`
-	NeedUSD     float64    `json:"need_usd,omitempty"`
-	ItemsHeld   int        `json:"items_held,omitempty"`
-	Reason      string     `json:"reason,omitempty"`
+// spendCard is the batch page's view of a batch's spend account (the page shows
+// its Reason when paused); Capped is false when the batch has no cap (then only the
+// usage's cost tells what it spent).
+type spendCard struct {
+	app.SpendAccount
+	Capped bool
 }
 
-// CapBody sets a batch's spend cap (PUT .../cap).
-type CapBody struct {
-	CapUSD float64 `json:"cap_usd"`
-}
-
-func spendOf(id string, a app.SpendAccount, capped bool) Spend {
+func spendCardOf(id string, a app.SpendAccount, capped bool) spendCard {
 	if !capped {
-		return Spend{BatchID: id}
+		return spendCard{SpendAccount: app.SpendAccount{BatchID: id}}
 	}
-	s := Spend{
-		BatchID: id, Capped: true, CapUSD: a.CapUSD, CapBy: a.CapBy, SpentUSD: a.SpentUSD, SettledUSD: a.SettledUSD,
-		LapsedUSD: a.LapsedUSD, HeldUSD: a.HeldUSD, Calls: a.Calls, Paused: a.Paused, NeedUSD: a.NeedUSD,
-		ItemsHeld: a.ItemsHeld, Reason: a.Reason(),
-	}
-	if !a.PausedSince.IsZero() {
-		t := a.PausedSince
-		s.PausedSince = &t
-	}
-	return s
+	return spendCard{SpendAccount: a, Capped: true}
 }
 
 // Submitted answers a submit.

@@ -252,7 +252,7 @@ type batchData struct {
 	CanRetry bool
 	// Spend is the batch's spend account (nil when it could not be read: SpendError
 	// says so); CapError refuses the cap form's CapValue.
-	Spend      *Spend
+	Spend      *spendCard
 	SpendError string
 	CapError   string
 	CapValue   string
@@ -314,7 +314,7 @@ func (s *Server) batchView(ctx context.Context, id string) (batchData, error) {
 		s.log.Error("spend account not read", "batch", id, "err", err)
 		data.SpendError = "The spend account could not be read; the server log has the cause."
 	} else {
-		sp := spendOf(id, a, capped)
+		sp := spendCardOf(id, a, capped)
 		data.Spend = &sp
 		data.CostBeforeCap = capped && d.Usage.CostUSD-sp.SpentUSD > costRounding
 	}
@@ -325,10 +325,10 @@ func (s *Server) batchView(ctx context.Context, id string) (batchData, error) {
 // refused on the page, with the value sent.
 func (s *Server) capPage(w http.ResponseWriter, r *http.Request) {
 	ctx, id := r.Context(), r.PathValue("id")
-	raw := r.PostFormValue("cap_usd")
+	raw := r.PostFormValue("max_cost")
 	usd, err := parseCap(raw)
 	if err == nil {
-		_, err = s.setCap(ctx, principalOf(ctx), id, usd)
+		err = s.setCap(ctx, principalOf(ctx), id, usd)
 	}
 	if err == nil {
 		http.Redirect(w, r, "/ui/batches/"+id+"?notice=cap", http.StatusSeeOther)

@@ -130,8 +130,9 @@ type Provider interface {
 	// Cancel asks the provider to cancel the batch.
 	Cancel(ctx context.Context, id string) error
 	// Find returns the batch carrying key created at or after since, or nil when the
-	// provider has none.
-	Find(ctx context.Context, key string, since time.Time) (*Batch, error)
+	// provider has none. Batches whose ids are in known (the caller's other batches)
+	// are not candidates.
+	Find(ctx context.Context, key string, since time.Time, known map[string]bool) (*Batch, error)
 }
 
 // ErrInvalidSpec marks a Spec the API would refuse (permanent).

@@ -81,7 +81,7 @@ func TestProviders(t *testing.T) {
 				if b.State != batchapi.StateValidating || b.ID == "" {
 					t.Fatalf("submitted batch %+v: want validating with an id", b)
 				}
-				if f, err := p.Find(ctx, "k1", since); name == batchapi.ProviderOpenAI && (err != nil || f == nil || f.ID != b.ID) {
+				if f, err := p.Find(ctx, "k1", since, nil); name == batchapi.ProviderOpenAI && (err != nil || f == nil || f.ID != b.ID) {
 					t.Fatalf("Find while running = %+v, %v; want %s", f, err, b.ID)
 				} else if name == batchapi.ProviderOpenRouter && (err == nil || !(flashpipe.ClassOf(err) == flashpipe.Transient)) {
 					t.Fatalf("Find of a running inline batch without metadata = %+v, %v; want a transient 'cannot tell yet'", f, err)
@@ -101,14 +101,25 @@ func TestProviders(t *testing.T) {
 					}
 					cost += r.Response.Usage.Cost
 				}
-				if f, err := p.Find(ctx, "k1", since); err != nil || f == nil || f.ID != b.ID {
+				if f, err := p.Find(ctx, "k1", since, nil); err != nil || f == nil || f.ID != b.ID {
 					t.Fatalf("Find after the end = %+v, %v; want %s", f, err, b.ID)
 				}
-				if f, err := p.Find(ctx, "other", since); err != nil || f != nil {
+				if f, err := p.Find(ctx, "other", since, nil); err != nil || f != nil {
 					t.Fatalf("Find(other) = %+v, %v; want none", f, err)
 				}
+				// A running batch the caller knows (its own other batch) is no candidate.
+				if err := sim.SetBatch(llmsim.BatchConfig{Delay: time.Hour}); err != nil {
+					t.Fatal(err)
+				}
+				mine, err := p.Submit(ctx, spec("k9", 1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f, err := p.Find(ctx, "lost", since, map[string]bool{mine.ID: true}); err != nil || f != nil {
+					t.Fatalf("Find past a known running batch = %+v, %v; want none", f, err)
+				}
 				bs := sim.BatchStats()
-				if bs.Submitted != 1 || bs.DuplicateKeys != 0 || bs.Keys["k1"] != 1 {
+				if bs.Submitted != 2 || bs.DuplicateKeys != 0 || bs.Keys["k1"] != 1 {
 					t.Fatalf("simulator counted %+v", bs)
 				}
 				if d := bs.Cost - cost; d > 1e-9 || d < -1e-9 {

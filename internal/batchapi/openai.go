@@ -177,7 +177,7 @@ func (o *OpenAI) Cancel(ctx context.Context, id string) error {
 }
 
 // Find implements Provider by the metadata of the listed batches.
-func (o *OpenAI) Find(ctx context.Context, key string, since time.Time) (*Batch, error) {
+func (o *OpenAI) Find(ctx context.Context, key string, since time.Time, _ map[string]bool) (*Batch, error) {
 	list, err := listBatches(ctx, o.c)
 	if err != nil {
 		return nil, err

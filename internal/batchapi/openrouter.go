@@ -207,16 +207,17 @@ func (o *OpenRouter) Cancel(ctx context.Context, id string) error {
 
 // Find implements Provider: it lists the batches and recognises the one carrying key
 // by its metadata or by the custom_ids of its results. A candidate created since
-// then that is still running, whose results are not out yet, cannot be told apart:
-// Find returns a transient error, so the caller waits instead of paying twice.
-func (o *OpenRouter) Find(ctx context.Context, key string, since time.Time) (*Batch, error) {
+// then (and not known to the caller) that is still running, whose results are not
+// out yet, cannot be told apart: Find returns a transient error, so the caller waits
+// instead of paying twice.
+func (o *OpenRouter) Find(ctx context.Context, key string, since time.Time, known map[string]bool) (*Batch, error) {
 	list, err := listBatches(ctx, o.c)
 	if err != nil {
 		return nil, err
 	}
 	undecided := 0
 	for _, b := range list {
-		if time.Unix(b.CreatedAt, 0).Before(since.Add(-time.Minute)) {
+		if time.Unix(b.CreatedAt, 0).Before(since.Add(-time.Minute)) || known[b.ID] {
 			continue
 		}
 		if b.Metadata[MetadataKey] == key {

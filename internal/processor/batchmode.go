@@ -64,7 +64,6 @@ import (
 	"github.com/flashpipe/flashpipe/internal/cache"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/llm"
-	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
 // API modes: per processor (BatchConfig.Mode) and per batch (the manifest setting
@@ -160,11 +159,11 @@ type batchMode struct {
 
 	mu      sync.Mutex
 	queue   map[groupKey]*group
-	waiting int                                      // workers waiting for a batch answer
-	changed chan struct{}                            // closed (and replaced) when a record becomes final
-	final   map[string]bool                          // records known final (pollLoop's own)
-	holds   map[string]map[string]*spend.Reservation // spend reservations by provider batch key, then flashpipe batch
-	kick    chan struct{}                            // wakes the gatherer
+	waiting int                    // workers waiting for a batch answer
+	changed chan struct{}          // closed (and replaced) when a record becomes final
+	final   map[string]bool        // records known final (pollLoop's own)
+	holds   map[string][]heldSpend // spend reservations by provider batch key
+	kick    chan struct{}          // wakes the gatherer
 }
 
 type groupKey struct {
@@ -221,7 +220,7 @@ func newBatchMode(ctx context.Context, p *Processor) (*batchMode, error) {
 	return &batchMode{p: p, cfg: cfg, api: cfg.Provider, store: &batchStore{kv: kv}, get: get,
 		log: p.log.With("part", "batch"), queue: map[groupKey]*group{},
 		changed: make(chan struct{}), kick: make(chan struct{}, 1), final: map[string]bool{},
-		holds: map[string]map[string]*spend.Reservation{}}, nil
+		holds: map[string][]heldSpend{}}, nil
 }
 
 // run gathers and polls until ctx ends.
@@ -483,7 +482,7 @@ func (b *batchMode) pollOnce(ctx context.Context) (changed bool) {
 // recover finishes a record left submitting: adopt the provider's batch carrying its
 // key, or, if there is none, submit it (once: compare-and-set first).
 func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64) {
-	found, err := b.api.Find(ctx, rec.Key, rec.CreatedAt)
+	found, err := b.api.Find(ctx, rec.Key, rec.CreatedAt, b.knownIDs(ctx))
 	if err != nil {
 		b.log.Warn("cannot tell yet whether a provider batch was accepted; asking again later", "key", rec.Key, "err", b.p.cfg.Redactor.Redact(err.Error()))
 		return
@@ -516,6 +515,21 @@ func (b *batchMode) recover(ctx context.Context, rec *ProviderBatch, rev uint64)
 	}
 	b.log.Info("provider batch never reached the provider; submitting it", "key", rec.Key)
 	b.submit(ctx, rec, rev, reqs, owners)
+}
+
+// knownIDs returns the provider ids of every recorded batch: they carry other keys.
+func (b *batchMode) knownIDs(ctx context.Context) map[string]bool {
+	ids := map[string]bool{}
+	keys, err := b.store.recordKeys(ctx)
+	if err != nil {
+		return ids
+	}
+	for _, k := range keys {
+		if r, _, err := b.store.getRecord(ctx, k); err == nil && r != nil && r.ProviderID != "" {
+			ids[r.ProviderID] = true
+		}
+	}
+	return ids
 }
 
 // poll asks the provider about a submitted batch and, once it is terminal, applies
@@ -557,7 +571,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		byID[r.CustomID] = r
 	}
 	var retry []string
-	costs := map[string]float64{} // by flashpipe batch, for the spend caps
+	costs := map[string]float64{} // by custom_id, for the spend caps
 	answered, failed, toSync := 0, 0, 0
 	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
@@ -570,7 +584,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		}
 		r, ok := byID[batchapi.CustomID(rec.Key, c.Index)]
 		if ok && r.Response != nil {
-			costs[c.BatchID] += r.Response.Usage.Cost
+			costs[r.CustomID] = r.Response.Usage.Cost
 		}
 		switch {
 		case !ok:

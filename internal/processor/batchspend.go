@@ -12,16 +12,16 @@ import (
 // Spend caps in batch mode. Before a provider batch is submitted, the worst case of
 // its requests at the batch price (spend.WorstCase at PriceBook.Batch: the sync price
 // times the batch rate) is reserved, once per flashpipe batch it serves, on that
-// batch's cap and the period's. The requests of a batch whose cap would be passed are
-// left out (their claims released: their items stay held, nothing paid, and ask again
-// after BatchConfig.Wait and ClaimGrace, so a raised cap lets them go). When the
-// provider batch ends, the replica that reserved settles each reservation to the
-// costs its results report (usage.cost per result; nothing for a request without
-// one). A provider batch runs for hours, longer than a reservation lives: a lapsed
-// reservation is charged at its worst case until the settlement replaces it with the
-// real cost, and if the reserving replica died (or another applied the results
-// first) it stays charged at the worst case: the caps can be reached early, never
-// passed.
+// batch's cap and the period's; when the whole does not fit, request by request, as
+// many as fit. The requests left out have their claims released: their items stay
+// held, nothing paid, and ask again after BatchConfig.Wait and ClaimGrace, so a raised
+// cap lets them go. When the provider batch ends, the replica that reserved settles
+// each reservation to the costs its results report (usage.cost per result; nothing
+// for a request without one). A provider batch runs for hours: its reservations live BatchHoldTTL (the
+// 24-hour window and a margin; spend.Ledger.ReserveFor), held against the caps all
+// that time. If the reserving replica died (or another applied the results first),
+// the reservation stays held until it lapses, then is charged at its worst case: the
+// caps can be reached early, never passed.
 
 // batchPrices is the price of model in a provider batch.
 func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices {
@@ -31,51 +31,95 @@ func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices 
 	return p.cfg.Prices.Batch(ctx, model)
 }
 
+// BatchHoldTTL is how long a provider batch's reservation lives unsettled: the
+// providers' 24-hour completion window and an hour of margin.
+const BatchHoldTTL = 25 * time.Hour
+
+// longReserver is a ledger that reserves for long work (internal/spend.Ledger).
+type longReserver interface {
+	ReserveFor(ctx context.Context, batchID string, usd float64, ttl time.Duration) (*spend.Reservation, error)
+}
+
+// reserveLong reserves usd on the batch for BatchHoldTTL (Config.Spend's own TTL when
+// the ledger cannot reserve for longer).
+func (b *batchMode) reserveLong(ctx context.Context, batch string, usd float64) (*spend.Reservation, error) {
+	if lr, ok := b.p.cfg.Spend.(longReserver); ok {
+		return lr.ReserveFor(ctx, batch, usd, BatchHoldTTL)
+	}
+	return b.p.cfg.Spend.Reserve(ctx, batch, usd)
+}
+
+// heldSpend is one reservation and the requests (custom_ids) it covers.
+type heldSpend struct {
+	r   *spend.Reservation
+	ids []string
+}
+
 // reserveBatch reserves the worst case of reqs (owners[i] is the flashpipe batch of
-// reqs[i]) and returns the requests it may send and their owners; the others' claims
-// are released. The reservations are kept for settle.
+// reqs[i]), once per flashpipe batch; when that is refused by a cap, request by
+// request, as many as fit. It returns the requests it may send and their owners; the
+// others' claims are released. The reservations are kept for settle.
 func (b *batchMode) reserveBatch(ctx context.Context, rec *ProviderBatch, reqs []batchapi.Request, owners []string) ([]batchapi.Request, []string) {
 	if b.p.cfg.Spend == nil {
 		return reqs, owners
 	}
 	prices := b.p.batchPrices(ctx, rec.Model)
-	worst := map[string]float64{}
-	for i, r := range reqs {
-		worst[owners[i]] += spend.WorstCase(r.Body, prices)
+	byOwner := map[string][]int{}
+	var order []string
+	for i := range reqs {
+		if _, ok := byOwner[owners[i]]; !ok {
+			order = append(order, owners[i])
+		}
+		byOwner[owners[i]] = append(byOwner[owners[i]], i)
 	}
-	holds := map[string]*spend.Reservation{}
-	refused := map[string]bool{}
-	for batch, usd := range worst {
-		r, err := b.p.cfg.Spend.Reserve(ctx, batch, usd)
-		if err != nil {
-			refused[batch] = true
-			if errors.Is(err, spend.ErrCapReached) {
-				b.log.Info("requests held by a spend cap; not sent", "batch", batch, "key", rec.Key, "worst_usd", usd, "err", err)
-			} else {
-				b.log.Warn("spend ledger unavailable; requests not sent", "batch", batch, "key", rec.Key, "err", err)
+	var holds []heldSpend
+	keep := make([]bool, len(reqs))
+	for _, batch := range order {
+		idx := byOwner[batch]
+		worst, ids := 0.0, make([]string, len(idx))
+		for j, i := range idx {
+			worst += spend.WorstCase(reqs[i].Body, prices)
+			ids[j] = reqs[i].CustomID
+		}
+		r, err := b.reserveLong(ctx, batch, worst)
+		if err == nil {
+			holds = append(holds, heldSpend{r: r, ids: ids})
+			for _, i := range idx {
+				keep[i] = true
 			}
 			continue
 		}
-		holds[batch] = r
+		if !errors.Is(err, spend.ErrCapReached) {
+			b.log.Warn("spend ledger unavailable; requests not sent", "batch", batch, "key", rec.Key, "err", err)
+			continue
+		}
+		// The whole does not fit: as many requests as do, one reservation each.
+		sent := 0
+		for _, i := range idx {
+			r, err := b.reserveLong(ctx, batch, spend.WorstCase(reqs[i].Body, prices))
+			if err != nil {
+				break
+			}
+			holds = append(holds, heldSpend{r: r, ids: []string{reqs[i].CustomID}})
+			keep[i] = true
+			sent++
+		}
+		b.log.Info("requests held by a spend cap; not sent", "batch", batch, "key", rec.Key, "held", len(idx)-sent, "sent", sent)
 	}
-	if len(refused) == 0 {
-		b.keepHolds(rec.Key, holds)
-		return reqs, owners
-	}
+	b.keepHolds(rec.Key, holds)
 	var keptReqs []batchapi.Request
 	var keptOwners []string
 	for i, r := range reqs {
-		if !refused[owners[i]] {
+		if keep[i] {
 			keptReqs, keptOwners = append(keptReqs, r), append(keptOwners, owners[i])
 			continue
 		}
 		b.releaseClaimOf(ctx, rec, r.CustomID)
 	}
-	b.keepHolds(rec.Key, holds)
 	return keptReqs, keptOwners
 }
 
-func (b *batchMode) keepHolds(key string, holds map[string]*spend.Reservation) {
+func (b *batchMode) keepHolds(key string, holds []heldSpend) {
 	if len(holds) == 0 {
 		return
 	}
@@ -96,7 +140,8 @@ func (b *batchMode) releaseClaimOf(ctx context.Context, rec *ProviderBatch, cust
 }
 
 // settle settles the reservations this replica made for the provider batch key to
-// the costs its results reported, by flashpipe batch.
+// the costs its results reported (costs by custom_id; a request without a result
+// cost nothing).
 func (b *batchMode) settle(ctx context.Context, key string, costs map[string]float64) {
 	b.mu.Lock()
 	holds := b.holds[key]
@@ -104,9 +149,13 @@ func (b *batchMode) settle(ctx context.Context, key string, costs map[string]flo
 	b.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	for batch, r := range holds {
-		if err := r.Settle(sctx, costs[batch]); err != nil {
-			b.log.Warn("spend not settled: the reservation stays charged at its worst case", "batch", batch, "key", key, "err", err)
+	for _, h := range holds {
+		cost := 0.0
+		for _, id := range h.ids {
+			cost += costs[id]
+		}
+		if err := h.r.Settle(sctx, cost); err != nil {
+			b.log.Warn("spend not settled: the reservation stays charged at its worst case", "key", key, "err", err)
 		}
 	}
 }

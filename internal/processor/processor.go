@@ -5,7 +5,8 @@
 // OpenAI-compatible API, and publishes exactly one result per item, ok or failed.
 //
 // Ack rule: an item is acknowledged only after its result's publish is acknowledged by
-// JetStream. A crash before that redelivers the item; the result's Nats-Msg-Id (batch,
+// JetStream, or, for an item a spend cap holds, after it is set aside in the spend
+// ledger (from where the scheduler dispatches it again). A crash before that redelivers the item; the result's Nats-Msg-Id (batch,
 // position, generation) makes a second publish a no-op, and downstream stages are
 // idempotent, so a redelivery never makes a second row.
 //
@@ -123,7 +124,9 @@ type Config struct {
 	Metrics *Metrics
 	// Spend reserves each API call's worst case under the spend caps shared by every
 	// replica, and settles it to the reported cost (nil: no caps). An item whose call a
-	// cap refuses is held: sent back after CapDelay, unpaid, its delivery not counted.
+	// cap refuses is held, unpaid: set aside in the ledger and acknowledged (the
+	// scheduler dispatches it again once the cap allows), or if it cannot be set aside,
+	// sent back after CapDelay, its delivery not counted.
 	Spend SpendLedger
 	// Prices prices the calls for the caps (nil: the default prices).
 	Prices *spend.PriceBook

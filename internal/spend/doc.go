@@ -38,7 +38,23 @@
 // # Paused, not failed
 //
 // A reservation refused by a cap returns a *CapError (errors.Is ErrCapReached) and
-// marks the account blocked; the processor then sends the item back (unpaid, its
-// delivery not counted) and the batch waits. Raising the cap (SetBatchCap,
-// SetPeriodCap) clears the mark and the items go through on their next delivery.
+// marks the account paused. The processor makes no call and sets the item aside here
+// (SetAside: its ready message), then acknowledges it, so that the held item takes
+// no slot of the processors' consumer and other batches run; the scheduler
+// dispatches none of a paused batch (Held) and publishes its set-aside items again
+// once it is no longer paused (Requeue). Raising the cap (SetBatchCap, SetPeriodCap)
+// clears the pause.
+//
+// # Using it
+//
+//	book, _ := spend.NewPriceBook(llmClient, spend.PriceConfig{})   // one per process
+//	ledger, _ := spend.New(ctx, js, c, spend.Config{Holder: replicaID})
+//	worst := spend.WorstCase(req, book.Sync(ctx, req.Model))       // book.Batch for a provider batch
+//	r, err := ledger.Reserve(ctx, batchID, worst)                    // ledger.ReserveFor(ctx, id, usd, ttl) for long work
+//	if errors.Is(err, spend.ErrCapReached) { /* hold the item: pay nothing */ }
+//	... make the call with a context that ends by r.Deadline() ...
+//	r.Settle(ctx, resp.Usage.Cost)                                   // r.Amount() when the outcome is unknown, 0 when no call was made
+//
+// Ledger, PriceBook and Reservation are safe for concurrent use (a Reservation is
+// settled once).
 package spend

@@ -124,9 +124,12 @@ func (a Account) Held() Nanos {
 	return n
 }
 
-// Paused reports whether a reservation was refused by the cap since the account last
-// granted one or its cap changed.
-func (a Account) Paused() bool { return a.Blocked != nil }
+// Paused reports whether the cap holds the account's calls: one was refused since
+// the account last granted one or its cap changed, and it still would be (calls in
+// flight settling below their worst case may have made room for it).
+func (a Account) Paused() bool {
+	return a.Blocked != nil && a.Spent()+a.Held()+a.Blocked.Need > a.Cap
+}
 
 // expire moves the holds whose deadline passed to Lapsed at their full amount, and
 // forgets lapses older than lapsedKeep.
@@ -280,7 +283,19 @@ func (r *Reservation) Deadline() time.Time { return r.until.Add(-r.l.cfg.HoldMar
 // Settle is free. The accounts are reserved one after the other, each atomically: a
 // refusal by the second releases the first.
 func (l *Ledger) Reserve(ctx context.Context, batchID string, usd float64) (*Reservation, error) {
-	r := &Reservation{l: l, id: l.cfg.Holder + "-" + nuid.Next(), amount: ToNanos(usd), until: time.Now().Add(l.cfg.HoldTTL)}
+	return l.ReserveFor(ctx, batchID, usd, l.cfg.HoldTTL)
+}
+
+// ReserveFor is Reserve with a reservation that lapses after ttl instead of
+// Config.HoldTTL: for work that takes longer than one call, such as a provider batch
+// (reserve its requests' worst case at the batch price for its completion window
+// plus a margin, then settle what its results report). ttl must be at least twice
+// Config.HoldMargin.
+func (l *Ledger) ReserveFor(ctx context.Context, batchID string, usd float64, ttl time.Duration) (*Reservation, error) {
+	if ttl < 2*l.cfg.HoldMargin {
+		return nil, fmt.Errorf("spend: a reservation for %s is shorter than twice the hold margin (%s)", ttl, l.cfg.HoldMargin)
+	}
+	r := &Reservation{l: l, id: l.cfg.Holder + "-" + nuid.Next(), amount: ToNanos(usd), until: time.Now().Add(ttl)}
 	if batchID != "" && !l.knownUncapped(batchID) {
 		ok, err := l.hold(ctx, batchKey(batchID), r, nil)
 		if err != nil {

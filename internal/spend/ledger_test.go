@@ -28,7 +28,15 @@ func ledgers(t *testing.T, n int, cfg spend.Config) []*spend.Ledger {
 	return ledgersOn(t, srv, c, n, cfg)
 }
 
-func ledgersOn(t *testing.T, srv *natsx.Embedded, c *contract.Contract, n int, cfg spend.Config) []*spend.Ledger {
+func ledgersB(b *testing.B, n int) []*spend.Ledger {
+	b.Helper()
+	srv := natstest.Server(b)
+	_, js := natstest.Connect(b, srv.ClientURL())
+	c := natstest.Contract(b, js)
+	return ledgersOn(b, srv, c, n, spend.Config{})
+}
+
+func ledgersOn(t testing.TB, srv *natsx.Embedded, c *contract.Contract, n int, cfg spend.Config) []*spend.Ledger {
 	t.Helper()
 	var out []*spend.Ledger
 	for i := range n {
@@ -271,5 +279,37 @@ func TestSetAsideAndRequeue(t *testing.T) {
 	}
 	if n, _ := l.HeldCount(ctx, "c"); n != 1 {
 		t.Fatalf("another batch's item was requeued: %d left", n)
+	}
+}
+
+// A pause lasts while the refused call still would not fit: once the calls in flight
+// settle below their worst case and make room for it, the account is no longer
+// paused (the scheduler then puts the held items back).
+func TestPauseEndsWhenCallsInFlightMakeRoom(t *testing.T) {
+	t.Parallel()
+	l := ledgers(t, 1, spend.Config{})[0]
+	ctx := context.Background()
+	if _, err := l.SetBatchCap(ctx, "b", spend.ByCommand, 1); err != nil {
+		t.Fatal(err)
+	}
+	inFlight, err := l.Reserve(ctx, "b", 0.6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Reserve(ctx, "b", 0.5); !errors.Is(err, spend.ErrCapReached) {
+		t.Fatalf("want the cap: %v", err)
+	}
+	if a, _, _ := l.Batch(ctx, "b"); !a.Paused() {
+		t.Fatal("not paused")
+	}
+	held, err := l.Held(ctx, []string{"b", "other"})
+	if err != nil || !held["b"] || held["other"] {
+		t.Fatalf("held %v %v", held, err)
+	}
+	if err := inFlight.Settle(ctx, 0.1); err != nil {
+		t.Fatal(err)
+	}
+	if a, _, _ := l.Batch(ctx, "b"); a.Paused() {
+		t.Fatalf("still paused with $%.2f spent and nothing held", a.Spent().USD())
 	}
 }

@@ -7,8 +7,10 @@ const (
 	// MessageOverheadBytes is counted per message on top of its content (role and
 	// framing tokens).
 	MessageOverheadBytes = 16
-	// RequestOverheadBytes is counted once per request.
-	RequestOverheadBytes = 64
+	// RequestOverheadBytes is counted once per request: what a provider adds to the
+	// prompt around the messages (chat template, the instructions that come with a
+	// structured output or tool definition), about 250 tokens at most in practice.
+	RequestOverheadBytes = 1024
 	// DefaultWorstCompletionTokens stands for max_tokens when a request sets none (the
 	// model's own limit applies, which may be larger: set max_tokens for a true bound).
 	DefaultWorstCompletionTokens = 8192

@@ -143,12 +143,12 @@ try {
   // The spend card: no cap yet; a bad amount is refused on the page, a good one set.
   const spend = page.locator("#spend");
   assert.match(await spend.innerText(), /No spend cap/);
-  await page.fill("#cap_usd", "lots");
+  await page.fill("#max_cost", "lots");
   await page.click('form[action$="/cap"] button');
   await page.locator('[data-field="cap-error"]').waitFor();
   assert.match(await page.locator('[data-field="cap-error"]').innerText(), /"lots" is not an amount of USD/);
-  assert.equal(await page.inputValue("#cap_usd"), "lots");
-  await page.fill("#cap_usd", "2.50");
+  assert.equal(await page.inputValue("#max_cost"), "lots");
+  await page.fill("#max_cost", "2.50");
   await page.click('form[action$="/cap"] button');
   await page.waitForURL(/notice=cap$/);
   await page.getByText("Spend cap set").waitFor();
