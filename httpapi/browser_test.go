@@ -50,7 +50,7 @@ func browserPrereqs(t *testing.T) (node, chromium string) {
 
 // The web page from the browser alone: log in, upload a file with a bad row and see
 // it, upload a good file and watch its progress reach 100%, see its failed item,
-// retry it, download the TSV; every page on a phone; nothing without the login.
+// retry it, download the TSV, set a spend cap (a bad one refused); every page on a phone; nothing without the login.
 // Screenshots go to $FLASHPIPE_SCREENSHOTS (docs/screenshots is made this way), else
 // to a temporary directory.
 func TestWebPageInARealBrowser(t *testing.T) {
@@ -129,7 +129,7 @@ func TestWebPageInARealBrowser(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the browser test failed: %v\n%s\n%s\nserver log:\n%s", err, out.String(), stderr.String(), logs.String())
 	}
-	for _, name := range []string{"login.png", "upload-error.png", "batch-running.png", "batch.png", "batch-retried.png", "batches.png", "batch-phone.png"} {
+	for _, name := range []string{"login.png", "upload-error.png", "batch-running.png", "batch.png", "batch-retried.png", "batches.png", "batch-phone.png", "spend.png"} {
 		if fi, err := os.Stat(filepath.Join(shots, name)); err != nil || fi.Size() == 0 {
 			t.Errorf("screenshot %s not saved: %v", name, err)
 		}

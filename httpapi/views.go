@@ -13,10 +13,13 @@ import (
 
 // Batch is a batch as the list and the status show it.
 type Batch struct {
-	BatchID     string     `json:"batch_id"`
-	Source      string     `json:"source"`
-	Tenant      string     `json:"tenant,omitempty"`
-	Priority    int        `json:"priority,omitempty"`
+	BatchID  string `json:"batch_id"`
+	Source   string `json:"source"`
+	Tenant   string `json:"tenant,omitempty"`
+	Priority int    `json:"priority,omitempty"`
+	// APIMode is the batch's api_mode setting: sync, batch, or "" (the processors'
+	// own --api-mode).
+	APIMode     string     `json:"api_mode,omitempty"`
 	Generation  int        `json:"generation"`
 	Items       int        `json:"items"`
 	State       string     `json:"state"`
@@ -87,6 +90,21 @@ type Service struct {
 	Since   *time.Time `json:"since,omitempty"`
 }
 
+// spendCard is the batch page's view of a batch's spend account (the page shows
+// its Reason when paused); Capped is false when the batch has no cap (then only the
+// usage's cost tells what it spent).
+type spendCard struct {
+	app.SpendAccount
+	Capped bool
+}
+
+func spendCardOf(id string, a app.SpendAccount, capped bool) spendCard {
+	if !capped {
+		return spendCard{SpendAccount: app.SpendAccount{BatchID: id}}
+	}
+	return spendCard{SpendAccount: a, Capped: true}
+}
+
 // Submitted answers a submit.
 type Submitted struct {
 	BatchID    string `json:"batch_id"`
@@ -145,8 +163,9 @@ func linksOf(id string) Links {
 func viewOf(b flashpipe.BatchStatus) Batch {
 	m := b.Manifest
 	return Batch{
-		BatchID: m.BatchID, Source: m.Source, Tenant: m.Tenant, Priority: m.Priority, Generation: m.Generation,
-		Items: m.Count, State: b.State, Done: b.Done, OK: b.OK, Failed: b.Failed, Usage: usageOf(b.Usage),
+		BatchID: m.BatchID, Source: m.Source, Tenant: m.Tenant, Priority: m.Priority, APIMode: m.Settings[flashpipe.SettingAPIMode],
+		Generation: m.Generation,
+		Items:      m.Count, State: b.State, Done: b.Done, OK: b.OK, Failed: b.Failed, Usage: usageOf(b.Usage),
 		SubmittedAt: b.SubmittedAt, StartedAt: b.StartedAt, CompletedAt: b.CompletedAt,
 		SetAside: b.SetAside, Problem: b.Problem,
 	}

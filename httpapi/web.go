@@ -34,6 +34,8 @@ const (
 	SessionMaxAge = 12 * time.Hour
 	// previewItems is how many ok items the batch page previews the cards of.
 	previewItems = 3
+	// costRounding is the smallest amount of USD the pages show ($%.4f).
+	costRounding = 0.00005
 	// pageBatches is how many batches the list page shows.
 	pageBatches = 100
 )
@@ -45,7 +47,7 @@ type pages struct {
 }
 
 func newPages() (*pages, error) {
-	funcs := template.FuncMap{"age": age, "usd": usd, "percent": percent}
+	funcs := template.FuncMap{"age": age, "usd": usd, "dollars": dollars, "percent": percent, "mode": mode}
 	p := &pages{tmpl: map[string]*template.Template{}}
 	for _, name := range []string{"login", "batches", "batch", "upload", "error"} {
 		t, err := template.New(name).Funcs(funcs).ParseFS(webFS, "web/templates/layout.html", "web/templates/"+name+".html")
@@ -121,6 +123,7 @@ func (s *Server) pageRoutes() []route {
 		}},
 		{"GET", "/ui/batches/{id}/export", session, s.exportPage},
 		{"POST", "/ui/batches/{id}/retry", session, s.retryPage},
+		{"POST", "/ui/batches/{id}/cap", session, s.capPage},
 	}
 }
 
@@ -247,6 +250,15 @@ type batchData struct {
 	Preview  []previewCard
 	Formats  []export.Format
 	CanRetry bool
+	// Spend is the batch's spend account (nil when it could not be read: SpendError
+	// says so); CapError refuses the cap form's CapValue.
+	Spend      *spendCard
+	SpendError string
+	CapError   string
+	CapValue   string
+	// CostBeforeCap: the batch cost more than its account counts (calls made before
+	// its cap was set are not in the account), by more than the page's rounding.
+	CostBeforeCap bool
 }
 
 type previewCard struct {
@@ -261,14 +273,26 @@ var notices = map[string]string{
 	"resubmitted": "This batch was already submitted with the same items: nothing new was published.",
 	"replaced":    "Batch replaced: the new items run now.",
 	"retry":       "Retry started: the failed items run again.",
+	"cap":         "Spend cap set: a batch paused at its cap resumes within seconds.",
 }
 
 func (s *Server) batchPage(w http.ResponseWriter, r *http.Request) {
-	ctx, id := r.Context(), r.PathValue("id")
-	d, err := s.detail(ctx, principalOf(ctx), id)
+	id := r.PathValue("id")
+	data, err := s.batchView(r.Context(), id)
 	if err != nil {
 		s.pageError(w, r, err)
 		return
+	}
+	v := s.pageView(r, "Batch "+id, data)
+	v.Notice = notices[r.URL.Query().Get("notice")]
+	s.render(w, r, http.StatusOK, "batch", v)
+}
+
+// batchView reads what the batch page shows of a batch the session may see.
+func (s *Server) batchView(ctx context.Context, id string) (batchData, error) {
+	d, err := s.detail(ctx, principalOf(ctx), id)
+	if err != nil {
+		return batchData{}, err
 	}
 	data := batchData{BatchDetail: d, Formats: export.Formats(),
 		CanRetry: d.State == flashpipe.BatchComplete && d.Failed > 0}
@@ -281,12 +305,47 @@ func (s *Server) batchPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if data.Preview, err = s.preview(ctx, id); err != nil {
+		return batchData{}, err
+	}
+	// The spend account is the ledger's: when it cannot be read the page still
+	// shows the batch, and says so in the spend card.
+	a, capped, err := s.client.BatchSpend(ctx, id)
+	if err != nil {
+		s.log.Error("spend account not read", "batch", id, "err", err)
+		data.SpendError = "The spend account could not be read; the server log has the cause."
+	} else {
+		sp := spendCardOf(id, a, capped)
+		data.Spend = &sp
+		data.CostBeforeCap = capped && d.Usage.CostUSD-sp.SpentUSD > costRounding
+	}
+	return data, nil
+}
+
+// capPage sets a batch's spend cap from the batch page's form; a bad value is
+// refused on the page, with the value sent.
+func (s *Server) capPage(w http.ResponseWriter, r *http.Request) {
+	ctx, id := r.Context(), r.PathValue("id")
+	raw := r.PostFormValue("max_cost")
+	usd, err := parseCap(raw)
+	if err == nil {
+		err = s.setCap(ctx, principalOf(ctx), id, usd)
+	}
+	if err == nil {
+		http.Redirect(w, r, "/ui/batches/"+id+"?notice=cap", http.StatusSeeOther)
+		return
+	}
+	e := classify(err)
+	if e.Status != http.StatusBadRequest {
 		s.pageError(w, r, err)
 		return
 	}
-	v := s.pageView(r, "Batch "+id, data)
-	v.Notice = notices[r.URL.Query().Get("notice")]
-	s.render(w, r, http.StatusOK, "batch", v)
+	data, derr := s.batchView(ctx, id)
+	if derr != nil {
+		s.pageError(w, r, derr)
+		return
+	}
+	data.CapError, data.CapValue = e.Message, raw
+	s.render(w, r, e.Status, "batch", s.pageView(r, "Batch "+id, data))
 }
 
 var errEnough = errors.New("enough")
@@ -392,5 +451,16 @@ func age(t time.Time) string {
 }
 
 func usd(v float64) string { return fmt.Sprintf("$%.4f", v) }
+
+// dollars is an amount of USD to the cent (a cap).
+func dollars(v float64) string { return fmt.Sprintf("$%.2f", v) }
+
+// mode names a batch's api_mode for the list ("" is the processors' own).
+func mode(m string) string {
+	if m == "" {
+		return "default"
+	}
+	return m
+}
 
 func percent(v float64) string { return fmt.Sprintf("%.0f%%", v) }

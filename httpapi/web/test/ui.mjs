@@ -45,7 +45,8 @@ try {
   const page = await ctx.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
-  page.on("console", (m) => { if (m.type() === "error" && !/401|422/.test(m.text())) errors.push(m.text()); });
+  // The refusals the test asks for (login 401, bad rows 422, bad cap 400) are not errors.
+  page.on("console", (m) => { if (m.type() === "error" && !/400|401|422/.test(m.text())) errors.push(m.text()); });
 
   // Not logged in: the login page and nothing else.
   await page.goto(`${base}/ui/`);
@@ -139,9 +140,29 @@ try {
   assert.match(download.suggestedFilename(), /\.tsv$/);
   step(`downloaded ${download.suggestedFilename()}: ${tsv.length - 1} cards`);
 
+  // The spend card: no cap yet; a bad amount is refused on the page, a good one set.
+  const spend = page.locator("#spend");
+  assert.match(await spend.innerText(), /No spend cap/);
+  await page.fill("#max_cost", "lots");
+  await page.click('form[action$="/cap"] button');
+  await page.locator('[data-field="cap-error"]').waitFor();
+  assert.match(await page.locator('[data-field="cap-error"]').innerText(), /"lots" is not an amount of USD/);
+  assert.equal(await page.inputValue("#max_cost"), "lots");
+  await page.fill("#max_cost", "2.50");
+  await page.click('form[action$="/cap"] button');
+  await page.waitForURL(/notice=cap$/);
+  await page.getByText("Spend cap set").waitFor();
+  assert.equal(await page.locator('#spend [data-field="cap"]').innerText(), "$2.50");
+  assert.equal(await page.locator('#spend [data-field="cap-state"]').innerText(), "within cap");
+  assert.match(await page.locator('[data-field="cost"]').innerText(), /^\$\d/, "the cost stays shown");
+  assert.match(await spend.innerText(), /calls made before the cap was set do not count/);
+  await spend.screenshot({ path: join(shots, "spend.png") });
+  step("a bad cap is refused on the page; a cap set from the page is shown");
+
   await page.click('nav a[href="/ui/"]');
   await page.locator("table.batches").waitFor();
   assert.ok((await page.locator("table.batches").innerText()).includes(batchPath.split("/").pop()));
+  assert.equal(await page.locator('table.batches [data-field="mode"]').first().innerText(), "default");
   await page.screenshot({ path: join(shots, "batches.png"), fullPage: true });
   step("the batches list shows the batch");
 
