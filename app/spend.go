@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
@@ -20,10 +21,13 @@ type SpendAccount struct {
 	CapUSD float64 `json:"cap_usd"`
 	CapBy  string  `json:"cap_by,omitempty"`
 	// SpentUSD is what counts against the cap: SettledUSD (the cost the API reported)
-	// plus LapsedUSD (the worst case of calls whose processor died before it settled).
-	SpentUSD   float64 `json:"spent_usd"`
-	SettledUSD float64 `json:"settled_usd"`
-	LapsedUSD  float64 `json:"lapsed_usd"`
+	// plus LapsedUSD (the worst case of calls whose processor died before it settled)
+	// plus BeforeCapUSD (what a batch that ran without a cap had spent when its first
+	// cap was set).
+	SpentUSD     float64 `json:"spent_usd"`
+	SettledUSD   float64 `json:"settled_usd"`
+	LapsedUSD    float64 `json:"lapsed_usd"`
+	BeforeCapUSD float64 `json:"before_cap_usd,omitempty"`
 	// HeldUSD is reserved by calls in flight (their worst case).
 	HeldUSD float64 `json:"held_usd"`
 	Calls   int64   `json:"calls"`
@@ -44,7 +48,7 @@ type SpendAccount struct {
 func accountOf(batchID string, a spend.Account) SpendAccount {
 	out := SpendAccount{
 		BatchID: batchID, Capped: a.Capped, CapUSD: a.Cap.USD(), CapBy: a.CapBy,
-		SpentUSD: a.Spent().USD(), SettledUSD: a.Settled.USD(), LapsedUSD: a.Lapsed.USD(), HeldUSD: a.Held().USD(),
+		SpentUSD: a.Spent().USD(), SettledUSD: a.Settled.USD(), LapsedUSD: a.Lapsed.USD(), BeforeCapUSD: a.Before.USD(), HeldUSD: a.Held().USD(),
 		Calls: a.Calls, Paused: a.Paused(), PeriodStart: a.Start, PeriodEnd: a.End, Updated: a.Updated,
 	}
 	if a.Blocked != nil {
@@ -154,7 +158,11 @@ func (c *Client) SetBatchCap(ctx context.Context, batchID string, usd float64) (
 	if err != nil {
 		return SpendAccount{}, err
 	}
-	a, err := l.SetBatchCap(ctx, batchID, spend.ByCommand, usd)
+	before, err := c.spentSoFar(ctx, batchID)
+	if err != nil {
+		return SpendAccount{}, err
+	}
+	a, err := l.SetBatchCapAfter(ctx, batchID, spend.ByCommand, usd, before)
 	if err != nil {
 		return SpendAccount{}, err
 	}
@@ -176,4 +184,21 @@ func (c *Client) SetPeriodCap(ctx context.Context, usd float64, period time.Dura
 	c.log.Info("period spend cap set", "cap_usd", usd, "period", period)
 	a, _, err := c.PeriodSpend(ctx)
 	return a, err
+}
+
+// spentSoFar is what a batch's results in the ordered log report it paid, every
+// generation's: a cap set on a batch that ran without one counts it. (Calls in flight
+// at that moment, and results not yet in order, are not in it.)
+func (c *Client) spentSoFar(ctx context.Context, batchID string) (float64, error) {
+	var usd float64
+	_, err := batchlog.Events(ctx, c.js, c.c, batchID, func(e flashpipe.Event) error {
+		if e.Result != nil {
+			usd += e.Result.Usage.Cost
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cap of batch %s: reading what it spent so far: %w", batchID, err)
+	}
+	return usd, nil
 }

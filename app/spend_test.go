@@ -183,3 +183,33 @@ func TestPausedBatchDoesNotStarveOthers(t *testing.T) {
 		t.Fatalf("the paused batch: %s", a)
 	}
 }
+
+// A cap set on a batch that ran without one counts what the batch already spent
+// (its results' cost), once: a cap below it leaves nothing to spend.
+func TestCapSetLateCountsWhatTheBatchSpent(t *testing.T) {
+	t.Parallel()
+	p := apptest.New(t, apptest.Config{SQLite: true})
+	startCapped(p, 1, app.SpendSettings{})
+	ctx := context.Background()
+	const n = 10
+	if _, err := p.Client.Submit(ctx, ingest.Batch{ID: "late", Items: ingest.SliceItems(items("늦", n))}); err != nil {
+		t.Fatal(err)
+	}
+	st := p.WaitStored("late", 0, time.Minute)
+	billed := p.Sim.Stats().Cost
+	if st.OK != n || billed == 0 {
+		t.Fatalf("uncapped run: %+v, billed $%.6f", st, billed)
+	}
+	a, err := p.Client.SetBatchCap(ctx, "late", billed/2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the batch cost $%.6f before its cap: %s", billed, a)
+	if d := a.BeforeCapUSD - billed; d > 1e-6 || d < -1e-6 || a.SpentUSD < billed-1e-6 {
+		t.Fatalf("cap set after $%.6f was spent: spent $%.6f, before the cap $%.6f", billed, a.SpentUSD, a.BeforeCapUSD)
+	}
+	// Raising it again does not count the earlier spend twice.
+	if a2, err := p.Client.SetBatchCap(ctx, "late", billed*3); err != nil || a2.SpentUSD != a.SpentUSD {
+		t.Fatalf("raised: %+v, %v; want spent $%.6f as before", a2, err, a.SpentUSD)
+	}
+}

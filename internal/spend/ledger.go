@@ -100,8 +100,11 @@ type Account struct {
 	CapBy  string `json:"cap_by,omitempty"`
 	// Settled is the cost of the calls settled; Lapsed the worst cases charged for
 	// reservations never settled.
-	Settled Nanos            `json:"settled"`
-	Lapsed  Nanos            `json:"lapsed,omitempty"`
+	Settled Nanos `json:"settled"`
+	Lapsed  Nanos `json:"lapsed,omitempty"`
+	// Before is what the batch had spent when its first cap was set on a batch that
+	// ran without one (calls no reservation tracked): it counts against the cap.
+	Before  Nanos            `json:"before,omitempty"`
 	Calls   int64            `json:"calls"`
 	Holds   map[string]Hold  `json:"holds,omitempty"`
 	Lapses  map[string]Lapse `json:"lapses,omitempty"`
@@ -112,8 +115,9 @@ type Account struct {
 	Updated time.Time `json:"updated"`
 }
 
-// Spent is what the account counts as spent: settled, plus lapsed worst cases.
-func (a Account) Spent() Nanos { return a.Settled + a.Lapsed }
+// Spent is what the account counts as spent: settled, plus lapsed worst cases,
+// plus what was spent before a first cap was set.
+func (a Account) Spent() Nanos { return a.Settled + a.Lapsed + a.Before }
 
 // Held is the sum of the reservations not yet settled.
 func (a Account) Held() Nanos {
@@ -546,6 +550,14 @@ func (l *Ledger) account(ctx context.Context, key string) (Account, bool, error)
 // next delivery if the new cap allows. A cap below what is spent and held pauses the
 // batch; calls in flight still settle.
 func (l *Ledger) SetBatchCap(ctx context.Context, batchID, by string, usd float64) (Account, error) {
+	return l.SetBatchCapAfter(ctx, batchID, by, usd, 0)
+}
+
+// SetBatchCapAfter is SetBatchCap for a batch that may have run without a cap:
+// spentBefore is what its results report it spent so far, and counts against the cap
+// when this is the batch's first cap (a capped batch's calls are already in the
+// account).
+func (l *Ledger) SetBatchCapAfter(ctx context.Context, batchID, by string, usd, spentBefore float64) (Account, error) {
 	if err := flashpipe.ValidateBatchID(batchID); err != nil {
 		return Account{}, err
 	}
@@ -555,6 +567,9 @@ func (l *Ledger) SetBatchCap(ctx context.Context, batchID, by string, usd float6
 	var out Account
 	err := l.update(ctx, batchKey(batchID), &Account{}, func(a *Account, now time.Time) bool {
 		a.expire(now)
+		if !a.Capped && spentBefore > 0 {
+			a.Before = max(a.Before, ToNanos(spentBefore))
+		}
 		a.Cap, a.Capped, a.CapBy, a.Blocked = ToNanos(usd), true, by, nil
 		out = *a
 		return true

@@ -155,7 +155,7 @@ try {
   assert.equal(await page.locator('#spend [data-field="cap"]').innerText(), "$2.50");
   assert.equal(await page.locator('#spend [data-field="cap-state"]').innerText(), "within cap");
   assert.match(await page.locator('[data-field="cost"]').innerText(), /^\$\d/, "the cost stays shown");
-  assert.match(await spend.innerText(), /calls made before the cap was set do not count/);
+  assert.match(await spend.innerText(), /spent before the cap was set/, "what the batch spent before its cap counts against it");
   await spend.screenshot({ path: join(shots, "spend.png") });
   step("a bad cap is refused on the page; a cap set from the page is shown");
 
