@@ -97,6 +97,9 @@ type Progress struct {
 	// Paused, when set, says why the batch's items are held and how to go on (a spend
 	// cap reached: see SpendAccount.Reason).
 	Paused string
+	// ProviderBatches, for a batch in batch mode, sums up the provider batches serving
+	// it (see ProviderBatchesLine); empty otherwise.
+	ProviderBatches string
 }
 
 // FollowOptions say what Follow does along the way.
@@ -140,6 +143,17 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 			}
 		})
 		defer stop()
+		if m.Settings[flashpipe.SettingAPIMode] == flashpipe.APIModeBatch {
+			stop := c.watchProviderBatches(ctx, m.BatchID, func(line string) {
+				mu.Lock()
+				defer mu.Unlock()
+				if line != pr.ProviderBatches && !pr.Complete {
+					pr.ProviderBatches = line
+					opts.OnProgress(pr)
+				}
+			})
+			defer stop()
+		}
 	}
 	onResult := func(r flashpipe.Result) error {
 		ours := r.Generation >= m.Generation
@@ -194,6 +208,30 @@ func (c *Client) watchPaused(ctx context.Context, batchID string, changed func(r
 			}
 			if ctx.Err() == nil {
 				changed(reason)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// watchProviderBatches calls changed with ProviderBatchesLine of the batch's
+// provider batches every pausedPoll, until stop is called (which waits for it).
+func (c *Client) watchProviderBatches(ctx context.Context, batchID string, changed func(line string)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(pausedPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			pbs, err := c.ProviderBatches(ctx, batchID)
+			if err == nil && ctx.Err() == nil {
+				changed(ProviderBatchesLine(pbs))
 			}
 		}
 	}()

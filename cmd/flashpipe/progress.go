@@ -51,6 +51,9 @@ func (p *progressView) update(pr app.Progress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	desc := fmt.Sprintf("ok %d, failed %d, in flight %d, cache hits %d, $%.4f", pr.OK, pr.Failed, pr.InFlight, pr.Usage.CacheHits, pr.Usage.Cost)
+	if pr.ProviderBatches != "" {
+		desc += "; " + pr.ProviderBatches
+	}
 	if pr.Paused != "" {
 		desc += "; " + pr.Paused
 	}
