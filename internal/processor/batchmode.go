@@ -567,11 +567,17 @@ func (b *batchMode) poll(ctx context.Context, rec *ProviderBatch, rev uint64) {
 // halfway leaves the record submitted, and the next poll applies it again.
 func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, state batchapi.State, results []batchapi.Result) {
 	byID := make(map[string]batchapi.Result, len(results))
+	// costs, by custom_id, settle the spend reservations: every result with a
+	// response, whatever its claim's state, so that an apply that runs again after
+	// stopping partway still counts the requests the first run applied.
+	costs := map[string]float64{}
 	for _, r := range results {
 		byID[r.CustomID] = r
+		if r.Response != nil {
+			costs[r.CustomID] = r.Response.Usage.Cost
+		}
 	}
 	var retry []string
-	costs := map[string]float64{} // by custom_id, for the spend caps
 	answered, failed, toSync := 0, 0, 0
 	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
@@ -583,9 +589,6 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 			continue // already applied, or moved on
 		}
 		r, ok := byID[batchapi.CustomID(rec.Key, c.Index)]
-		if ok && r.Response != nil {
-			costs[r.CustomID] = r.Response.Usage.Cost
-		}
 		switch {
 		case !ok:
 			c.State = ClaimSync

@@ -1,0 +1,112 @@
+package processor
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/flashpipe/flashpipe/internal/batchapi"
+	"github.com/flashpipe/flashpipe/internal/contract"
+	"github.com/flashpipe/flashpipe/internal/llm"
+	"github.com/flashpipe/flashpipe/internal/spend"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
+)
+
+// applyRig is a batchMode with its store and a spend ledger on an embedded NATS
+// server, enough to apply a provider batch's results.
+type applyRig struct {
+	b      *batchMode
+	ledger *spend.Ledger
+}
+
+// Without a price book, the prices are spend's defaults.
+func newApplyRig(t *testing.T) *applyRig {
+	t.Helper()
+	ctx := context.Background()
+	srv := natstest.Server(t)
+	_, js := natstest.Connect(t, srv.ClientURL())
+	c := natstest.Contract(t, js)
+	l, err := spend.New(ctx, js, c, spend.Config{Holder: "p0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := contract.OpenKeyValue(ctx, js, ProviderBatchBucket(c), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Processor{cfg: Config{Spend: l}, log: slog.Default()}
+	b := &batchMode{p: p, store: &batchStore{kv: kv}, log: slog.Default(), holds: map[string][]heldSpend{},
+		changed: make(chan struct{}), final: map[string]bool{}}
+	return &applyRig{b: b, ledger: l}
+}
+
+// submitted records a provider batch key of n pending claims, all for batch, and
+// reserves worst on it as reserveBatch does.
+func (r *applyRig) submitted(t *testing.T, key, batch string, n int, worst float64) (*ProviderBatch, uint64) {
+	t.Helper()
+	ctx := context.Background()
+	rec := &ProviderBatch{Key: key, State: RecordSubmitted, ProviderID: "pb-" + key, Model: "m", Batches: []string{batch}}
+	var ids []string
+	for i := range n {
+		h := claimHash(key + string(rune('a'+i)))
+		rec.Claims = append(rec.Claims, h)
+		ids = append(ids, batchapi.CustomID(key, i))
+		if ok, err := r.b.store.createClaim(ctx, h, &requestClaim{Batch: key, Index: i, BatchID: batch, State: ClaimPending}); err != nil || !ok {
+			t.Fatalf("claim %d: %v %v", i, ok, err)
+		}
+	}
+	rev, ok, err := r.b.store.createRecord(ctx, rec)
+	if err != nil || !ok {
+		t.Fatalf("record: %v %v", ok, err)
+	}
+	if _, err := r.ledger.SetBatchCap(ctx, batch, "test", 100); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.ledger.ReserveFor(ctx, batch, worst, BatchHoldTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.b.keepHolds(key, []heldSpend{{r: res, ids: ids}})
+	return rec, rev
+}
+
+func (r *applyRig) settled(t *testing.T, batch string) float64 {
+	t.Helper()
+	a, ok, err := r.ledger.Batch(context.Background(), batch)
+	if err != nil || !ok {
+		t.Fatalf("account of %s: %v %v", batch, ok, err)
+	}
+	if a.Held() != 0 {
+		t.Errorf("account of %s still holds $%.6f", batch, a.Held().USD())
+	}
+	return a.Settled.USD()
+}
+
+func answered(key string, i int, u llm.Usage) batchapi.Result {
+	return batchapi.Result{CustomID: batchapi.CustomID(key, i), Response: &llm.Response{Content: "ok", Usage: u}}
+}
+
+// TestApplyAgainSettlesTheRequestsAlreadyApplied: an apply that stopped partway (one
+// claim already answered) and runs again settles the reservation to every result's
+// cost, not only the claims still pending.
+func TestApplyAgainSettlesTheRequestsAlreadyApplied(t *testing.T) {
+	r := newApplyRig(t)
+	ctx := context.Background()
+	rec, rev := r.submitted(t, "k1", "vocab", 2, 1.0)
+	// The first apply wrote claim 0 and stopped.
+	c, _, err := r.b.store.getClaim(ctx, rec.Claims[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.State = ClaimAnswered
+	if err := r.b.store.putClaim(ctx, rec.Claims[0], c); err != nil {
+		t.Fatal(err)
+	}
+	r.b.apply(ctx, rec, rev, batchapi.StateCompleted, []batchapi.Result{
+		answered("k1", 0, llm.Usage{PromptTokens: 10, CompletionTokens: 10, Cost: 0.25}),
+		answered("k1", 1, llm.Usage{PromptTokens: 10, CompletionTokens: 10, Cost: 0.5}),
+	})
+	if got := r.settled(t, "vocab"); got < 0.75-1e-9 || got > 0.75+1e-9 {
+		t.Errorf("settled $%.6f, want $0.75 (both results)", got)
+	}
+}
