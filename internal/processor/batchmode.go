@@ -574,7 +574,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 	for _, r := range results {
 		byID[r.CustomID] = r
 		if r.Response != nil {
-			costs[r.CustomID] = r.Response.Usage.Cost
+			costs[r.CustomID] = b.resultCost(ctx, rec.Model, r.Response.Usage)
 		}
 	}
 	var retry []string

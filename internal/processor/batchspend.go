@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/batchapi"
+	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
@@ -16,8 +17,9 @@ import (
 // many as fit. The requests left out have their claims released: their items stay
 // held, nothing paid, and ask again after BatchConfig.Wait and ClaimGrace, so a raised
 // cap lets them go. When the provider batch ends, the replica that reserved settles
-// each reservation to the costs its results report (usage.cost per result; nothing
-// for a request without one). A provider batch runs for hours: its reservations live BatchHoldTTL (the
+// each reservation to the costs its results report (usage.cost per result, or its
+// tokens at the batch price when it reports no cost; nothing for a request without
+// a result). A provider batch runs for hours: its reservations live BatchHoldTTL (the
 // 24-hour window and a margin; spend.Ledger.ReserveFor), held against the caps all
 // that time. If the reserving replica died (or another applied the results first),
 // the reservation stays held until it lapses, then is charged at its worst case: the
@@ -137,6 +139,16 @@ func (b *batchMode) releaseClaimOf(ctx context.Context, rec *ProviderBatch, cust
 			return
 		}
 	}
+}
+
+// resultCost is what one request of a provider batch of model cost: the cost its
+// result reports (OpenRouter's usage.cost), or its tokens at the batch price when it
+// reports none (OpenAI's batch output carries token counts only).
+func (b *batchMode) resultCost(ctx context.Context, model string, u llm.Usage) float64 {
+	if u.Cost > 0 || u.PromptTokens+u.CompletionTokens == 0 {
+		return u.Cost
+	}
+	return b.p.batchPrices(ctx, model).Cost(u.PromptTokens, u.CompletionTokens)
 }
 
 // settle settles the reservations this replica made for the provider batch key to

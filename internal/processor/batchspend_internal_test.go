@@ -110,3 +110,20 @@ func TestApplyAgainSettlesTheRequestsAlreadyApplied(t *testing.T) {
 		t.Errorf("settled $%.6f, want $0.75 (both results)", got)
 	}
 }
+
+// TestApplySettlesTokensAtTheBatchPrice: results that report tokens but no cost (an
+// OpenAI batch's output) settle at their tokens times the batch price: half the sync
+// price, not $0.
+func TestApplySettlesTokensAtTheBatchPrice(t *testing.T) {
+	r := newApplyRig(t)
+	ctx := context.Background()
+	rec, rev := r.submitted(t, "k2", "oa", 2, 1.0)
+	u := llm.Usage{PromptTokens: 1000, CompletionTokens: 500}
+	r.b.apply(ctx, rec, rev, batchapi.StateCompleted, []batchapi.Result{answered("k2", 0, u), answered("k2", 1, u)})
+	sync := r.b.p.prices(ctx, "m").Cost(u.PromptTokens, u.CompletionTokens)
+	got := r.settled(t, "oa")
+	t.Logf("settled $%.6f for 2 requests; the sync price of one is $%.6f", got, sync)
+	if want := 2 * sync * spend.DefaultBatchRate; got <= 0 || got < want-1e-9 || got > want+1e-9 {
+		t.Errorf("settled $%.6f, want $%.6f (half the sync price of 2 requests)", got, want)
+	}
+}
