@@ -387,6 +387,17 @@ func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, 
 		_, _ = b.store.updateRecord(ctx, rec, rev)
 		return
 	}
+	// Reserving may take long (a reservation per flashpipe batch, or per request at
+	// a cap): stamp the record again, by compare-and-set, so that no replica's
+	// recovery takes it over while it is being sent. If one already did, it sends the
+	// batch: this one releases its reservations and sends nothing.
+	r, err := b.store.updateRecord(ctx, rec, rev)
+	if err != nil {
+		b.log.Warn("provider batch taken over while its spend was reserved; not sent by this replica", "key", rec.Key, "err", err)
+		b.settle(ctx, rec.Key, nil)
+		return
+	}
+	rev = r
 	if hookBeforeSubmit != nil {
 		hookBeforeSubmit(rec.Key)
 	}

@@ -3,7 +3,9 @@ package processor
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/flashpipe/flashpipe/internal/batchapi"
 	"github.com/flashpipe/flashpipe/internal/contract"
@@ -125,5 +127,67 @@ func TestApplySettlesTokensAtTheBatchPrice(t *testing.T) {
 	t.Logf("settled $%.6f for 2 requests; the sync price of one is $%.6f", got, sync)
 	if want := 2 * sync * spend.DefaultBatchRate; got <= 0 || got < want-1e-9 || got > want+1e-9 {
 		t.Errorf("settled $%.6f, want $%.6f (half the sync price of 2 requests)", got, want)
+	}
+}
+
+// slowLedger is a ledger during whose reservations something else happens.
+type slowLedger struct {
+	*spend.Ledger
+	during func()
+}
+
+func (l slowLedger) ReserveFor(ctx context.Context, batch string, usd float64, ttl time.Duration) (*spend.Reservation, error) {
+	l.during()
+	return l.Ledger.ReserveFor(ctx, batch, usd, ttl)
+}
+
+// countingAPI is a provider that counts submissions.
+type countingAPI struct {
+	batchapi.Provider
+	submits atomic.Int64
+}
+
+func (a *countingAPI) Name() string { return batchapi.ProviderOpenRouter }
+func (a *countingAPI) Submit(context.Context, batchapi.Spec) (batchapi.Batch, error) {
+	a.submits.Add(1)
+	return batchapi.Batch{ID: "pb", State: batchapi.StateValidating}, nil
+}
+
+// TestSubmitTakenOverDuringReservationIsNotSent: when another replica's recovery
+// takes a submitting record over while this replica reserves its spend (reservations
+// outlasting SubmitTimeout), this replica does not submit it too, and releases what
+// it reserved.
+func TestSubmitTakenOverDuringReservationIsNotSent(t *testing.T) {
+	r := newApplyRig(t)
+	ctx := context.Background()
+	api := &countingAPI{}
+	r.b.api, r.b.cfg.SubmitTimeout = api, time.Second
+	if _, err := r.ledger.SetBatchCap(ctx, "vocab", "test", 100); err != nil {
+		t.Fatal(err)
+	}
+	rec := &ProviderBatch{Key: "k3", State: RecordSubmitting, Model: "m", Claims: []string{"h0"}, Batches: []string{"vocab"}}
+	rev, ok, err := r.b.store.createRecord(ctx, rec)
+	if err != nil || !ok {
+		t.Fatalf("record: %v %v", ok, err)
+	}
+	r.b.p.cfg.Spend = slowLedger{Ledger: r.ledger, during: func() {
+		// Another replica's recovery takes the record over.
+		other, orev, err := r.b.store.getRecord(ctx, "k3")
+		if err != nil || other == nil {
+			t.Errorf("record: %v", err)
+			return
+		}
+		other.By = "p1"
+		if _, err := r.b.store.updateRecord(ctx, other, orev); err != nil {
+			t.Errorf("takeover: %v", err)
+		}
+	}}
+	reqs := []batchapi.Request{{CustomID: batchapi.CustomID("k3", 0), Body: llm.Request{Model: "m"}}}
+	r.b.submit(ctx, rec, rev, reqs, []string{"vocab"})
+	if n := api.submits.Load(); n != 0 {
+		t.Errorf("submitted %d times by the replica whose record was taken over, want 0", n)
+	}
+	if got := r.settled(t, "vocab"); got != 0 {
+		t.Errorf("settled $%.6f for a batch not sent", got)
 	}
 }
