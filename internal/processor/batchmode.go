@@ -734,6 +734,12 @@ func batchStage[T any](ctx context.Context, p *Processor, s stageSpec[T], usage 
 		}
 		switch {
 		case c == nil:
+			// Asked, and its gathering window gone by unclaimed: a spend cap may have
+			// refused it (reserveBatch released its claim). Then it is held as in
+			// sync mode (set aside, its consumer slot freed) rather than waiting here.
+			if !queued.IsZero() && time.Since(queued) > b.cfg.Wait && b.paused(ctx, batchOf(ctx)) {
+				return zero, fmt.Errorf("%w: its provider batch request was refused by a spend cap", errCapped)
+			}
 			// Not asked yet (or asked by a gatherer that gave up): queue it, once per
 			// gathering window.
 			if queued.IsZero() || time.Since(queued) > b.cfg.Wait+b.cfg.ClaimGrace {

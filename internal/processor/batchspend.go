@@ -51,6 +51,23 @@ func (b *batchMode) reserveLong(ctx context.Context, batch string, usd float64) 
 	return b.p.cfg.Spend.Reserve(ctx, batch, usd)
 }
 
+// pauseReporter is a ledger that tells which batches a spend cap pauses
+// (internal/spend.Ledger).
+type pauseReporter interface {
+	Held(ctx context.Context, batches []string) (map[string]bool, error)
+}
+
+// paused reports whether a spend cap (the batch's or the period's) pauses batch; false
+// when the ledger cannot tell.
+func (b *batchMode) paused(ctx context.Context, batch string) bool {
+	pr, ok := b.p.cfg.Spend.(pauseReporter)
+	if !ok || batch == "" {
+		return false
+	}
+	held, err := pr.Held(ctx, []string{batch})
+	return err == nil && held[batch]
+}
+
 // heldSpend is one reservation and the requests (custom_ids) it covers.
 type heldSpend struct {
 	r   *spend.Reservation
