@@ -477,6 +477,9 @@ func (b *batchMode) pollOnce(ctx context.Context) (changed bool) {
 			continue
 		}
 		if rec.Final() {
+			// Another replica applied it (or gave it up): settle what this one
+			// reserved for it to the costs recorded.
+			b.settle(ctx, k, rec.Costs)
 			b.final[k], changed = true, true
 			continue
 		}
@@ -636,7 +639,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		}
 	}
 	b.settle(ctx, rec.Key, costs)
-	rec.State, rec.ProviderState, rec.Outcome = RecordDone, string(state), outcome
+	rec.State, rec.ProviderState, rec.Outcome, rec.Costs = RecordDone, string(state), outcome, costs
 	if _, err := b.store.updateRecord(ctx, rec, rev); err == nil {
 		b.log.Info("provider batch done", "key", rec.Key, "id", rec.ProviderID, "outcome", outcome)
 	}

@@ -21,9 +21,11 @@ import (
 // tokens at the batch price when it reports no cost; nothing for a request without
 // a result). A provider batch runs for hours: its reservations live BatchHoldTTL (the
 // 24-hour window and a margin; spend.Ledger.ReserveFor), held against the caps all
-// that time. If the reserving replica died (or another applied the results first),
-// the reservation stays held until it lapses, then is charged at its worst case: the
-// caps can be reached early, never passed.
+// that time. The replica that applies the results writes each request's cost into
+// the record; a reserving replica that finds the record final (another applied it)
+// settles its reservations to them. If the reserving replica died, its reservations
+// stay held until they lapse, then are charged at their worst case: the caps can be
+// reached early, never passed.
 
 // batchPrices is the price of model in a provider batch.
 func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices {
@@ -143,7 +145,7 @@ func (b *batchMode) keepHolds(key string, holds []heldSpend) {
 		return
 	}
 	b.mu.Lock()
-	b.holds[key] = holds
+	b.holds[key] = append(b.holds[key], holds...) // a recovery's resubmission adds to them
 	b.mu.Unlock()
 }
 
@@ -170,7 +172,7 @@ func (b *batchMode) resultCost(ctx context.Context, model string, u llm.Usage) f
 
 // settle settles the reservations this replica made for the provider batch key to
 // the costs its results reported (costs by custom_id; a request without a result
-// cost nothing).
+// cost nothing). It does nothing when this replica holds none for key.
 func (b *batchMode) settle(ctx context.Context, key string, costs map[string]float64) {
 	b.mu.Lock()
 	holds := b.holds[key]

@@ -191,3 +191,26 @@ func TestSubmitTakenOverDuringReservationIsNotSent(t *testing.T) {
 		t.Errorf("settled $%.6f for a batch not sent", got)
 	}
 }
+
+// TestFinalRecordAppliedElsewhereSettlesTheReserver: when another replica applies
+// the results of a provider batch this replica reserved for, this replica settles its
+// reservation to the costs recorded at its next poll, instead of holding the worst
+// case until it lapses.
+func TestFinalRecordAppliedElsewhereSettlesTheReserver(t *testing.T) {
+	r := newApplyRig(t)
+	ctx := context.Background()
+	rec, rev := r.submitted(t, "k4", "vocab", 2, 1.0)
+	// Another replica, sharing the store: it reserved nothing.
+	other := &batchMode{p: r.b.p, store: r.b.store, log: r.b.log, holds: map[string][]heldSpend{},
+		changed: make(chan struct{}), final: map[string]bool{}}
+	other.apply(ctx, rec, rev, batchapi.StateCompleted, []batchapi.Result{
+		answered("k4", 0, llm.Usage{PromptTokens: 10, CompletionTokens: 10, Cost: 0.125}),
+		answered("k4", 1, llm.Usage{PromptTokens: 10, CompletionTokens: 10, Cost: 0.25}),
+	})
+	if !r.b.pollOnce(ctx) {
+		t.Errorf("the record applied elsewhere is not reported final")
+	}
+	if got := r.settled(t, "vocab"); got < 0.375-1e-9 || got > 0.375+1e-9 {
+		t.Errorf("settled $%.6f, want $0.375 (the costs the other replica recorded)", got)
+	}
+}
