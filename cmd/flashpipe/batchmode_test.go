@@ -15,6 +15,7 @@ import (
 	"github.com/flashpipe/flashpipe/internal/processor"
 	"github.com/flashpipe/flashpipe/internal/scheduler"
 	"github.com/flashpipe/flashpipe/internal/sink"
+	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
 // batchRun is what one run of a batch reported.
@@ -189,7 +190,8 @@ func TestStatusShowsProviderBatches(t *testing.T) {
 
 // TestBatchModeHeldAtTheCapThenResumed: a batch-mode batch whose cap cannot hold its
 // provider batch's worst case (at the batch price) sends only the requests whose worst
-// cases fit and never pays past its cap, its other items held; raised, it completes,
+// cases fit and never pays past its cap, its other items held (set aside, freeing
+// their consumer slots); raised, it completes,
 // and what the ledger settled is what the simulator billed.
 func TestBatchModeHeldAtTheCapThenResumed(t *testing.T) {
 	items := loadItems(t, "../../examples/vocabulary_1000.csv")[:50]
@@ -215,7 +217,15 @@ func TestBatchModeHeldAtTheCapThenResumed(t *testing.T) {
 	if n := len(p.results("capped")); n == len(items) {
 		t.Fatalf("the batch completed under a cap it cannot fit in")
 	}
-	t.Logf("held at the cap of $0.05: billed $%.4f in %d provider batches", p.sim.Stats().Cost, p.sim.BatchStats().Submitted)
+	// The items refused by the cap are set aside (their consumer slots freed for
+	// other batches), not left waiting in the processor.
+	held := 0
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		acct, ok, err := p.pub.BatchSpend(ctx, "capped")
+		held = acct.ItemsHeld
+		return err == nil && ok && held > 0
+	}, "no item of the capped batch set aside")
+	t.Logf("held at the cap of $0.05: billed $%.4f in %d provider batches, %d items set aside", p.sim.Stats().Cost, p.sim.BatchStats().Submitted, held)
 	if _, err := p.pub.SetBatchCap(ctx, "capped", 100); err != nil {
 		t.Fatal(err)
 	}

@@ -387,6 +387,17 @@ func (b *batchMode) submit(ctx context.Context, rec *ProviderBatch, rev uint64, 
 		_, _ = b.store.updateRecord(ctx, rec, rev)
 		return
 	}
+	// Reserving may take long (a reservation per flashpipe batch, or per request at
+	// a cap): stamp the record again, by compare-and-set, so that no replica's
+	// recovery takes it over while it is being sent. If one already did, it sends the
+	// batch: this one releases its reservations and sends nothing.
+	r, err := b.store.updateRecord(ctx, rec, rev)
+	if err != nil {
+		b.log.Warn("provider batch taken over while its spend was reserved; not sent by this replica", "key", rec.Key, "err", err)
+		b.settle(ctx, rec.Key, nil)
+		return
+	}
+	rev = r
 	if hookBeforeSubmit != nil {
 		hookBeforeSubmit(rec.Key)
 	}
@@ -466,6 +477,9 @@ func (b *batchMode) pollOnce(ctx context.Context) (changed bool) {
 			continue
 		}
 		if rec.Final() {
+			// Another replica applied it (or gave it up): settle what this one
+			// reserved for it to the costs recorded.
+			b.settle(ctx, k, rec.Costs)
 			b.final[k], changed = true, true
 			continue
 		}
@@ -567,11 +581,17 @@ func (b *batchMode) poll(ctx context.Context, rec *ProviderBatch, rev uint64) {
 // halfway leaves the record submitted, and the next poll applies it again.
 func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, state batchapi.State, results []batchapi.Result) {
 	byID := make(map[string]batchapi.Result, len(results))
+	// costs, by custom_id, settle the spend reservations: every result with a
+	// response, whatever its claim's state, so that an apply that runs again after
+	// stopping partway still counts the requests the first run applied.
+	costs := map[string]float64{}
 	for _, r := range results {
 		byID[r.CustomID] = r
+		if r.Response != nil {
+			costs[r.CustomID] = b.resultCost(ctx, rec.Model, r.Response.Usage)
+		}
 	}
 	var retry []string
-	costs := map[string]float64{} // by custom_id, for the spend caps
 	answered, failed, toSync := 0, 0, 0
 	for _, h := range rec.Claims {
 		c, _, err := b.store.getClaim(ctx, h)
@@ -583,9 +603,6 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 			continue // already applied, or moved on
 		}
 		r, ok := byID[batchapi.CustomID(rec.Key, c.Index)]
-		if ok && r.Response != nil {
-			costs[r.CustomID] = r.Response.Usage.Cost
-		}
 		switch {
 		case !ok:
 			c.State = ClaimSync
@@ -622,7 +639,7 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 		}
 	}
 	b.settle(ctx, rec.Key, costs)
-	rec.State, rec.ProviderState, rec.Outcome = RecordDone, string(state), outcome
+	rec.State, rec.ProviderState, rec.Outcome, rec.Costs = RecordDone, string(state), outcome, costs
 	if _, err := b.store.updateRecord(ctx, rec, rev); err == nil {
 		b.log.Info("provider batch done", "key", rec.Key, "id", rec.ProviderID, "outcome", outcome)
 	}
@@ -720,6 +737,12 @@ func batchStage[T any](ctx context.Context, p *Processor, s stageSpec[T], usage 
 		}
 		switch {
 		case c == nil:
+			// Asked, and its gathering window gone by unclaimed: a spend cap may have
+			// refused it (reserveBatch released its claim). Then it is held as in
+			// sync mode (set aside, its consumer slot freed) rather than waiting here.
+			if !queued.IsZero() && time.Since(queued) > b.cfg.Wait && b.paused(ctx, batchOf(ctx)) {
+				return zero, fmt.Errorf("%w: its provider batch request was refused by a spend cap", errCapped)
+			}
 			// Not asked yet (or asked by a gatherer that gave up): queue it, once per
 			// gathering window.
 			if queued.IsZero() || time.Since(queued) > b.cfg.Wait+b.cfg.ClaimGrace {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flashpipe/flashpipe/internal/batchapi"
+	"github.com/flashpipe/flashpipe/internal/llm"
 	"github.com/flashpipe/flashpipe/internal/spend"
 )
 
@@ -16,12 +17,15 @@ import (
 // many as fit. The requests left out have their claims released: their items stay
 // held, nothing paid, and ask again after BatchConfig.Wait and ClaimGrace, so a raised
 // cap lets them go. When the provider batch ends, the replica that reserved settles
-// each reservation to the costs its results report (usage.cost per result; nothing
-// for a request without one). A provider batch runs for hours: its reservations live BatchHoldTTL (the
+// each reservation to the costs its results report (usage.cost per result, or its
+// tokens at the batch price when it reports no cost; nothing for a request without
+// a result). A provider batch runs for hours: its reservations live BatchHoldTTL (the
 // 24-hour window and a margin; spend.Ledger.ReserveFor), held against the caps all
-// that time. If the reserving replica died (or another applied the results first),
-// the reservation stays held until it lapses, then is charged at its worst case: the
-// caps can be reached early, never passed.
+// that time. The replica that applies the results writes each request's cost into
+// the record; a reserving replica that finds the record final (another applied it)
+// settles its reservations to them. If the reserving replica died, its reservations
+// stay held until they lapse, then are charged at their worst case: the caps can be
+// reached early, never passed.
 
 // batchPrices is the price of model in a provider batch.
 func (p *Processor) batchPrices(ctx context.Context, model string) spend.Prices {
@@ -47,6 +51,23 @@ func (b *batchMode) reserveLong(ctx context.Context, batch string, usd float64) 
 		return lr.ReserveFor(ctx, batch, usd, BatchHoldTTL)
 	}
 	return b.p.cfg.Spend.Reserve(ctx, batch, usd)
+}
+
+// pauseReporter is a ledger that tells which batches a spend cap pauses
+// (internal/spend.Ledger).
+type pauseReporter interface {
+	Held(ctx context.Context, batches []string) (map[string]bool, error)
+}
+
+// paused reports whether a spend cap (the batch's or the period's) pauses batch; false
+// when the ledger cannot tell.
+func (b *batchMode) paused(ctx context.Context, batch string) bool {
+	pr, ok := b.p.cfg.Spend.(pauseReporter)
+	if !ok || batch == "" {
+		return false
+	}
+	held, err := pr.Held(ctx, []string{batch})
+	return err == nil && held[batch]
 }
 
 // heldSpend is one reservation and the requests (custom_ids) it covers.
@@ -124,7 +145,7 @@ func (b *batchMode) keepHolds(key string, holds []heldSpend) {
 		return
 	}
 	b.mu.Lock()
-	b.holds[key] = holds
+	b.holds[key] = append(b.holds[key], holds...) // a recovery's resubmission adds to them
 	b.mu.Unlock()
 }
 
@@ -139,9 +160,19 @@ func (b *batchMode) releaseClaimOf(ctx context.Context, rec *ProviderBatch, cust
 	}
 }
 
+// resultCost is what one request of a provider batch of model cost: the cost its
+// result reports (OpenRouter's usage.cost), or its tokens at the batch price when it
+// reports none (OpenAI's batch output carries token counts only).
+func (b *batchMode) resultCost(ctx context.Context, model string, u llm.Usage) float64 {
+	if u.Cost > 0 || u.PromptTokens+u.CompletionTokens == 0 {
+		return u.Cost
+	}
+	return b.p.batchPrices(ctx, model).Cost(u.PromptTokens, u.CompletionTokens)
+}
+
 // settle settles the reservations this replica made for the provider batch key to
 // the costs its results reported (costs by custom_id; a request without a result
-// cost nothing).
+// cost nothing). It does nothing when this replica holds none for key.
 func (b *batchMode) settle(ctx context.Context, key string, costs map[string]float64) {
 	b.mu.Lock()
 	holds := b.holds[key]

@@ -79,11 +79,15 @@ type ProviderBatch struct {
 	Attempt int    `json:"attempt,omitempty"`
 	Parent  string `json:"parent,omitempty"`
 	// Batches lists the flashpipe batches whose items the requests serve.
-	Batches   []string  `json:"batches,omitempty"`
-	Outcome   string    `json:"outcome,omitempty"`
-	By        string    `json:"by,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Batches []string `json:"batches,omitempty"`
+	Outcome string   `json:"outcome,omitempty"`
+	// Costs are what the requests cost (USD by custom_id), written when the results
+	// are applied: the replica that reserved the spend settles to them, whichever
+	// replica applied.
+	Costs     map[string]float64 `json:"costs,omitempty"`
+	By        string             `json:"by,omitempty"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
 }
 
 // Final reports whether the record needs no more work.
