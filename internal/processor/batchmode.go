@@ -609,11 +609,13 @@ func (b *batchMode) apply(ctx context.Context, rec *ProviderBatch, rev uint64, s
 			toSync++
 		case r.Err == nil && r.Response != nil:
 			c.State, c.Content, c.Usage = ClaimAnswered, r.Response.Content, r.Response.Usage
+			c.Usage.Cost = costs[r.CustomID] // priced from tokens where the provider reports no cost
 			answered++
 		case flashpipe.IsPermanent(r.Err):
 			c.State, c.Err = ClaimFailed, b.p.cfg.Redactor.Redact(r.Err.Error())
 			if r.Response != nil {
 				c.Usage = r.Response.Usage
+				c.Usage.Cost = costs[r.CustomID]
 			}
 			failed++
 		default:

@@ -128,6 +128,16 @@ func TestApplySettlesTokensAtTheBatchPrice(t *testing.T) {
 	if want := 2 * sync * spend.DefaultBatchRate; got <= 0 || got < want-1e-9 || got > want+1e-9 {
 		t.Errorf("settled $%.6f, want $%.6f (half the sync price of 2 requests)", got, want)
 	}
+	// The item's result reports the same cost (its usage comes from the claim).
+	for _, h := range rec.Claims {
+		c, _, err := r.b.store.getClaim(ctx, h)
+		if err != nil || c == nil {
+			t.Fatalf("claim %s: %v", h, err)
+		}
+		if want := sync * spend.DefaultBatchRate; c.Usage.Cost < want-1e-9 || c.Usage.Cost > want+1e-9 {
+			t.Errorf("claim %s reports $%.6f, want $%.6f", h, c.Usage.Cost, want)
+		}
+	}
 }
 
 // slowLedger is a ledger during whose reservations something else happens.
