@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -209,7 +210,11 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 		if held[b] {
 			continue
 		}
-		n, err := l.spend.Requeue(ctx, b, func(ctx context.Context, msg *nats.Msg) error {
+		from, ok := l.heldFrom(ctx, b)
+		if !ok {
+			continue
+		}
+		n, err := l.spend.Requeue(ctx, b, from, func(ctx context.Context, msg *nats.Msg) error {
 			_, err := l.s.js.PublishMsg(ctx, msg)
 			return err
 		})
@@ -221,6 +226,30 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 			l.s.log.Warn("items held by a spend cap not all dispatched again; retried", "batch", b, "err", err)
 		}
 	}
+}
+
+// heldFrom is the oldest generation of batch whose set-aside items are still worth
+// processing: the base of its latest manifest (a replacement drops the items before
+// it), or math.MaxInt when the batch has no manifest any more (pruned or expired:
+// none is). ok is false when the manifest cannot be read; nothing is requeued then.
+func (l *leader) heldFrom(ctx context.Context, batch string) (from int, ok bool) {
+	st, err := l.s.js.Stream(ctx, l.s.c.BatchesStream())
+	if err != nil {
+		return 0, false
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, l.s.c.ManifestSubject(batch))
+	if contract.IsNotFound(err) {
+		return math.MaxInt, true
+	}
+	if err != nil {
+		l.s.log.Warn("manifest unreadable: the items a spend cap set aside wait", "batch", batch, "err", err)
+		return 0, false
+	}
+	m, err := contract.DecodeManifest(raw.Header, raw.Data)
+	if err != nil {
+		return 0, true // a refused manifest: the items are judged as before, when they run
+	}
+	return m.Base, true
 }
 
 // observe sets the gauges from the leader's state: per tenant, the generations with
