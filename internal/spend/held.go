@@ -93,8 +93,9 @@ func (l *Ledger) heldKeys(ctx context.Context, filter string) ([]string, error) 
 // publish to the ready stream) and forgets each one published; it returns how many.
 // Items of a generation below from (one a replacement of the batch superseded, or any
 // of a batch gone: from math.MaxInt) are forgotten without being published, so that
-// no one pays for an item whose result would be dropped.
-func (l *Ledger) Requeue(ctx context.Context, batch string, from int, publish func(ctx context.Context, msg *nats.Msg) error) (int, error) {
+// no one pays for an item whose result would be dropped. It publishes at most limit
+// items (the room the caller has for them); the others stay for a next call.
+func (l *Ledger) Requeue(ctx context.Context, batch string, from, limit int, publish func(ctx context.Context, msg *nats.Msg) error) (int, error) {
 	keys, err := l.heldKeys(ctx, "held."+batch+".>")
 	if err != nil {
 		return 0, err
@@ -106,6 +107,9 @@ func (l *Ledger) Requeue(ctx context.Context, batch string, from int, publish fu
 				return n, fmt.Errorf("spend: forget %s: %w", k, err)
 			}
 			l.log.Info("item set aside by a spend cap dropped: its generation is superseded or its batch gone", "key", k)
+			continue
+		}
+		if n >= limit {
 			continue
 		}
 		e, err := l.kv.Get(ctx, k)

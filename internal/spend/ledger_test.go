@@ -268,7 +268,7 @@ func TestSetAsideAndRequeue(t *testing.T) {
 		t.Fatalf("counts %v %v", counts, err)
 	}
 	var got []*nats.Msg
-	n, err := l.Requeue(ctx, "b", 0, func(_ context.Context, m *nats.Msg) error { got = append(got, m); return nil })
+	n, err := l.Requeue(ctx, "b", 0, 100, func(_ context.Context, m *nats.Msg) error { got = append(got, m); return nil })
 	if err != nil || n != 3 || len(got) != 3 {
 		t.Fatalf("requeued %d (%v)", n, err)
 	}
@@ -331,7 +331,7 @@ func TestRequeueDropsSupersededGenerations(t *testing.T) {
 		}
 	}
 	var got []string
-	n, err := l.Requeue(ctx, "b", 2, func(_ context.Context, m *nats.Msg) error { got = append(got, m.Subject); return nil })
+	n, err := l.Requeue(ctx, "b", 2, 100, func(_ context.Context, m *nats.Msg) error { got = append(got, m.Subject); return nil })
 	slices.Sort(got)
 	if err != nil || n != 2 || !slices.Equal(got, []string{"p.ready.b.1.2", "p.ready.b.3.3"}) {
 		t.Fatalf("requeued %d %v (%v); want generations 2 and 3's items only", n, got, err)
@@ -341,7 +341,7 @@ func TestRequeueDropsSupersededGenerations(t *testing.T) {
 	}
 	// A batch gone: everything is forgotten, nothing published.
 	_ = l.SetAside(ctx, "gone", 1, 0, "p.ready.gone.1", nil, []byte("item"))
-	n, err = l.Requeue(ctx, "gone", math.MaxInt, func(_ context.Context, m *nats.Msg) error { t.Errorf("published %s", m.Subject); return nil })
+	n, err = l.Requeue(ctx, "gone", math.MaxInt, 100, func(_ context.Context, m *nats.Msg) error { t.Errorf("published %s", m.Subject); return nil })
 	if c, _ := l.HeldCount(ctx, "gone"); err != nil || n != 0 || c != 0 {
 		t.Fatalf("batch gone: requeued %d, %d left (%v)", n, c, err)
 	}
