@@ -158,7 +158,7 @@ func (c *Client) SetBatchCap(ctx context.Context, batchID string, usd float64) (
 	if err != nil {
 		return SpendAccount{}, err
 	}
-	before, err := c.spentSoFar(ctx, batchID)
+	before, err := batchlog.Spent(ctx, c.js, c.c, batchID)
 	if err != nil {
 		return SpendAccount{}, err
 	}
@@ -184,21 +184,4 @@ func (c *Client) SetPeriodCap(ctx context.Context, usd float64, period time.Dura
 	c.log.Info("period spend cap set", "cap_usd", usd, "period", period)
 	a, _, err := c.PeriodSpend(ctx)
 	return a, err
-}
-
-// spentSoFar is what a batch's results in the ordered log report it paid, every
-// generation's: a cap set on a batch that ran without one counts it. (Calls in flight
-// at that moment, and results not yet in order, are not in it.)
-func (c *Client) spentSoFar(ctx context.Context, batchID string) (float64, error) {
-	var usd float64
-	_, err := batchlog.Events(ctx, c.js, c.c, batchID, func(e flashpipe.Event) error {
-		if e.Result != nil {
-			usd += e.Result.Usage.Cost
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("cap of batch %s: reading what it spent so far: %w", batchID, err)
-	}
-	return usd, nil
 }

@@ -210,6 +210,23 @@ func Events(ctx context.Context, js jetstream.JetStream, c *contract.Contract, b
 	return n, err
 }
 
+// Spent is what a batch's results in the ordered log report it paid (the sum of
+// their Usage.Cost), every generation's; a batch with no events spent 0. Calls in
+// flight, and results not yet in order, are not in it.
+func Spent(ctx context.Context, js jetstream.JetStream, c *contract.Contract, batchID string) (float64, error) {
+	var usd float64
+	_, err := Events(ctx, js, c, batchID, func(e flashpipe.Event) error {
+		if e.Result != nil {
+			usd += e.Result.Usage.Cost
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, flashpipe.ErrNotFound) {
+		return 0, fmt.Errorf("what batch %s spent so far: %w", batchID, err)
+	}
+	return usd, nil
+}
+
 // scan reads every message on subject that exists when it starts, in order.
 func scan(ctx context.Context, js jetstream.JetStream, c *contract.Contract, subject string, headersOnly bool, fn func(jetstream.Msg, contract.Keys) error) error {
 	oc, err := js.OrderedConsumer(ctx, c.OrderedStream(), jetstream.OrderedConsumerConfig{

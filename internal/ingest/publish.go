@@ -295,7 +295,8 @@ func (p *Publisher) decide(ctx context.Context, reg registry.Registry, b Batch, 
 // is published, so that no item of it is processed without the cap in force; a
 // resubmission with a max_cost sets the cap anew. A batch submitted without max_cost
 // keeps the cap it has, if any; retry and reprocess generations never change it (the
-// account, and what it spent, belong to the batch id).
+// account, and what it spent, belong to the batch id). A batch's first cap counts
+// what its results in the ordered log report it spent before it (batchlog.Spent).
 func (p *Publisher) applyCap(ctx context.Context, m flashpipe.Manifest) error {
 	usd, ok := m.MaxCost()
 	if !ok {
@@ -305,7 +306,11 @@ func (p *Publisher) applyCap(ctx context.Context, m flashpipe.Manifest) error {
 	if err != nil {
 		return fmt.Errorf("ingest: batch %s: record its max_cost: %w", m.BatchID, err)
 	}
-	if _, err := l.SetBatchCap(ctx, m.BatchID, spend.ByManifest, usd); err != nil {
+	before, err := batchlog.Spent(ctx, p.js, p.c, m.BatchID)
+	if err != nil {
+		return fmt.Errorf("ingest: batch %s: record its max_cost: %w", m.BatchID, err)
+	}
+	if _, err := l.SetBatchCapAfter(ctx, m.BatchID, spend.ByManifest, usd, before); err != nil {
 		return fmt.Errorf("ingest: batch %s: record its max_cost: %w", m.BatchID, err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/flashpipe/flashpipe"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/ingest"
+	"github.com/flashpipe/flashpipe/internal/spend"
 	"github.com/flashpipe/flashpipe/internal/testutil/natstest"
 )
 
@@ -288,5 +289,48 @@ func TestInterruptedReprocessIsFinishedByRunningItAgain(t *testing.T) {
 	}
 	if _, err := pub.Reprocess(ctx, "cut"); !errors.Is(err, ingest.ErrBatchRunning) {
 		t.Fatalf("a third reprocess: %v, want ErrBatchRunning", err)
+	}
+}
+
+// A batch that ran without a cap and is replaced with a max_cost: what it already
+// spent counts against the cap (it does not get the whole cap on top of it).
+func TestReplaceWithMaxCostCountsWhatTheBatchSpent(t *testing.T) {
+	t.Parallel()
+	js, c, pub := setup(t)
+	ctx := context.Background()
+	its := items(4)
+	sub, err := pub.Submit(ctx, ingest.Batch{ID: "uncapped", Items: ingest.SliceItems(its)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := sub.Manifest
+	for _, ev := range []flashpipe.Event{
+		{Kind: flashpipe.EventManifest, Manifest: &m},
+		{Kind: flashpipe.EventResult, Result: &flashpipe.Result{BatchID: "uncapped", Seq: 1, Item: its[0], Status: flashpipe.StatusOK, Usage: flashpipe.Usage{Cost: 0.25}}},
+		{Kind: flashpipe.EventResult, Result: &flashpipe.Result{BatchID: "uncapped", Seq: 2, Item: its[1], Status: flashpipe.StatusOK, Usage: flashpipe.Usage{Cost: 0.5}}},
+		{Kind: flashpipe.EventComplete, Completion: &flashpipe.Completion{BatchID: "uncapped", Emitted: 4}},
+	} {
+		msg, err := c.EventMsg(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pub.Submit(ctx, ingest.Batch{ID: "uncapped", Items: ingest.SliceItems(items(3)), Replace: true,
+		Settings: map[string]string{flashpipe.SettingMaxCost: "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := spend.New(ctx, js, c, spend.Config{Holder: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, ok, err := l.Batch(ctx, "uncapped")
+	if err != nil || !ok {
+		t.Fatalf("account: %v, %v", ok, err)
+	}
+	if got, want := a.Spent(), spend.ToNanos(0.75); got != want || a.Cap != spend.ToNanos(1) {
+		t.Fatalf("spent %v of cap %v, want %v of %v", got, a.Cap, want, spend.ToNanos(1))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -204,16 +205,37 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 	}
 	l.held = held
 	// The items the processors set aside go back to the ready stream once their
-	// batch is no longer paused.
+	// batch is no longer paused, within the room left in the window and their
+	// tenant's concurrency cap; the others wait for a next round.
+	room := l.window - l.inflight
+	var byTenant map[string]int
 	for b := range setAside {
 		if held[b] {
 			continue
 		}
-		n, err := l.spend.Requeue(ctx, b, func(ctx context.Context, msg *nats.Msg) error {
+		from, tenant, ok := l.heldFrom(ctx, b)
+		if !ok {
+			continue
+		}
+		limit := room
+		if c := l.s.cfg.TenantConcurrency[tenant]; c > 0 {
+			if byTenant == nil {
+				byTenant = map[string]int{}
+				for batch, n := range byBatch {
+					byTenant[l.tenantOf[batch]] += n
+				}
+			}
+			limit = min(limit, c-byTenant[tenant])
+		}
+		n, err := l.spend.Requeue(ctx, b, from, max(limit, 0), func(ctx context.Context, msg *nats.Msg) error {
 			_, err := l.s.js.PublishMsg(ctx, msg)
 			return err
 		})
 		l.inflight += n
+		room -= n
+		if byTenant != nil {
+			byTenant[tenant] += n
+		}
 		if n > 0 {
 			l.s.log.Info("items held by a spend cap dispatched again", "batch", b, "items", n)
 		}
@@ -221,6 +243,31 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 			l.s.log.Warn("items held by a spend cap not all dispatched again; retried", "batch", b, "err", err)
 		}
 	}
+}
+
+// heldFrom is the oldest generation of batch whose set-aside items are still worth
+// processing: the base of its latest manifest (a replacement drops the items before
+// it), or math.MaxInt when the batch has no manifest any more (pruned or expired:
+// none is); and the batch's tenant. ok is false when the manifest cannot be read;
+// nothing is requeued then.
+func (l *leader) heldFrom(ctx context.Context, batch string) (from int, tenant string, ok bool) {
+	st, err := l.s.js.Stream(ctx, l.s.c.BatchesStream())
+	if err != nil {
+		return 0, "", false
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, l.s.c.ManifestSubject(batch))
+	if contract.IsNotFound(err) {
+		return math.MaxInt, "", true
+	}
+	if err != nil {
+		l.s.log.Warn("manifest unreadable: the items a spend cap set aside wait", "batch", batch, "err", err)
+		return 0, "", false
+	}
+	m, err := contract.DecodeManifest(raw.Header, raw.Data)
+	if err != nil {
+		return 0, l.tenantOf[batch], true // a refused manifest: the items are judged as before, when they run
+	}
+	return m.Base, m.Tenant, true
 }
 
 // observe sets the gauges from the leader's state: per tenant, the generations with

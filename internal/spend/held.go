@@ -16,10 +16,11 @@ import (
 // Held items: an item a spend cap refuses must not stay at the processors' consumer,
 // where it would take one of its MaxAckPending slots for as long as the batch is
 // paused and starve every other batch. The processor records the item's ready message
-// here (Set aside), then acknowledges it; the scheduler publishes it to the ready stream
-// again once the cap allows (Requeue), and deletes the record. A crash between the two
-// steps of either side publishes an item twice at worst, which the pipeline absorbs
-// (results are idempotent; the answers are cached).
+// here (Set aside), then acknowledges it; the scheduler publishes it to the ready
+// stream again once the cap allows (Requeue), and deletes the record; the items of a
+// generation a replacement superseded, or of a batch gone, it deletes unpublished. A
+// crash between the two steps of either side publishes an item twice at worst, which
+// the pipeline absorbs (results are idempotent; the answers are cached).
 
 // HeldItem is the ready message of an item set aside by a spend cap.
 type HeldItem struct {
@@ -90,13 +91,27 @@ func (l *Ledger) heldKeys(ctx context.Context, filter string) ([]string, error) 
 
 // Requeue publishes the items set aside of batch with publish (the scheduler's
 // publish to the ready stream) and forgets each one published; it returns how many.
-func (l *Ledger) Requeue(ctx context.Context, batch string, publish func(ctx context.Context, msg *nats.Msg) error) (int, error) {
+// Items of a generation below from (one a replacement of the batch superseded, or any
+// of a batch gone: from math.MaxInt) are forgotten without being published, so that
+// no one pays for an item whose result would be dropped. It publishes at most limit
+// items (the room the caller has for them); the others stay for a next call.
+func (l *Ledger) Requeue(ctx context.Context, batch string, from, limit int, publish func(ctx context.Context, msg *nats.Msg) error) (int, error) {
 	keys, err := l.heldKeys(ctx, "held."+batch+".>")
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, k := range keys {
+		if g, ok := heldGeneration(k); ok && g < from {
+			if err := l.kv.Delete(ctx, k); err != nil {
+				return n, fmt.Errorf("spend: forget %s: %w", k, err)
+			}
+			l.log.Info("item set aside by a spend cap dropped: its generation is superseded or its batch gone", "key", k)
+			continue
+		}
+		if n >= limit {
+			continue
+		}
 		e, err := l.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
@@ -120,4 +135,14 @@ func (l *Ledger) Requeue(ctx context.Context, batch string, publish func(ctx con
 		}
 	}
 	return n, nil
+}
+
+// heldGeneration reads the generation of a held item's key.
+func heldGeneration(key string) (int, bool) {
+	parts := strings.Split(key, ".")
+	if len(parts) != 4 {
+		return 0, false
+	}
+	g, err := strconv.Atoi(parts[3])
+	return g, err == nil
 }

@@ -3,7 +3,10 @@ package spend_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -265,7 +268,7 @@ func TestSetAsideAndRequeue(t *testing.T) {
 		t.Fatalf("counts %v %v", counts, err)
 	}
 	var got []*nats.Msg
-	n, err := l.Requeue(ctx, "b", func(_ context.Context, m *nats.Msg) error { got = append(got, m); return nil })
+	n, err := l.Requeue(ctx, "b", 0, 100, func(_ context.Context, m *nats.Msg) error { got = append(got, m); return nil })
 	if err != nil || n != 3 || len(got) != 3 {
 		t.Fatalf("requeued %d (%v)", n, err)
 	}
@@ -311,5 +314,35 @@ func TestPauseEndsWhenCallsInFlightMakeRoom(t *testing.T) {
 	}
 	if a, _, _ := l.Batch(ctx, "b"); a.Paused() {
 		t.Fatalf("still paused with $%.2f spent and nothing held", a.Spent().USD())
+	}
+}
+
+// Items set aside of a generation below the one given (a replaced batch's old items,
+// or any of a batch gone) are forgotten without being published: no one pays for an
+// item whose result would be dropped.
+func TestRequeueDropsSupersededGenerations(t *testing.T) {
+	t.Parallel()
+	l := ledgers(t, 1, spend.Config{})[0]
+	ctx := context.Background()
+	for _, it := range []struct{ seq, gen int }{{1, 0}, {2, 0}, {1, 2}, {3, 3}} {
+		subj := fmt.Sprintf("p.ready.b.%d.%d", it.seq, it.gen)
+		if err := l.SetAside(ctx, "b", it.seq, it.gen, subj, nil, []byte("item")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	n, err := l.Requeue(ctx, "b", 2, 100, func(_ context.Context, m *nats.Msg) error { got = append(got, m.Subject); return nil })
+	slices.Sort(got)
+	if err != nil || n != 2 || !slices.Equal(got, []string{"p.ready.b.1.2", "p.ready.b.3.3"}) {
+		t.Fatalf("requeued %d %v (%v); want generations 2 and 3's items only", n, got, err)
+	}
+	if n, _ := l.HeldCount(ctx, "b"); n != 0 {
+		t.Fatalf("%d still held: the superseded ones are not forgotten", n)
+	}
+	// A batch gone: everything is forgotten, nothing published.
+	_ = l.SetAside(ctx, "gone", 1, 0, "p.ready.gone.1", nil, []byte("item"))
+	n, err = l.Requeue(ctx, "gone", math.MaxInt, 100, func(_ context.Context, m *nats.Msg) error { t.Errorf("published %s", m.Subject); return nil })
+	if c, _ := l.HeldCount(ctx, "gone"); err != nil || n != 0 || c != 0 {
+		t.Fatalf("batch gone: requeued %d, %d left (%v)", n, c, err)
 	}
 }

@@ -89,3 +89,27 @@ func TestClassifyClientErrors(t *testing.T) {
 		}
 	}
 }
+
+// An Apply is run again after the seq index race, a deadlock or a serialization
+// failure (as the caller sees them: classified and wrapped), and after nothing else.
+func TestRetryApply(t *testing.T) {
+	t.Parallel()
+	wrap := func(pe *pgconn.PgError) error { return fmt.Errorf("postgres: apply 3 events: %w", classify(pe)) }
+	for _, c := range []struct {
+		err   error
+		retry bool
+	}{
+		{wrap(&pgconn.PgError{Code: "40P01", Message: "deadlock detected"}), true},
+		{wrap(&pgconn.PgError{Code: "40001", Message: "could not serialize access"}), true},
+		{wrap(&pgconn.PgError{Code: "23505", ConstraintName: "items_batch_order_idx"}), true},
+		{wrap(&pgconn.PgError{Code: "23505", ConstraintName: "items_pkey"}), false},
+		{wrap(&pgconn.PgError{Code: "55P03", Message: "lock not available"}), false},
+		{wrap(&pgconn.PgError{Code: "08006", Message: "connection failure"}), false},
+		{errors.New("40P01"), false},
+		{nil, false},
+	} {
+		if got := retryApply(c.err); got != c.retry {
+			t.Errorf("%v: retry %v, want %v", c.err, got, c.retry)
+		}
+	}
+}

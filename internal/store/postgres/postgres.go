@@ -294,7 +294,10 @@ WHERE b.completed_generation IS NULL OR b.completed_generation < excluded.comple
 // the (batch, position) key ON CONFLICT resolves: PostgreSQL then reports a unique
 // violation of items_batch_order_idx although nothing is wrong with the data. Apply
 // runs the transaction again in that case (the other's row is then committed and
-// updated in place); a violation that persists is the data's.
+// updated in place); a violation that persists is the data's. Likewise for a
+// deadlock or serialization failure the server aborted the transaction for (two sinks
+// upserting the same items in opposite orders fire the batch metrics triggers on
+// both): the transaction is run again, at most maxApplyAttempts times in all.
 func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	plan, err := store.NewPlan(events)
 	if err != nil {
@@ -305,14 +308,26 @@ func (s *Store) Apply(ctx context.Context, events []flashpipe.Event) error {
 	}
 	for attempt := 1; ; attempt++ {
 		err := s.apply(ctx, plan, events)
-		if attempt >= maxOrderRaceAttempts || !isOrderRace(err) {
+		if attempt >= maxApplyAttempts || !retryApply(err) {
 			return err
 		}
 	}
 }
 
-// maxOrderRaceAttempts bounds the runs of an Apply that meets the seq index race.
-const maxOrderRaceAttempts = 3
+// maxApplyAttempts bounds the runs of an Apply that meets the seq index race, a
+// deadlock or a serialization failure.
+const maxApplyAttempts = 3
+
+// retryApply reports whether an Apply that failed with err is run again: the seq
+// index race, or a transaction the server aborted for a deadlock (40P01) or a
+// serialization failure (40001), which running it again resolves.
+func retryApply(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return isOrderRace(err) || pe.Code == "40P01" || pe.Code == "40001"
+}
 
 // isOrderRace reports whether err is a unique violation of the items' seq index.
 func isOrderRace(err error) bool {
