@@ -213,3 +213,37 @@ func TestCapSetLateCountsWhatTheBatchSpent(t *testing.T) {
 		t.Fatalf("raised: %+v, %v; want spent $%.6f as before", a2, err, a.SpentUSD)
 	}
 }
+
+// A batch published straight into NATS (the wire contract, no flashpipe submit) with
+// max_cost in its manifest is capped too: the scheduler records the cap before it
+// dispatches any item, so the batch pauses at it and nothing is billed past it.
+func TestMaxCostOfADirectPublishIsACap(t *testing.T) {
+	t.Parallel()
+	p := apptest.New(t, apptest.Config{SQLite: true})
+	startCapped(p, 1, app.SpendSettings{})
+	ctx := context.Background()
+	const capUSD, n = 0.1, 30
+	its := items("직", n)
+	m := flashpipe.Manifest{BatchID: "direct", Count: n, Source: "nats", ContentHash: flashpipe.HashItems(its),
+		Settings: map[string]string{flashpipe.SettingMaxCost: "0.1"}, CreatedAt: time.Now().UTC()}
+	msg, err := p.Contract.ManifestMsg(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.JS.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range its {
+		msg, err := p.Contract.ItemMsg(flashpipe.WorkItem{BatchID: "direct", Seq: i + 1, Item: it})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.JS.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := waitSpendPaused(t, p, func() (app.SpendAccount, bool, error) { return p.Client.BatchSpend(ctx, "direct") })
+	if billed := p.Sim.Stats().Cost; billed > capUSD || a.CapUSD != capUSD || a.CapBy != "manifest" {
+		t.Fatalf("billed $%.6f; account %s; want a $%.2f cap from the manifest, not passed", billed, a, capUSD)
+	}
+}

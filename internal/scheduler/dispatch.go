@@ -14,6 +14,7 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/flashpipe/flashpipe"
+	"github.com/flashpipe/flashpipe/internal/batchlog"
 	"github.com/flashpipe/flashpipe/internal/contract"
 	"github.com/flashpipe/flashpipe/internal/refusal"
 	"github.com/flashpipe/flashpipe/internal/spend"
@@ -170,15 +171,12 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 		return
 	}
 	l.heldAt = time.Now()
-	if l.spend == nil {
-		led, err := spend.Open(ctx, l.s.js, l.s.c, spend.Config{Holder: "scheduler", Logger: l.s.log})
-		if err != nil {
-			l.held = nil
-			return
-		}
-		l.spend = led
+	led, err := l.ledger(ctx, false)
+	if err != nil {
+		l.held = nil
+		return
 	}
-	setAside, err := l.spend.HeldCounts(ctx)
+	setAside, err := led.HeldCounts(ctx)
 	if err != nil {
 		l.s.log.Warn("items set aside by spend caps unreadable", "err", err)
 	}
@@ -192,7 +190,7 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 			}
 		}
 	}
-	held, err := l.spend.Held(ctx, batches)
+	held, err := led.Held(ctx, batches)
 	if err != nil {
 		l.s.log.Warn("spend caps unreadable: dispatching as if no batch were paused", "err", err)
 		l.held = nil
@@ -227,7 +225,7 @@ func (l *leader) refreshHeld(ctx context.Context, byBatch map[string]int) {
 			}
 			limit = min(limit, c-byTenant[tenant])
 		}
-		n, err := l.spend.Requeue(ctx, b, from, max(limit, 0), func(ctx context.Context, msg *nats.Msg) error {
+		n, err := led.Requeue(ctx, b, from, max(limit, 0), func(ctx context.Context, msg *nats.Msg) error {
 			_, err := l.s.js.PublishMsg(ctx, msg)
 			return err
 		})
@@ -647,4 +645,52 @@ func (l *leader) failInPlace(ctx context.Context, g *gen, it flashpipe.Item, seq
 	}
 	l.s.cfg.Metrics.failedInPlace()
 	return nil
+}
+
+// ledger opens the spend ledger once; create also creates its bucket when missing
+// (no processor ran yet). Safe for the intake and the dispatch loop at once.
+func (l *leader) ledger(ctx context.Context, create bool) (*spend.Ledger, error) {
+	l.spendMu.Lock()
+	defer l.spendMu.Unlock()
+	if l.spend == nil {
+		open := spend.Open
+		if create {
+			open = spend.New
+		}
+		led, err := open(ctx, l.s.js, l.s.c, spend.Config{Holder: "scheduler", Logger: l.s.log})
+		if err != nil {
+			return nil, err
+		}
+		l.spend = led
+	}
+	return l.spend, nil
+}
+
+// capFromManifest records a manifest's max_cost as its batch's cap when the batch has
+// none yet, before any item of the generation is dispatched: ingest records it before
+// it publishes, but a manifest published straight into NATS (the wire contract) has
+// only the setting. It counts what the batch spent before (its results' cost). A cap
+// already recorded (by ingest, or raised by a command) is left as it is.
+func (l *leader) capFromManifest(ctx context.Context, m flashpipe.Manifest) error {
+	usd, ok := m.MaxCost()
+	if !ok {
+		return nil
+	}
+	led, err := l.ledger(ctx, true)
+	if err != nil {
+		return err
+	}
+	a, found, err := led.Batch(ctx, m.BatchID)
+	if err != nil {
+		return err
+	}
+	if found && a.Capped {
+		return nil
+	}
+	before, err := batchlog.Spent(ctx, l.s.js, l.s.c, m.BatchID)
+	if err != nil {
+		return err
+	}
+	_, err = led.SetBatchCapAfter(ctx, m.BatchID, spend.ByManifest, usd, before)
+	return err
 }

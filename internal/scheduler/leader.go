@@ -51,9 +51,10 @@ type leader struct {
 	// held are the batches paused by a spend cap (read every heldEvery): none of
 	// their items is dispatched, and those in the ready stream (waiting there for a
 	// higher cap) do not count against the window, so other batches run.
-	spend  *spend.Ledger
-	held   map[string]bool
-	heldAt time.Time
+	spendMu sync.Mutex // spend, opened by the intake or the dispatch loop
+	spend   *spend.Ledger
+	held    map[string]bool
+	heldAt  time.Time
 }
 
 type auditMsg struct {
@@ -242,6 +243,11 @@ func (l *leader) intake(ctx context.Context, msg jetstream.Msg) {
 	// whole stream read again by a new scheduler) has nothing left to dispatch.
 	if g, complete, ok, err := batchlog.Latest(ctx, s.js, s.c, m.BatchID); err == nil && ok && (g > m.Generation || (g == m.Generation && complete)) {
 		_ = msg.Ack()
+		return
+	}
+	if err := l.capFromManifest(ctx, m); err != nil {
+		s.log.Warn("batch's max_cost not recorded; manifest retried", "batch", m.BatchID, "err", err)
+		_ = msg.NakWithDelay(time.Second)
 		return
 	}
 	en := Entry{Manifest: m, Admitted: time.Now().UTC()}
