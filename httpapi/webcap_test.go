@@ -150,7 +150,14 @@ func TestThePageShowsAPauseAtTheCapAndRaisingItResumes(t *testing.T) {
 
 	p := e.page()
 	p.form("/ui/login", url.Values{"token": {adminToken}})
-	status, page := p.get("/ui/batches/paused")
+	// The pause can lift for a moment while the set-aside items are tried again (and
+	// refused again): wait for the page to show it.
+	var status int
+	var page string
+	eventually(t, 30*time.Second, func() bool {
+		status, page = p.get("/ui/batches/paused")
+		return strings.Contains(page, `data-field="cap-state">paused at cap`)
+	}, "the page never showed the pause")
 	for _, want := range []string{`data-field="cap-state">paused at cap`, `data-field="cap-reason">paused: spend cap $0.10 reached`,
 		`<span data-field="cap">$0.10</span>`, "Cap set by manifest", "Raise or set the cap"} {
 		if !strings.Contains(page, want) {
