@@ -159,7 +159,9 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 		ours := r.Generation >= m.Generation
 		sum.add(r, ours)
 		if ours {
+			mu.Lock() // the cap and provider-batch watchers read pr too
 			pr.Usage = pr.Usage.Add(r.Usage)
+			mu.Unlock()
 		}
 		if opts.OnResult != nil {
 			return opts.OnResult(r)
