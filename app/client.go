@@ -133,27 +133,18 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 		}
 	}
 	if opts.OnProgress != nil {
-		// A batch paused at a spend cap sends no events: say so when it happens.
-		stop := c.watchPaused(ctx, m.BatchID, func(reason string) {
+		// A batch paused at a spend cap, or waiting on provider batches, sends no
+		// events: say so when it happens.
+		batchMode := m.Settings[flashpipe.SettingAPIMode] == flashpipe.APIModeBatch
+		stop := c.watchWaits(ctx, m.BatchID, batchMode, func(paused, providers string) {
 			mu.Lock()
 			defer mu.Unlock()
-			if reason != pr.Paused && !pr.Complete {
-				pr.Paused = reason
+			if (paused != pr.Paused || providers != pr.ProviderBatches) && !pr.Complete {
+				pr.Paused, pr.ProviderBatches = paused, providers
 				opts.OnProgress(pr)
 			}
 		})
 		defer stop()
-		if m.Settings[flashpipe.SettingAPIMode] == flashpipe.APIModeBatch {
-			stop := c.watchProviderBatches(ctx, m.BatchID, func(line string) {
-				mu.Lock()
-				defer mu.Unlock()
-				if line != pr.ProviderBatches && !pr.Complete {
-					pr.ProviderBatches = line
-					opts.OnProgress(pr)
-				}
-			})
-			defer stop()
-		}
 	}
 	onResult := func(r flashpipe.Result) error {
 		ours := r.Generation >= m.Generation
@@ -180,19 +171,21 @@ func (c *Client) Follow(ctx context.Context, m flashpipe.Manifest, opts FollowOp
 	return sum, nil
 }
 
-// pausedPoll is how often a followed batch's spend caps are looked at.
+// pausedPoll is how often a followed batch's spend caps (and provider batches) are
+// looked at.
 const pausedPoll = 2 * time.Second
 
-// watchPaused calls changed with the reason the batch is paused by a spend cap (its
-// own or the period's; empty: not paused) every pausedPoll, until stop is called
-// (which waits for it).
-func (c *Client) watchPaused(ctx context.Context, batchID string, changed func(reason string)) (stop func()) {
+// watchWaits calls changed every pausedPoll, until stop is called (which waits for
+// it), with why the batch is paused by a spend cap (its own or the period's; empty:
+// not paused) and, with providers, ProviderBatchesLine of its provider batches.
+func (c *Client) watchWaits(ctx context.Context, batchID string, providers bool, changed func(paused, providers string)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		t := time.NewTicker(pausedPoll)
 		defer t.Stop()
+		line := ""
 		for {
 			select {
 			case <-ctx.Done():
@@ -208,32 +201,13 @@ func (c *Client) watchPaused(ctx context.Context, batchID string, changed func(r
 					reason = a.Reason()
 				}
 			}
+			if providers {
+				if pbs, err := c.ProviderBatches(ctx, batchID); err == nil {
+					line = ProviderBatchesLine(pbs)
+				}
+			}
 			if ctx.Err() == nil {
-				changed(reason)
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
-}
-
-// watchProviderBatches calls changed with ProviderBatchesLine of the batch's
-// provider batches every pausedPoll, until stop is called (which waits for it).
-func (c *Client) watchProviderBatches(ctx context.Context, batchID string, changed func(line string)) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(pausedPoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			pbs, err := c.ProviderBatches(ctx, batchID)
-			if err == nil && ctx.Err() == nil {
-				changed(ProviderBatchesLine(pbs))
+				changed(reason, line)
 			}
 		}
 	}()
